@@ -1,0 +1,390 @@
+"""The tunemv dataset format: one folder per object (see README, "Dataset format").
+
+    ROOT/<object_id>/cameras.json    {"convention": "opencv"|"opengl", "width": W, "height": H,
+                                      "views": [{"image": "images/000.png", "K": 3x3, "c2w": 4x4}, ...]}
+    ROOT/<object_id>/caption.txt     first line = caption; further non-empty lines = alternatives
+    ROOT/<object_id>/images/NNN.png  RGB or RGBA (RGBA is composited on white when loaded)
+    ROOT/<object_id>/depth/NNN.npy   optional, float (H, W) camera-frame z, 0 = background
+    ROOT/<object_id>/masks/NNN.png   optional, L (H, W), foreground > 127
+    ROOT/train.txt, ROOT/val.txt     optional object-id lists, one per line
+
+``inspect_object`` is the one parser and validator: ``tunemv data check`` reports every problem it finds,
+and the Dataset raises (or skips) on the first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from tunemv.errors import DatasetError
+from tunemv.neus.cameras import Cameras
+
+CAMERAS_FILE = "cameras.json"
+CAPTION_FILE = "caption.txt"
+CONVENTIONS = ("opencv", "opengl")
+SPLITS = ("train", "val")
+ROTATION_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+@dataclass
+class ObjectRecord:
+    """Everything about one object except the pixels, which are loaded on demand."""
+
+    object_id: str
+    directory: Path
+    cameras: Cameras  # [N] OpenCV, at (height, width)
+    image_paths: list[Path]
+    captions: list[str]
+    depth_paths: list[Path | None] = field(default_factory=list)
+    mask_paths: list[Path | None] = field(default_factory=list)
+
+    @property
+    def num_views(self) -> int:
+        return len(self.image_paths)
+
+
+# ---------------------------------------------------------------------------------------------- listing
+def is_object_dir(path: Path) -> bool:
+    return (path / CAMERAS_FILE).is_file()
+
+
+def list_objects(root: str | Path, split: str = "all") -> list[str]:
+    """Object ids under ``root`` for ``split``.
+
+    ``"all"``: every sub-folder (hidden and ``_``-prefixed ones excluded). ``"train"``/``"val"``: the ids in
+    ``ROOT/<split>.txt``; when the root has no split files at all, ``"train"`` is every object and ``"val"``
+    is empty.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(root, "dataset root does not exist or is not a folder")
+    if split not in ("all", *SPLITS):
+        raise DatasetError(root, f"unknown split {split!r}; expected one of 'all', 'train', 'val'")
+    everything = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    if split == "all":
+        return everything
+    split_file = root / f"{split}.txt"
+    if split_file.is_file():
+        return read_split_file(split_file)
+    if any((root / f"{s}.txt").is_file() for s in SPLITS):
+        raise DatasetError(split_file, "missing, but the other split file exists; write both or neither")
+    return everything if split == "train" else []
+
+
+def read_split_file(path: Path) -> list[str]:
+    ids = [line.strip() for line in path.read_text().splitlines()]
+    return [i for i in ids if i and not i.startswith("#")]
+
+
+# ---------------------------------------------------------------------------------------------- images
+def load_image(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Load an image as (rgb [3,H,W] in [0,1] composited on white, alpha [1,H,W] or None)."""
+    with Image.open(path) as img:
+        has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+        array = np.asarray(img.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
+    tensor = torch.from_numpy(array).permute(2, 0, 1)  # (h w c) -> (c h w)
+    if not has_alpha:
+        return tensor.contiguous(), None
+    rgb, alpha = tensor[:3], tensor[3:]
+    return (rgb * alpha + (1.0 - alpha)).contiguous(), alpha.contiguous()
+
+
+def load_mask(path: str | Path) -> torch.Tensor:
+    """(1, H, W) float {0, 1} foreground mask from an L/RGB/RGBA png (foreground > 127)."""
+    with Image.open(path) as img:
+        array = np.asarray(img.convert("L"))
+    return torch.from_numpy(array > 127).float()[None]
+
+
+# ------------------------------------------------------------------------------------- validation helpers
+def _matrix(value, rows: int, cols: int) -> np.ndarray | None:
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return array if array.shape == (rows, cols) else None
+
+
+def _camera_problems(view: dict, where: str, width: int, height: int) -> list[str]:
+    problems = []
+    K = _matrix(view.get("K"), 3, 3)
+    if K is None:
+        problems.append(f"{where}.K must be a 3x3 list of numbers")
+    elif not np.isfinite(K).all():
+        problems.append(f"{where}.K contains NaN or inf")
+    else:
+        if K[0, 0] <= 0 or K[1, 1] <= 0:
+            problems.append(f"{where}.K: focal length must be > 0, got fx={K[0, 0]:g}, fy={K[1, 1]:g}")
+        if not np.allclose(K[2], [0, 0, 1]):
+            problems.append(f"{where}.K: last row must be [0, 0, 1], got {K[2].tolist()}")
+        if not (0 <= K[0, 2] <= width and 0 <= K[1, 2] <= height):
+            problems.append(f"{where}.K: principal point ({K[0, 2]:g}, {K[1, 2]:g}) lies outside the {width}x{height} image")
+    c2w = _matrix(view.get("c2w"), 4, 4)
+    if c2w is None:
+        problems.append(f"{where}.c2w must be a 4x4 list of numbers")
+    elif not np.isfinite(c2w).all():
+        problems.append(f"{where}.c2w contains NaN or inf")
+    else:
+        if not np.allclose(c2w[3], [0, 0, 0, 1]):
+            problems.append(f"{where}.c2w: last row must be [0, 0, 0, 1], got {c2w[3].tolist()}")
+        R = c2w[:3, :3]
+        error = np.abs(R.T @ R - np.eye(3)).max()
+        if error > ROTATION_TOLERANCE:
+            problems.append(f"{where}.c2w: rotation is not orthonormal (max |R^T R - I| = {error:.3g} > {ROTATION_TOLERANCE})")
+        elif np.linalg.det(R) < 0:
+            problems.append(f"{where}.c2w: rotation is a reflection (det = {np.linalg.det(R):.3g}); expected det = +1")
+    return problems
+
+
+def _image_problem(path: Path, width: int, height: int) -> str | None:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            size = img.size
+    except FileNotFoundError:
+        return "image file is missing"
+    except Exception as exc:  # PIL raises many types for corrupt files
+        return f"image is not readable ({type(exc).__name__}: {exc})"
+    if size != (width, height):
+        return f"image is {size[0]}x{size[1]}, but cameras.json says {width}x{height}"
+    return None
+
+
+def _depth_problem(path: Path, width: int, height: int) -> str | None:
+    try:
+        depth = np.load(path)
+    except Exception as exc:
+        return f"depth is not a readable .npy ({type(exc).__name__}: {exc})"
+    if depth.shape != (height, width):
+        return f"depth has shape {depth.shape}, expected ({height}, {width})"
+    if not np.isfinite(depth).all():
+        return "depth contains NaN or inf"
+    return None
+
+
+def _relative_file(directory: Path, name) -> Path | None:
+    """``directory / name`` when ``name`` is a relative path that stays inside ``directory``."""
+    if not isinstance(name, str) or not name or os.path.isabs(name):
+        return None
+    path = (directory / name).resolve()
+    return path if path.is_relative_to(directory.resolve()) else None
+
+
+# ------------------------------------------------------------------------------------------------ parse
+def inspect_object(directory: str | Path, min_views: int = 1, check_files: bool = True
+                   ) -> tuple[ObjectRecord | None, list[Problem]]:
+    """Parse and validate one object folder.
+
+    Returns the record (None when the folder is too broken to use) and every problem found. With
+    ``check_files=False`` image/depth/mask files are only checked for existence, not decoded (fast path
+    for the Dataset, which decodes them anyway).
+    """
+    directory = Path(directory)
+    problems: list[Problem] = []
+    cameras_path = directory / CAMERAS_FILE
+
+    def problem(path, message):
+        problems.append(Problem(str(path), message))
+
+    captions = _read_captions(directory, problem)
+    meta = _read_cameras_json(cameras_path, problem)
+    if meta is None:
+        return None, problems
+    width, height, views, convention = meta
+
+    image_paths, Ks, c2ws, seen = [], [], [], set()
+    for i, view in enumerate(views):
+        where = f"views[{i}]"
+        if not isinstance(view, dict):
+            problem(cameras_path, f"{where} must be an object with image, K and c2w")
+            continue
+        image_path = _relative_file(directory, view.get("image"))
+        if image_path is None:
+            problem(cameras_path, f"{where}.image must be a relative path inside the object folder, got {view.get('image')!r}")
+        elif image_path in seen:
+            problem(cameras_path, f"{where}.image {view['image']!r} is listed twice")
+        else:
+            seen.add(image_path)
+            if check_files:
+                message = _image_problem(image_path, width, height)
+                if message:
+                    problem(image_path, message)
+            elif not image_path.is_file():
+                problem(image_path, "image file is missing")
+        camera_messages = _camera_problems(view, where, width, height)
+        for message in camera_messages:
+            problem(cameras_path, message)
+        if image_path is not None and not camera_messages:
+            image_paths.append(image_path)
+            Ks.append(np.asarray(view["K"], dtype=np.float64))
+            c2ws.append(np.asarray(view["c2w"], dtype=np.float64))
+
+    if len(views) < min_views:
+        problem(cameras_path, f"has {len(views)} views, need at least {min_views}")
+
+    depth_paths = _optional_per_view(directory / "depth", image_paths, ".npy", width, height,
+                                     _depth_problem if check_files else None, problem)
+    mask_paths = _optional_per_view(directory / "masks", image_paths, ".png", width, height,
+                                    _image_problem if check_files else None, problem)
+    if problems:
+        return None, problems
+
+    K = torch.from_numpy(np.stack(Ks)).float()
+    c2w = torch.from_numpy(np.stack(c2ws)).float()
+    cameras = Cameras.from_opengl(K, c2w, width, height) if convention == "opengl" else Cameras(K, c2w, width, height)
+    record = ObjectRecord(directory.name, directory, cameras, image_paths, captions, depth_paths, mask_paths)
+    return record, problems
+
+
+def read_object(directory: str | Path, min_views: int = 1, check_files: bool = False) -> ObjectRecord:
+    """Parse one object folder, raising ``DatasetError`` naming the file of the first problem."""
+    record, problems = inspect_object(directory, min_views, check_files)
+    if problems:
+        raise DatasetError(problems[0].path, problems[0].message)
+    assert record is not None
+    return record
+
+
+def _read_captions(directory: Path, problem) -> list[str]:
+    path = directory / CAPTION_FILE
+    if not path.is_file():
+        problem(path, "caption file is missing")
+        return []
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError:
+        problem(path, "caption is not UTF-8 text")
+        return []
+    if not lines or not lines[0]:
+        problem(path, "caption is empty (the first line must hold the caption)")
+        return []
+    return [line for line in lines if line]
+
+
+def _read_cameras_json(path: Path, problem):
+    if not path.is_file():
+        problem(path, "missing (every object folder needs cameras.json)")
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        problem(path, f"not valid JSON ({exc})")
+        return None
+    if not isinstance(meta, dict):
+        problem(path, "must hold a JSON object with convention, width, height and views")
+        return None
+    ok = True
+    convention = meta.get("convention")
+    if convention not in CONVENTIONS:
+        problem(path, f"convention must be one of {CONVENTIONS}, got {convention!r}")
+        ok = False
+    width, height = meta.get("width"), meta.get("height")
+    for name, value in (("width", width), ("height", height)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            problem(path, f"{name} must be a positive integer, got {value!r}")
+            ok = False
+    views = meta.get("views")
+    if not isinstance(views, list) or not views:
+        problem(path, "views must be a non-empty list")
+        ok = False
+    return (width, height, views, convention) if ok else None
+
+
+def _optional_per_view(folder: Path, image_paths: list[Path], suffix: str, width: int, height: int,
+                       validate, problem) -> list[Path | None]:
+    """Per-view files in an optional folder (depth/, masks/), matched to images by file stem."""
+    if not folder.is_dir():
+        return [None] * len(image_paths)
+    paths: list[Path | None] = []
+    for image_path in image_paths:
+        path = folder / f"{image_path.stem}{suffix}"
+        if not path.is_file():
+            problem(path, f"missing, but {folder.name}/ exists (it needs one file per view)")
+            paths.append(None)
+            continue
+        message = validate(path, width, height) if validate else None
+        if message:
+            problem(path, message)
+        paths.append(path)
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------ write
+def cameras_to_json(cameras: Cameras, image_names: Sequence[str]) -> dict:
+    """The cameras.json dict for Cameras ``[N]`` (written in the OpenCV convention)."""
+    cameras = cameras.flatten()
+    if len(cameras) != len(image_names):
+        raise ValueError(f"{len(cameras)} cameras but {len(image_names)} image names")
+    K, c2w = cameras.K.double().cpu().tolist(), cameras.c2w.double().cpu().tolist()
+    views = [{"image": name, "K": k, "c2w": m} for name, k, m in zip(image_names, K, c2w, strict=True)]
+    return {"convention": "opencv", "width": cameras.width, "height": cameras.height, "views": views}
+
+
+def write_object(directory: str | Path, images: Sequence[np.ndarray], cameras: Cameras, captions: Sequence[str],
+                 depths: Sequence[np.ndarray] | None = None, masks: Sequence[np.ndarray] | None = None,
+                 overwrite: bool = False, extra_files: dict[str, str] | None = None) -> Path:
+    """Write one object folder atomically: everything goes to a temporary sibling that is renamed at the end.
+
+    ``images``: uint8 (H, W, 3|4) arrays; ``depths``: float (H, W); ``masks``: bool/uint8 (H, W);
+    ``extra_files``: more text files by name (e.g. ``attributes.json`` with the procedural labels).
+    """
+    directory = Path(directory)
+    if not captions or not captions[0].strip():
+        raise ValueError("write_object needs a non-empty caption")
+    if any(math.isnan(x) or math.isinf(x) for x in cameras.K.flatten().tolist() + cameras.c2w.flatten().tolist()):
+        raise ValueError(f"{directory}: cameras contain NaN or inf")
+    if directory.exists() and not overwrite:
+        raise FileExistsError(f"{directory}: already exists (pass overwrite=True to replace it)")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        names = [f"{i:03d}" for i in range(len(images))]
+        (staging / "images").mkdir()
+        for name, image in zip(names, images, strict=True):
+            Image.fromarray(np.ascontiguousarray(image)).save(staging / "images" / f"{name}.png")
+        if depths is not None:
+            (staging / "depth").mkdir()
+            for name, depth in zip(names, depths, strict=True):
+                np.save(staging / "depth" / f"{name}.npy", np.asarray(depth, dtype=np.float32))
+        if masks is not None:
+            (staging / "masks").mkdir()
+            for name, mask in zip(names, masks, strict=True):
+                Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255).save(staging / "masks" / f"{name}.png")
+        meta = cameras_to_json(cameras, [f"images/{n}.png" for n in names])
+        (staging / CAMERAS_FILE).write_text(json.dumps(meta, indent=1))
+        (staging / CAPTION_FILE).write_text("\n".join(c.strip() for c in captions) + "\n", encoding="utf-8")
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text, encoding="utf-8")
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def write_split_files(root: str | Path, train_ids: Sequence[str], val_ids: Sequence[str]) -> None:
+    root = Path(root)
+    for split, ids in (("train", train_ids), ("val", val_ids)):
+        (root / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))

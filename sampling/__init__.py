@@ -1,0 +1,1 @@
+"""tunemv.sampling: prediction algebra, guidance, samplers and their registry (arrives with issue 6)."""

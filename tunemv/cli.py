@@ -1,0 +1,97 @@
+"""The ``tunemv`` command line. One entry function, ``main``; heavy imports happen inside the handlers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from tunemv.errors import TunemvError
+
+EXIT_PROBLEMS = 1  # the command ran and found problems (e.g. `data check`)
+EXIT_BAD_INPUT = 2  # bad arguments or input files
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from tunemv.data.check import check_dataset
+
+    report = check_dataset(args.root, min_views=args.min_views)
+    for problem in report.problems:
+        print(problem)
+    print(report.summary(), file=sys.stderr if not report.ok else sys.stdout)
+    return 0 if report.ok else EXIT_PROBLEMS
+
+
+def _data_import_transforms(args: argparse.Namespace) -> int:
+    from tunemv.data.importers import import_transforms
+
+    written = import_transforms(args.src, args.out, caption=args.caption, scale=args.scale, overwrite=args.overwrite)
+    print(f"imported {len(written)} object(s) into {args.out}")
+    return 0
+
+
+def _data_procedural(args: argparse.Namespace) -> int:
+    from tunemv.data.generate import generate_procedural_dataset
+
+    generate_procedural_dataset(
+        args.out, num_objects=args.objects, num_views=args.views, resolution=args.resolution,
+        categories=args.categories, seed=args.seed, val_fraction=args.val_fraction,
+        supersample=args.supersample, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet,
+    )
+    print(f"wrote {args.objects} objects to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tunemv", description="Multiview adapters for frozen 2D diffusion models.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="create, import and validate multiview datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+
+    check = data_commands.add_parser("check", help="validate every object of a dataset folder")
+    check.add_argument("root", help="dataset root (or a single object folder)")
+    check.add_argument("--min-views", type=int, default=1, help="minimum views per object (default: 1)")
+    check.set_defaults(handler=_data_check)
+
+    imp = data_commands.add_parser("import-transforms",
+                                   help="convert NeRF-synthetic/Blender transforms.json render folders to tunemv format")
+    imp.add_argument("src", help="a folder with transforms*.json, or a folder of such folders")
+    imp.add_argument("out", help="output object folder (single source) or dataset root (folder of sources)")
+    imp.add_argument("--caption", default=None, help="caption for every object (default: the source folder name)")
+    imp.add_argument("--scale", type=float, default=1.0,
+                     help="multiply camera positions so the object fits the unit sphere (NeRF-synthetic: ~0.66)")
+    imp.add_argument("--overwrite", action="store_true", help="replace existing output object folders")
+    imp.set_defaults(handler=_data_import_transforms)
+
+    from tunemv.data.procedural import CATEGORIES  # plain Python, cheap to import
+
+    proc = data_commands.add_parser("procedural", help="render a procedural multiview dataset of analytic 3D objects")
+    proc.add_argument("--out", required=True, help="output dataset root")
+    proc.add_argument("--objects", type=int, default=200, help="number of objects (default: 200)")
+    proc.add_argument("--views", type=int, default=16, help="views per object at uniform azimuth (default: 16)")
+    proc.add_argument("--resolution", type=int, default=64, help="image size in pixels (default: 64)")
+    proc.add_argument("--categories", nargs="+", default=list(CATEGORIES), choices=CATEGORIES, metavar="CATEGORY",
+                      help=f"categories to draw from (default: all of {', '.join(CATEGORIES)})")
+    proc.add_argument("--seed", type=int, default=0, help="the dataset is a pure function of its seed (default: 0)")
+    proc.add_argument("--val-fraction", type=float, default=0.1, help="fraction of objects listed in val.txt")
+    proc.add_argument("--supersample", type=int, default=2, help="supersampling factor per axis (default: 2)")
+    proc.add_argument("--workers", type=int, default=0, help="worker processes (default: 0 = one per CPU core)")
+    proc.add_argument("--overwrite", action="store_true", help="replace existing object folders")
+    proc.add_argument("--quiet", action="store_true", help="no progress bar")
+    proc.set_defaults(handler=_data_procedural)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code. ``python -m tunemv`` and the ``tunemv`` script both land here."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (TunemvError, FileExistsError, FileNotFoundError, NotADirectoryError) as exc:
+        print(f"tunemv: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("tunemv: interrupted", file=sys.stderr)
+        return 130
