@@ -125,7 +125,7 @@ def _matrix(value, rows: int, cols: int) -> np.ndarray | None:
     return array if array.shape == (rows, cols) else None
 
 
-def _camera_problems(view: dict, where: str, width: int, height: int) -> list[str]:
+def camera_problems(view: dict, where: str, width: int, height: int) -> list[str]:
     problems = []
     K = _matrix(view.get("K"), 3, 3)
     if K is None:
@@ -231,7 +231,7 @@ def inspect_object(directory: str | Path, min_views: int = 1, check_files: bool 
                     problem(image_path, message)
             elif not image_path.is_file():
                 problem(image_path, "image file is missing")
-        camera_messages = _camera_problems(view, where, width, height)
+        camera_messages = camera_problems(view, where, width, height)
         for message in camera_messages:
             problem(cameras_path, message)
         if image_path is not None and not camera_messages:
