@@ -74,7 +74,7 @@ class SphereTracer:
 @dataclass
 class RenderOutput:
     rgba: torch.Tensor  # (V, H, W, 4) straight (not premultiplied) colour and coverage alpha, in [0, 1]
-    depth: torch.Tensor  # (V, H, W) camera-frame z, 0 where nothing was hit
+    depth: torch.Tensor  # (V, H, W) camera-frame z where ``mask``, 0 elsewhere
     mask: torch.Tensor  # (V, H, W) bool, alpha >= 0.5
 
     @property
@@ -113,4 +113,5 @@ def render_sdf(sdf: Callable[[torch.Tensor], torch.Tensor], cameras: Cameras, rg
     straight = colour_sum / coverage.clamp(min=1e-8)  # mean over the hit sub-samples only
     alpha = coverage[..., 0]
     rgba = torch.cat([straight[..., :3], alpha[..., None]], -1).clamp(0, 1)
-    return RenderOutput(rgba=rgba, depth=straight[..., 3] * (alpha > 0), mask=alpha >= 0.5)
+    mask = alpha >= 0.5
+    return RenderOutput(rgba=rgba, depth=straight[..., 3] * mask, mask=mask)

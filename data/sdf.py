@@ -173,21 +173,30 @@ class Transformed(Shape):
         return self.shape((points - self.offset.to(points)) / self.scale) * self.scale
 
 
-def bounding_box(shape: Shape, extent: float = 2.5, resolution: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
-    """Min and max corners (3,) of the points inside ``shape`` on a grid over ``[-extent, extent]^3``."""
+def bounding_box(shape: Shape, extent: float = 2.5, resolution: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min and max corners (3,) of ``shape`` on a grid over ``[-extent, extent]^3``, accurate to one cell.
+
+    Every surface point lies within half a cell diagonal of some grid point, and the SDF is a distance, so
+    keeping grid points with ``sdf <= half diagonal`` catches thin parts (a cone's tip) that no grid point
+    falls inside.
+    """
     axis = torch.linspace(-extent, extent, resolution)
     grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
-    inside = grid[shape(grid) <= 0]
-    if inside.numel() == 0:
-        raise ValueError("shape has no interior inside the search box")
-    cell = 2 * extent / (resolution - 1)
-    return inside.min(0).values - cell / 2, inside.max(0).values + cell / 2
+    half_diagonal = math.sqrt(3) / 2 * 2 * extent / (resolution - 1)
+    near = grid[shape(grid) <= half_diagonal]
+    if near.numel() == 0:
+        raise ValueError("shape has no surface inside the search box")
+    return near.min(0).values, near.max(0).values
 
 
 def normalize_to_sphere(shape: Shape, radius: float = 0.8) -> Shape:
-    """Centre ``shape``'s bounding box at the origin and scale it so it fits in a sphere of ``radius``."""
-    low, high = bounding_box(shape)
-    center = (low + high) / 2
-    half_diagonal = float((high - low).norm() / 2)
-    scale = radius / half_diagonal
-    return Transformed(shape, scale, (-center * scale).tolist())
+    """Centre ``shape``'s bounding box at the origin and scale its half diagonal to ``radius``.
+
+    A coarse pass over a wide box, then a fine pass over the normalised object.
+    """
+    for extent in (2.5, 1.2 * radius):
+        low, high = bounding_box(shape, extent)
+        center = (low + high) / 2
+        scale = radius / float((high - low).norm() / 2)
+        shape = Transformed(shape, scale, (-center * scale).tolist())
+    return shape

@@ -16,7 +16,11 @@ from dataclasses import dataclass
 
 import torch
 from kornia.geometry.linalg import inverse_transformation
-from kornia.utils import create_meshgrid
+
+try:  # kornia >= 0.8.3 moved it; older releases only have kornia.utils
+    from kornia.geometry import create_meshgrid
+except ImportError:  # pragma: no cover
+    from kornia.utils import create_meshgrid
 
 from tunemv.errors import CameraError
 

@@ -1,0 +1,33 @@
+"""Seeded, deterministic tests; shared tiny datasets are built once per session."""
+
+from __future__ import annotations
+
+import os
+import random
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+@pytest.fixture(scope="session")
+def procedural_root(tmp_path_factory):
+    """6 procedural objects (chair, table, mug x2) with 16 views at 32x32 and a val split; read-only for tests."""
+    from tunemv.data.generate import generate_procedural_dataset
+
+    root = tmp_path_factory.mktemp("procedural")
+    generate_procedural_dataset(root, num_objects=6, num_views=16, resolution=32, categories=["chair", "table", "mug"],
+                                seed=7, val_fraction=0.34, workers=1, progress=False)
+    return root
