@@ -93,7 +93,7 @@ def generate_procedural_dataset(root: str | Path, num_objects: int = 200, num_vi
                 bar.update()
     bar.close()
 
-    num_val = int(round(val_fraction * num_objects)) if num_objects > 1 else 0
+    num_val = round(val_fraction * num_objects) if num_objects > 1 else 0
     val_index = set(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,))).permutation(num_objects)[:num_val].tolist())
     write_split_files(root, [i for k, i in enumerate(ids) if k not in val_index], [i for k, i in enumerate(ids) if k in val_index])
     (root / "procedural.json").write_text(json.dumps({**job, "root": None, "num_objects": num_objects,

@@ -108,7 +108,7 @@ def test_unreadable_image_at_load_time(procedural_root, tmp_path):
     first = MultiviewDataset(root, "train", num_views=16, num_supervision_views=0).records[0]
     first.image_paths[0].write_bytes(b"not a png")
     ds = MultiviewDataset(root, "train", num_views=16, num_supervision_views=0)
-    with pytest.raises(DatasetError, match="images/000.png: image is not readable"):
+    with pytest.raises(DatasetError, match=r"images/000\.png: image is not readable"):
         ds[0]
     tolerant = MultiviewDataset(root, "train", num_views=16, num_supervision_views=0, skip_invalid=True)
     assert tolerant[0]["object_id"] == tolerant.records[1].object_id

@@ -1,0 +1,89 @@
+"""Install paths, the CLI entry points, and the README/CI contract."""
+
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tunemv.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SUBPACKAGES = ("data", "neus", "adapters", "sampling")
+
+
+def readme_quick_start() -> list[str]:
+    section = (REPO / "README.md").read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.*?)\n```", section, flags=re.S)
+
+
+def test_readme_quick_start_is_two_commands_and_ci_runs_the_test_one():
+    commands = readme_quick_start()
+    assert len(commands) == 2 and all("\n" not in c for c in commands)
+    main_job, tests = commands
+    assert "tunemv" in main_job and "pytest" in tests
+    assert tests in (REPO / ".ci" / "run").read_text().splitlines()
+    assert "pip install torch==2.13.0" in main_job and "pip install torch==2.13.0" in tests
+
+
+def test_editable_install_maps_folders_to_subpackages():
+    import tunemv
+    for name in SUBPACKAGES:
+        module = __import__(f"tunemv.{name}", fromlist=["_"])
+        assert Path(module.__file__).parent == REPO / name
+    assert tunemv.Cameras.__module__ == "tunemv.neus.cameras"
+
+
+def test_built_wheel_contains_and_imports_every_subpackage(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(REPO)], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("tunemv-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for name in SUBPACKAGES:
+        assert f"tunemv/{name}/__init__.py" in names
+    assert "tunemv/data/format.py" in names and "tunemv/neus/cameras.py" in names
+    assert not any(n.startswith(("tests/", "data/", "neus/")) for n in names)
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = ("import tunemv.data.format, tunemv.neus.cameras, tunemv.adapters, tunemv.sampling, tunemv.cli; "
+            "print(tunemv.data.format.__file__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": ""},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip().startswith(str(site))
+
+
+def test_import_is_cheap_and_runs_nothing():
+    code = "import sys, tunemv, tunemv.cli, tunemv.data; print('torch' in sys.modules, 'lightning' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"] and out.stderr == ""
+
+
+def test_python_dash_m_and_console_script_agree():
+    via_module = subprocess.run([sys.executable, "-m", "tunemv", "data", "--help"], capture_output=True, text=True)
+    script = Path(sys.executable).with_name("tunemv")
+    via_script = subprocess.run([str(script), "data", "--help"], capture_output=True, text=True)
+    assert via_module.returncode == via_script.returncode == 0
+    for command in ("check", "import-transforms", "procedural"):
+        assert command in via_module.stdout
+    assert via_module.stdout.replace("__main__.py", "tunemv") == via_script.stdout
+
+
+def test_cli_end_to_end_generate_then_check(tmp_path, capsys):
+    root = tmp_path / "demo"
+    args = ["data", "procedural", "--out", str(root), "--objects", "3", "--views", "4", "--resolution", "16",
+            "--categories", "vase", "torus", "--seed", "1", "--quiet"]
+    assert main(args) == 0
+    assert main(["data", "check", str(root), "--min-views", "4"]) == 0
+    assert "OK: 3 objects, 12 views" in capsys.readouterr().out
+    assert main(args) == 2  # refuses to overwrite silently
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("argv", [[], ["data"], ["data", "procedural", "--out", "x", "--categories", "spaceship"]])
+def test_cli_usage_errors_exit_2(argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
