@@ -97,13 +97,18 @@ def read_split_file(path: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- images
-def load_image(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Load an image as (rgb [3,H,W] in [0,1] composited on white, alpha [1,H,W] or None)."""
+def read_image_array(path: str | Path) -> np.ndarray:
+    """uint8 (H, W, 4) when the file has transparency, else (H, W, 3); palette and grey images are expanded."""
     with Image.open(path) as img:
         has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
-        array = np.asarray(img.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
+        return np.asarray(img.convert("RGBA" if has_alpha else "RGB"))
+
+
+def load_image(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Load an image as (rgb [3,H,W] in [0,1] composited on white, alpha [1,H,W] or None)."""
+    array = read_image_array(path).astype(np.float32) / 255.0
     tensor = torch.from_numpy(array).permute(2, 0, 1)  # (h w c) -> (c h w)
-    if not has_alpha:
+    if tensor.shape[0] == 3:
         return tensor.contiguous(), None
     rgb, alpha = tensor[:3], tensor[3:]
     return (rgb * alpha + (1.0 - alpha)).contiguous(), alpha.contiguous()
@@ -117,34 +122,34 @@ def load_mask(path: str | Path) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------- validation helpers
-def _matrix(value, rows: int, cols: int) -> np.ndarray | None:
+def _finite_matrix(view: dict, key: str, rows: int, cols: int, where: str, problems: list[str]) -> np.ndarray | None:
+    """``view[key]`` as a finite (rows, cols) array, or None after recording why it is not one."""
     try:
-        array = np.asarray(value, dtype=np.float64)
+        array = np.asarray(view.get(key), dtype=np.float64)
     except (TypeError, ValueError):
+        array = None
+    if array is None or array.shape != (rows, cols):
+        problems.append(f"{where}.{key} must be a {rows}x{cols} list of numbers")
         return None
-    return array if array.shape == (rows, cols) else None
+    if not np.isfinite(array).all():
+        problems.append(f"{where}.{key} contains NaN or inf")
+        return None
+    return array
 
 
 def camera_problems(view: dict, where: str, width: int, height: int) -> list[str]:
-    problems = []
-    K = _matrix(view.get("K"), 3, 3)
-    if K is None:
-        problems.append(f"{where}.K must be a 3x3 list of numbers")
-    elif not np.isfinite(K).all():
-        problems.append(f"{where}.K contains NaN or inf")
-    else:
+    """Everything wrong with one view's ``K`` and ``c2w`` (shared by ``data check`` and the importers)."""
+    problems: list[str] = []
+    K = _finite_matrix(view, "K", 3, 3, where, problems)
+    if K is not None:
         if K[0, 0] <= 0 or K[1, 1] <= 0:
             problems.append(f"{where}.K: focal length must be > 0, got fx={K[0, 0]:g}, fy={K[1, 1]:g}")
         if not np.allclose(K[2], [0, 0, 1]):
             problems.append(f"{where}.K: last row must be [0, 0, 1], got {K[2].tolist()}")
         if not (0 <= K[0, 2] <= width and 0 <= K[1, 2] <= height):
             problems.append(f"{where}.K: principal point ({K[0, 2]:g}, {K[1, 2]:g}) lies outside the {width}x{height} image")
-    c2w = _matrix(view.get("c2w"), 4, 4)
-    if c2w is None:
-        problems.append(f"{where}.c2w must be a 4x4 list of numbers")
-    elif not np.isfinite(c2w).all():
-        problems.append(f"{where}.c2w contains NaN or inf")
-    else:
+    c2w = _finite_matrix(view, "c2w", 4, 4, where, problems)
+    if c2w is not None:
         if not np.allclose(c2w[3], [0, 0, 0, 1]):
             problems.append(f"{where}.c2w: last row must be [0, 0, 0, 1], got {c2w[3].tolist()}")
         R = c2w[:3, :3]

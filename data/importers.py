@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from tunemv.data.format import camera_problems, write_object
+from tunemv.data.format import camera_problems, read_image_array, write_object
 from tunemv.errors import DatasetError
 from tunemv.neus.cameras import Cameras
 
@@ -75,12 +74,6 @@ def _find_image(base: Path, file_path: str) -> Path | None:
     return None
 
 
-def _read_image(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
-        has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
-        return np.asarray(img.convert("RGBA" if has_alpha else "RGB"))
-
-
 def _import_object(src: Path, out: Path, caption: str | None, scale: float, overwrite: bool) -> Path:
     images, Ks, c2ws, size = [], [], [], None
     for path in transforms_files(src):
@@ -98,7 +91,7 @@ def _import_object(src: Path, out: Path, caption: str | None, scale: float, over
             image_path = _find_image(path.parent, frame["file_path"])
             if image_path is None:
                 raise DatasetError(path, f"{where}: image {frame['file_path']!r} not found (tried {', '.join(IMAGE_SUFFIXES)})")
-            image = _read_image(image_path)
+            image = read_image_array(image_path)
             height, width = image.shape[:2]
             if size is not None and size != (width, height):
                 raise DatasetError(image_path, f"is {width}x{height}, but earlier frames are {size[0]}x{size[1]}")

@@ -87,3 +87,11 @@ def test_cli_usage_errors_exit_2(argv):
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
+
+
+def test_ruff_is_clean():
+    ruff = Path(sys.executable).with_name("ruff")
+    if not ruff.exists():
+        pytest.skip("ruff is not installed (pip install -e '.[dev]')")
+    result = subprocess.run([str(ruff), "check", "--no-cache", str(REPO)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
