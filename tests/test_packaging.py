@@ -95,3 +95,14 @@ def test_ruff_is_clean():
         pytest.skip("ruff is not installed (pip install -e '.[dev]')")
     result = subprocess.run([str(ruff), "check", "--no-cache", str(REPO)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_every_public_name_resolves():
+    import tunemv
+    import tunemv.data
+
+    for module in (tunemv, tunemv.data):
+        for name in module.__all__:
+            assert getattr(module, name) is not None, f"{module.__name__}.{name}"
+    with pytest.raises(AttributeError):
+        tunemv.NotAThing  # noqa: B018
