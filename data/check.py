@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunemv.data.format import SPLITS, Problem, inspect_object, is_object_dir, list_objects, read_split_file
+from tunemv.data.format import (
+    SPLITS,
+    Problem,
+    inspect_object,
+    is_object_dir,
+    list_objects,
+    read_split_file,
+    split_files_problem,
+)
 
 
 @dataclass
@@ -65,9 +73,9 @@ def _split_problems(root: Path, object_ids: set[str]) -> list[Problem]:
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             problems.append(Problem(str(path), f"lists {duplicates} more than once"))
-    if len(listed) == 1:
-        missing = next(s for s in SPLITS if s not in listed)
-        problems.append(Problem(str(root / f"{missing}.txt"), "missing, but the other split file exists; write both or neither"))
+    unpaired = split_files_problem(root)
+    if unpaired:
+        problems.append(unpaired)
     overlap = sorted(listed.get("train", set()) & listed.get("val", set()))
     if overlap:
         problems.append(Problem(str(root / "val.txt"), f"shares objects with train.txt: {overlap[:5]}"))

@@ -86,9 +86,19 @@ def list_objects(root: str | Path, split: str = "all") -> list[str]:
     split_file = root / f"{split}.txt"
     if split_file.is_file():
         return read_split_file(split_file)
-    if any((root / f"{s}.txt").is_file() for s in SPLITS):
-        raise DatasetError(split_file, "missing, but the other split file exists; write both or neither")
+    problem = split_files_problem(root)
+    if problem:
+        raise DatasetError(problem.path, problem.message)
     return everything if split == "train" else []
+
+
+def split_files_problem(root: Path) -> Problem | None:
+    """Split files come in pairs: one without the other is an error, not an empty split."""
+    present = [s for s in SPLITS if (root / f"{s}.txt").is_file()]
+    if len(present) != 1:
+        return None
+    missing = next(s for s in SPLITS if s not in present)
+    return Problem(str(root / f"{missing}.txt"), "missing, but the other split file exists; write both or neither")
 
 
 def read_split_file(path: Path) -> list[str]:
