@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,12 @@ from tunemv.neus.cameras import Cameras
 log = logging.getLogger(__name__)
 
 ViewSelection = Literal["random", "uniform"]
+
+
+def check_view_selection(mode: str) -> None:
+    if mode not in get_args(ViewSelection):
+        raise ValueError(f"unknown view_selection {mode!r}; expected one of {get_args(ViewSelection)}")
+
 WHITE_THRESHOLD = 0.97  # a pixel with every channel above this counts as background when there is no mask
 
 
@@ -40,11 +46,10 @@ def select_views(num_available: int, num_views: int, num_supervision: int, mode:
     """
     if num_views + num_supervision > num_available:
         raise ValueError(f"need {num_views} + {num_supervision} views, object has {num_available}")
+    check_view_selection(mode)
     if mode == "random":
         order = torch.randperm(num_available, generator=generator)
         return order[:num_views], order[num_views:num_views + num_supervision]
-    if mode != "uniform":
-        raise ValueError(f"unknown view_selection {mode!r}; expected 'random' or 'uniform'")
     start = int(torch.randint(num_available, (1,), generator=generator))
     inputs = (start + torch.floor(torch.arange(num_views) * num_available / num_views).long()) % num_available
     rest = torch.tensor([i for i in range(num_available) if i not in set(inputs.tolist())], dtype=torch.long)
@@ -68,8 +73,7 @@ class MultiviewDataset(Dataset):
                  skip_invalid: bool = False, seed: int = 0):
         if num_views < 1 or num_supervision_views < 0:
             raise ValueError(f"need num_views >= 1 and num_supervision_views >= 0, got {num_views}, {num_supervision_views}")
-        if view_selection not in ("random", "uniform"):
-            raise ValueError(f"unknown view_selection {view_selection!r}; expected 'random' or 'uniform'")
+        check_view_selection(view_selection)
         self.root, self.split = Path(root), split
         self.num_views, self.num_supervision_views = num_views, num_supervision_views
         self.resolution, self.view_selection = resolution, view_selection

@@ -192,11 +192,12 @@ def bounding_box(shape: Shape, extent: float = 2.5, resolution: int = 64) -> tup
 def normalize_to_sphere(shape: Shape, radius: float = 0.8) -> Shape:
     """Centre ``shape``'s bounding box at the origin and scale its half diagonal to ``radius``.
 
-    A coarse pass over a wide box, then a fine pass over the normalised object.
+    A coarse pass over a wide box, then a fine pass over the normalised object; the two passes compose into
+    one ``Transformed`` so the renderer's hot loop pays for a single wrapper.
     """
+    scale, offset = 1.0, torch.zeros(3)
     for extent in (2.5, 1.2 * radius):
-        low, high = bounding_box(shape, extent)
-        center = (low + high) / 2
-        scale = radius / float((high - low).norm() / 2)
-        shape = Transformed(shape, scale, (-center * scale).tolist())
-    return shape
+        low, high = bounding_box(Transformed(shape, scale, offset.tolist()), extent)
+        step = radius / float((high - low).norm() / 2)
+        scale, offset = scale * step, (offset - (low + high) / 2) * step  # world' = step * (world - centre)
+    return Transformed(shape, scale, offset.tolist())
