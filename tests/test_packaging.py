@@ -55,7 +55,8 @@ def test_built_wheel_contains_and_imports_every_subpackage(tmp_path):
 
 
 def test_import_is_cheap_and_runs_nothing():
-    code = "import sys, tunemv, tunemv.cli, tunemv.data; print('torch' in sys.modules, 'lightning' in sys.modules)"
+    code = ("import sys, tunemv, tunemv.cli, tunemv.data, tunemv.neus; "
+            "print('torch' in sys.modules, 'lightning' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"] and out.stderr == ""
 
@@ -100,8 +101,9 @@ def test_ruff_is_clean():
 def test_every_public_name_resolves():
     import tunemv
     import tunemv.data
+    import tunemv.neus
 
-    for module in (tunemv, tunemv.data):
+    for module in (tunemv, tunemv.data, tunemv.neus):
         for name in module.__all__:
             assert getattr(module, name) is not None, f"{module.__name__}.{name}"
     with pytest.raises(AttributeError):

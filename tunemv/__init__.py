@@ -11,6 +11,10 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Cameras": "tunemv.neus.cameras",
     "orbit": "tunemv.neus.cameras",
+    "LatentSparseNeuS": "tunemv.neus.latent_sparseneus",
+    "NeuSLoss": "tunemv.neus.losses",
+    "extract_mesh": "tunemv.neus.mesh",
+    "export_mesh": "tunemv.neus.mesh",
     "MultiviewDataset": "tunemv.data.dataset",
     "MultiviewDataModule": "tunemv.data.datamodule",
     "check_dataset": "tunemv.data.check",

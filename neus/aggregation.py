@@ -1,0 +1,71 @@
+"""Eq. 2 of seed 003: project 3D points into every source view, gather its features, aggregate over views.
+
+Pixel convention as in ``Cameras``: pixel (i, j) covers [j, j+1) x [i, i+1) and its centre is (j+0.5, i+0.5).
+A point is valid for a view when it is in front of the camera and projects inside the image rectangle.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from tunemv.neus.cameras import Cameras
+
+
+def bilinear_sample(feature_maps: torch.Tensor, pixels: torch.Tensor, twice_differentiable: bool = False
+                    ) -> torch.Tensor:
+    """Sample (V, C, h, w) maps at continuous pixel coordinates (V, N, 2) (u, v) -> (V, N, C), border padding.
+
+    By default this is ``F.grid_sample``: fast, and differentiable once with respect to the coordinates
+    (enough for rendering and for normals). The eikonal loss differentiates the SDF's gradient again, and
+    ``grid_sample``'s double backward is missing from many torch versions and backends (pytorch#34704), so
+    ``twice_differentiable=True`` builds the same interpolation from ``gather`` and arithmetic instead,
+    which autograd can always differentiate twice. It is about 5x slower, so use it on few points.
+    """
+    _, channels, height, width = feature_maps.shape
+    if not twice_differentiable:
+        grid = pixels / pixels.new_tensor([width, height]) * 2 - 1  # align_corners=False: edges at -1 and 1
+        sampled = F.grid_sample(feature_maps, grid[:, :, None], mode="bilinear", padding_mode="border",
+                                align_corners=False)
+        return rearrange(sampled, "v c n 1 -> v n c")
+    x, y = pixels[..., 0] - 0.5, pixels[..., 1] - 0.5  # continuous index of the pixel centres
+    x0, y0 = x.detach().floor(), y.detach().floor()
+    wx, wy = x - x0, y - y0
+    xs = torch.stack([x0, x0 + 1, x0, x0 + 1], -1).clamp(0, width - 1).long()  # clamping = border padding
+    ys = torch.stack([y0, y0, y0 + 1, y0 + 1], -1).clamp(0, height - 1).long()
+    corner_weights = torch.stack([(1 - wx) * (1 - wy), wx * (1 - wy), (1 - wx) * wy, wx * wy], -1)
+    flat = rearrange(feature_maps, "v c h w -> v (h w) c")
+    index = rearrange(ys * width + xs, "v n k -> v (n k)")
+    corners = flat.gather(1, index[..., None].expand(-1, -1, channels))
+    corners = rearrange(corners, "v (n k) c -> v n k c", k=4)
+    return torch.einsum("vnkc,vnk->vnc", corners, corner_weights)
+
+
+def gather_view_features(points: torch.Tensor, feature_maps: torch.Tensor, cameras: Cameras,
+                         twice_differentiable: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 3) world points, (V, C, h, w) feature maps of views seen by Cameras ``[V]``.
+
+    Returns the bilinearly sampled features (V, N, C) and ``valid`` (V, N). The maps may have any resolution:
+    the projection is rescaled from the cameras' stated size to the map size.
+    """
+    num_views, _, height, width = feature_maps.shape
+    pixels, _, in_front = cameras.project(points.expand(num_views, *points.shape))  # (V, N, 2)
+    pixels = pixels * pixels.new_tensor([width / cameras.width, height / cameras.height])
+    inside = ((pixels >= 0) & (pixels <= pixels.new_tensor([width, height]))).all(-1)
+    return bilinear_sample(feature_maps, pixels, twice_differentiable), in_front & inside
+
+
+def aggregate_mean_var(features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean and variance over the valid views (SparseNeuS), plus the fraction of views that see the point.
+
+    (V, N, C) features, (V, N) valid -> (N, 2C + 1) ``[mean, variance, visible_fraction]``.
+    Fallback: a point that no view sees gets mean 0, variance 0 and fraction 0, so the field can tell
+    "no evidence" apart from evidence; its SDF then comes from the position and timestep alone.
+    """
+    weight = valid.to(features.dtype)[..., None]  # (V, N, 1)
+    count = weight.sum(0)
+    denom = count.clamp(min=1.0)
+    mean = (features * weight).sum(0) / denom
+    variance = ((features - mean) ** 2 * weight).sum(0) / denom
+    return torch.cat([mean, variance, count / features.shape[0]], -1)

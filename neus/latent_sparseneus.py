@@ -1,0 +1,171 @@
+"""The latent SparseNeuS of seed 003 §3.1.1 (eq. 1–3): noisy views -> one surface field -> g_i ≈ x0_i.
+
+    x_t (B, V, C, h, w), t (B, V) --E--> f (B, V, F, h, w)
+    rays of each target view -> points -> projected into every view -> mean/var of f (eq. 2)
+    -> SDF MLP + feature MLP -> NeuS volume render (eq. 3) -> image (B, T, C, H, W), depth, opacity, normals
+
+The renders are the centralized geometric condition for the control branch; the sample points and NeuS
+weights are reused by the geometry-aware cross-view attention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from einops import rearrange
+from torch import nn
+
+from tunemv.neus.aggregation import aggregate_mean_var, gather_view_features
+from tunemv.neus.cameras import Cameras
+from tunemv.neus.encoder import ViewEncoder
+from tunemv.neus.field import FeatureNetwork, InverseDeviation, SDFNetwork
+from tunemv.neus.renderer import FieldSample, RaySamplingConfig, ViewRender, render_views
+
+
+@dataclass
+class LatentSparseNeuSOutput:
+    image: torch.Tensor  # (B, T, C, H, W) predicted clean views x̂0, background composited
+    depth: torch.Tensor  # (B, T, 1, H, W) camera-frame z of the expected surface
+    opacity: torch.Tensor  # (B, T, 1, H, W)
+    normals: torch.Tensor | None  # (B, T, 3, H, W) world frame; None unless asked for
+    sample_points: torch.Tensor  # (B, T, H, W, S, 3) section midpoints along each ray
+    sample_weights: torch.Tensor  # (B, T, H, W, S) NeuS weights of those sections
+    eikonal_gradients: torch.Tensor | None  # (B, K, 3) SDF gradients at random ray samples (eikonal loss)
+
+
+class ConditionedField:
+    """The surface field of one object: the shared MLPs conditioned on that object's view features."""
+
+    def __init__(self, model: LatentSparseNeuS, feature_maps: torch.Tensor, cameras: Cameras,
+                 time_condition: torch.Tensor):
+        self.model = model
+        self.feature_maps = feature_maps  # (V, F, h, w)
+        self.cameras = cameras  # [V]
+        self.time_condition = time_condition  # (D,)
+
+    def query(self, points: torch.Tensor, twice_differentiable: bool = False) -> FieldSample:
+        features, valid = gather_view_features(points, self.feature_maps, self.cameras, twice_differentiable)
+        condition = torch.cat([aggregate_mean_var(features, valid),
+                               self.time_condition.expand(points.shape[0], -1)], -1)
+        sdf, geometry = self.model.sdf_network(points, condition)
+        return FieldSample(sdf, geometry, condition)
+
+    def color(self, sample: FieldSample, directions: torch.Tensor) -> torch.Tensor:
+        return self.model.feature_network(sample.geometry, directions, sample.condition)
+
+    def inv_s(self) -> torch.Tensor:
+        return self.model.deviation()
+
+    @torch.no_grad()
+    def sdf(self, points: torch.Tensor) -> torch.Tensor:
+        """(N, 3) -> (N,) SDF values, for mesh extraction."""
+        return self.query(points).sdf
+
+
+class LatentSparseNeuS(ModelMixin, ConfigMixin):
+    """Fuses V noisy views into one NeuS field per object and renders it at any target cameras.
+
+    The constructor arguments are the config (``save_pretrained`` / ``from_pretrained`` store them).
+    ``out_channels`` equals the backbone's channels: 4 for SD latents, 3 for IF pixels. ``background`` is what
+    an empty ray renders: 1.0 (white) in pixel space, or the VAE latent of white for latent backbones.
+    """
+
+    @register_to_config
+    def __init__(self, in_channels: int = 4, out_channels: int | None = None, feature_channels: int = 16,
+                 encoder_hidden_channels: int = 32, encoder_blocks: int = 2, time_embedding_dim: int = 64,
+                 time_condition_dim: int = 16, sdf_hidden_dim: int = 64, sdf_layers: int = 4,
+                 geometry_dim: int = 32, num_frequencies: int = 6, feature_hidden_dim: int = 64,
+                 init_radius: float = 0.5, init_inv_deviation: float = 0.3,
+                 background: float | Sequence[float] = 1.0, output_activation: str = "identity",
+                 num_coarse: int = 32, num_importance: int = 32, upsample_steps: int = 2,
+                 bound_radius: float = 1.0, ray_chunk: int = 1024, eikonal_fraction: float = 0.125,
+                 gradient_checkpointing: bool = False):
+        super().__init__()
+        out_channels = out_channels or in_channels
+        self.encoder = ViewEncoder(in_channels, feature_channels, encoder_hidden_channels, encoder_blocks,
+                                   time_embedding_dim)
+        self.time_condition = nn.Linear(time_embedding_dim, time_condition_dim)
+        condition_dim = 2 * feature_channels + 1 + time_condition_dim
+        self.sdf_network = SDFNetwork(condition_dim, num_frequencies, sdf_hidden_dim, sdf_layers, geometry_dim,
+                                      init_radius)
+        self.feature_network = FeatureNetwork(geometry_dim, condition_dim, out_channels, feature_hidden_dim,
+                                              output_activation=output_activation)
+        self.deviation = InverseDeviation(init_inv_deviation)
+        background = torch.as_tensor(background, dtype=torch.float32).reshape(-1)
+        if background.numel() not in (1, out_channels):
+            raise ValueError(f"background must be one value or {out_channels}, got {background.numel()}")
+        self.register_buffer("background_value", background.expand(out_channels).clone())
+        self.sampling = RaySamplingConfig(num_coarse, num_importance, upsample_steps, bound_radius, ray_chunk,
+                                          eikonal_fraction)
+        self.gradient_checkpointing = gradient_checkpointing
+
+    # diffusers' ModelMixin.enable_gradient_checkpointing() looks for this flag.
+    _supports_gradient_checkpointing = True
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None) -> None:
+        self.gradient_checkpointing = enable
+
+    def fields(self, noisy_views: torch.Tensor, timesteps: torch.Tensor, cameras: Cameras
+               ) -> list[ConditionedField]:
+        """One field per object from (B, V, C, h, w) views, (B, V) timesteps and Cameras ``[B, V]``."""
+        check_inputs(noisy_views, timesteps, cameras)
+        batch = timesteps.shape[0]
+        views = rearrange(noisy_views, "b v c h w -> (b v) c h w")
+        features, temb = self.encoder(views, rearrange(timesteps, "b v -> (b v)"))
+        features = rearrange(features, "(b v) f h w -> b v f h w", b=batch)
+        # The field is shared by all views, so it sees the views' noise levels through their mean embedding.
+        time_condition = self.time_condition(rearrange(temb, "(b v) d -> b v d", b=batch).mean(1))
+        return [ConditionedField(self, features[b], cameras[b], time_condition[b]) for b in range(batch)]
+
+    def render(self, field: ConditionedField, cameras: Cameras, height: int, width: int,
+               with_normals: bool = False, with_eikonal: bool = False) -> ViewRender:
+        """Render one object's field at Cameras ``[T]``; stratified sampling in training, uniform in eval."""
+        return render_views(field, cameras, height, width, self.sampling, self.background_value,
+                            stratified=self.training, with_normals=with_normals, with_eikonal=with_eikonal,
+                            gradient_checkpointing=self.gradient_checkpointing and self.training)
+
+    def forward(self, noisy_views: torch.Tensor, timesteps: torch.Tensor, source_cameras: Cameras,
+                target_cameras: Cameras, resolution: int | tuple[int, int] | None = None,
+                with_normals: bool = False, with_eikonal: bool | None = None) -> LatentSparseNeuSOutput:
+        """Render (B, V, C, h, w) noisy views at (timesteps (B, V), Cameras ``[B, V]``) from Cameras ``[B, T]``.
+
+        ``resolution`` (default: the views' h x w) is the render size. ``with_normals`` adds normal maps;
+        ``with_eikonal`` (default: in training) adds the SDF gradients the eikonal loss needs.
+        """
+        height, width = _resolution(resolution, noisy_views.shape[-2:])
+        if target_cameras.K.dim() != 4 or target_cameras.shape[0] != noisy_views.shape[0]:
+            raise ValueError(f"target_cameras must be [B={noisy_views.shape[0]}, T], got {list(target_cameras.shape)}")
+        with_eikonal = self.training if with_eikonal is None else with_eikonal
+        renders = [self.render(field, target_cameras[b], height, width, with_normals, with_eikonal)
+                   for b, field in enumerate(self.fields(noisy_views, timesteps, source_cameras))]
+
+        def stack(name: str) -> torch.Tensor | None:
+            values = [getattr(r, name) for r in renders]
+            return None if values[0] is None else torch.stack(values)
+
+        return LatentSparseNeuSOutput(**{name: stack(name) for name in LatentSparseNeuSOutput.__dataclass_fields__})
+
+    @property
+    def out_channels(self) -> int:
+        return self.background_value.numel()
+
+
+def _resolution(resolution: int | tuple[int, int] | None, default: Sequence[int]) -> tuple[int, int]:
+    if resolution is None:
+        return int(default[0]), int(default[1])
+    if isinstance(resolution, int):
+        return resolution, resolution
+    return int(resolution[0]), int(resolution[1])
+
+
+def check_inputs(noisy_views: torch.Tensor, timesteps: torch.Tensor, cameras: Cameras) -> None:
+    if noisy_views.dim() != 5:
+        raise ValueError(f"noisy_views must be (B, V, C, h, w), got shape {list(noisy_views.shape)}")
+    if tuple(timesteps.shape) != tuple(noisy_views.shape[:2]):
+        raise ValueError(f"timesteps must be (B, V) = {list(noisy_views.shape[:2])}, got {list(timesteps.shape)}")
+    if tuple(cameras.shape) != tuple(noisy_views.shape[:2]):
+        raise ValueError(f"source cameras must be [B, V] = {list(noisy_views.shape[:2])}, got {list(cameras.shape)}")
