@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import trimesh
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
@@ -23,6 +24,7 @@ from tunemv.neus.aggregation import aggregate_mean_var, gather_view_features
 from tunemv.neus.cameras import Cameras
 from tunemv.neus.encoder import ViewEncoder
 from tunemv.neus.field import FeatureNetwork, InverseDeviation, SDFNetwork
+from tunemv.neus.mesh import colored_mesh, extract_mesh, vertex_colors
 from tunemv.neus.renderer import FieldSample, RaySamplingConfig, ViewRender, render_views
 
 
@@ -148,6 +150,30 @@ class LatentSparseNeuS(ModelMixin, ConfigMixin):
             return None if values[0] is None else torch.stack(values)
 
         return LatentSparseNeuSOutput(**{name: stack(name) for name in LatentSparseNeuSOutput.__dataclass_fields__})
+
+    @torch.no_grad()
+    def extract_mesh(self, field: ConditionedField, resolution: int = 256, images: torch.Tensor | None = None,
+                     cameras: Cameras | None = None, chunk: int = 65536) -> trimesh.Trimesh:
+        """Marching cubes of one object's field on a dense ``resolution``^3 grid over the bounding sphere's cube.
+
+        With (V, 3, H, W) RGB ``images`` in [-1, 1] (e.g. the generated views, decoded) and their Cameras
+        ``[V]``, vertices are coloured by the views that see them; visibility comes from depth rendered by
+        this field at H x W.
+        """
+        bound = self.sampling.bound_radius
+        mesh = extract_mesh(field.sdf, resolution, bound, chunk, device=self.device)
+        if images is None:
+            return mesh
+        if cameras is None or images.dim() != 4 or images.shape[1] != 3 or len(cameras.flatten()) != len(images):
+            raise ValueError("colouring a mesh needs (V, 3, H, W) RGB images and Cameras [V] for them")
+        was_training = self.training
+        self.eval()
+        render = self.render(field, cameras, images.shape[-2], images.shape[-1])
+        self.train(was_training)
+        depth = render.depth[:, 0] * (render.opacity[:, 0] > 0.5)  # 0 marks empty pixels
+        vertices = torch.as_tensor(mesh.vertices, dtype=images.dtype, device=images.device)
+        colors = vertex_colors(vertices, (images + 1) / 2, cameras.flatten(), depth)
+        return colored_mesh(mesh, colors)
 
     @property
     def out_channels(self) -> int:

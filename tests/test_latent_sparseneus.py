@@ -123,3 +123,16 @@ def test_bad_inputs_get_clear_errors():
         NeuSLoss(eikonal_weight=0.0, opacity_weight=1.0)(out, torch.zeros_like(out.image))
     with pytest.raises(ValueError, match="match"):
         NeuSLoss()(out, torch.zeros(2, 3, 4, 4, 4))
+
+
+def test_extract_mesh_of_the_initial_field_is_the_init_sphere_coloured_by_the_views():
+    model = LatentSparseNeuS(in_channels=3, init_radius=0.5, **TINY)
+    views, timesteps, cameras = batch(batch_size=1, channels=3)
+    field = model.fields(views, timesteps, cameras)[0]
+    green = torch.tensor([-1.0, 1.0, -1.0])[None, :, None, None].expand(3, 3, 16, 16)  # [-1, 1] RGB
+    mesh = model.extract_mesh(field, resolution=64, images=green, cameras=cameras[0].rescale(16, 16))
+    radii = torch.as_tensor(mesh.vertices).norm(dim=-1)
+    assert (radii / 0.5 - 1).abs().max() < 0.01
+    assert (mesh.visual.vertex_colors[:, :3] == [0, 255, 0]).all()
+    with pytest.raises(ValueError, match="RGB images"):
+        model.extract_mesh(field, resolution=32, images=green[:, :2], cameras=cameras[0])
