@@ -84,7 +84,7 @@ class LatentSparseNeuS(ModelMixin, ConfigMixin):
                  init_radius: float = 0.5, init_inv_deviation: float = 0.3,
                  background: float | Sequence[float] = 1.0, output_activation: str = "identity",
                  num_coarse: int = 32, num_importance: int = 32, upsample_steps: int = 2,
-                 bound_radius: float = 1.0, ray_chunk: int = 1024, eikonal_fraction: float = 0.125,
+                 bound_radius: float = 1.0, ray_chunk: int = 1024, eikonal_samples: int = 4096,
                  gradient_checkpointing: bool = False):
         super().__init__()
         out_channels = out_channels or in_channels
@@ -102,7 +102,7 @@ class LatentSparseNeuS(ModelMixin, ConfigMixin):
             raise ValueError(f"background must be one value or {out_channels}, got {background.numel()}")
         self.register_buffer("background_value", background.expand(out_channels).clone())
         self.sampling = RaySamplingConfig(num_coarse, num_importance, upsample_steps, bound_radius, ray_chunk,
-                                          eikonal_fraction)
+                                          eikonal_samples)
         self.gradient_checkpointing = gradient_checkpointing
 
     # diffusers' ModelMixin.enable_gradient_checkpointing() looks for this flag.

@@ -65,13 +65,13 @@ class RaySamplingConfig:
     upsample_steps: int = 2  # importance samples are added in this many rounds, sharper each round
     bound_radius: float = 1.0
     ray_chunk: int = 1024
-    eikonal_fraction: float = 0.125  # share of the ray samples that also get the (costly) eikonal gradient
+    eikonal_samples: int = 4096  # ray samples per object that also get the (costly) eikonal gradient
 
     def __post_init__(self):
         if self.num_coarse < 2 or self.num_importance < 0 or self.upsample_steps < 1:
             raise ValueError("need num_coarse >= 2, num_importance >= 0 and upsample_steps >= 1")
-        if not 0.0 < self.eikonal_fraction <= 1.0:
-            raise ValueError(f"eikonal_fraction must be in (0, 1], got {self.eikonal_fraction}")
+        if self.eikonal_samples < 1:
+            raise ValueError(f"eikonal_samples must be >= 1, got {self.eikonal_samples}")
         if self.num_importance % self.upsample_steps:
             raise ValueError(f"num_importance ({self.num_importance}) must be divisible by upsample_steps "
                              f"({self.upsample_steps})")
@@ -87,7 +87,6 @@ class RayRender:
     normals: torch.Tensor | None  # (R, 3) weighted unit SDF gradients, world frame
     sample_depths: torch.Tensor  # (R, S-1) ray distance of each section's midpoint
     sample_weights: torch.Tensor  # (R, S-1) NeuS weights T_i alpha_i
-    eikonal_gradients: torch.Tensor | None  # (K, 3) SDF gradients at a random subset of the samples
 
     @staticmethod
     def cat(parts: list[RayRender]) -> RayRender:
@@ -132,12 +131,10 @@ def neus_alpha(sdf: torch.Tensor, inv_s: torch.Tensor) -> torch.Tensor:
 
 
 def render_rays(field: SurfaceField, origins: torch.Tensor, directions: torch.Tensor, config: RaySamplingConfig,
-                background: torch.Tensor, stratified: bool, with_normals: bool = False,
-                with_eikonal: bool = False) -> RayRender:
+                background: torch.Tensor, stratified: bool, with_normals: bool = False) -> RayRender:
     """Render (R, 3) rays with unit directions through ``field``; ``background`` is (C,).
 
-    ``with_normals`` differentiates the SDF at every sample (once) for the normal map. ``with_eikonal``
-    differentiates it twice-differentiably at a random ``config.eikonal_fraction`` of the samples.
+    ``with_normals`` differentiates the SDF at every sample (once) for the normal map.
     """
     near, far, hit = near_far_from_sphere(origins, directions, config.bound_radius)
     num_rays = origins.shape[0]
@@ -171,13 +168,6 @@ def render_rays(field: SurfaceField, origins: torch.Tensor, directions: torch.Te
 
     num_samples = depths.shape[1]
     sdf, geometry, condition = packed[:, :-1].split(split_sizes, -1)  # the last point needs only its SDF
-    eikonal_gradients = None
-    if with_eikonal:
-        points = (origins[:, None] + depths[..., None] * directions[:, None]).reshape(-1, 3)
-        count = max(1, round(config.eikonal_fraction * points.shape[0]))
-        chosen = torch.randperm(points.shape[0], device=points.device)[:count]
-        eikonal_gradients = sdf_gradient(field, points[chosen], create_graph=True, twice_differentiable=True)[1]
-
     alpha = neus_alpha(packed[..., 0], field.inv_s()) * hit[:, None]
     weights = alpha * exclusive_transmittance(alpha)  # (R, S-1)
     opacity = weights.sum(-1)
@@ -195,7 +185,7 @@ def render_rays(field: SurfaceField, origins: torch.Tensor, directions: torch.Te
     normals = None
     if gradients is not None:
         normals = (weights[..., None] * F.normalize(gradients[:, :-1], dim=-1)).sum(1)
-    return RayRender(color, depth, opacity, normals, mid_depths, weights, eikonal_gradients)
+    return RayRender(color, depth, opacity, normals, mid_depths, weights)
 
 
 @dataclass
@@ -208,14 +198,19 @@ class ViewRender:
     normals: torch.Tensor | None  # (T, 3, H, W)
     sample_points: torch.Tensor  # (T, H, W, S-1, 3) section midpoints
     sample_weights: torch.Tensor  # (T, H, W, S-1)
-    eikonal_gradients: torch.Tensor | None  # (K, 3) SDF gradients at random ray samples
+    eikonal_gradients: torch.Tensor | None  # (K, 3) SDF gradients at random ray samples (eikonal loss)
 
 
 def render_views(field: SurfaceField, cameras: Cameras, height: int, width: int, config: RaySamplingConfig,
                  background: torch.Tensor, stratified: bool = False, with_normals: bool = False,
                  with_eikonal: bool = False, gradient_checkpointing: bool = False) -> ViewRender:
     """Render every pixel centre of Cameras ``[T]`` at ``height`` x ``width``, ``config.ray_chunk`` rays at a
-    time. With ``gradient_checkpointing`` the chunks' activations are recomputed in backward, not stored."""
+    time. With ``gradient_checkpointing`` the chunks' activations are recomputed in backward, not stored.
+
+    ``with_eikonal`` differentiates the SDF twice-differentiably at ``config.eikonal_samples`` random
+    section midpoints, after the chunks and outside checkpointing: a gradient taken inside a checkpointed
+    chunk would force the chunk's recomputation during forward and keep all of it alive.
+    """
     cameras = cameras.flatten()
     origins, directions = cameras.rays(height, width)  # (T, H, W, 3)
     forward = cameras.c2w[:, None, None, :3, 2]
@@ -223,7 +218,7 @@ def render_views(field: SurfaceField, cameras: Cameras, height: int, width: int,
     origins, directions = origins.reshape(-1, 3), directions.reshape(-1, 3)
 
     def render_chunk(o: torch.Tensor, d: torch.Tensor) -> RayRender:
-        return render_rays(field, o, d, config, background, stratified, with_normals, with_eikonal)
+        return render_rays(field, o, d, config, background, stratified, with_normals)
 
     parts = []
     for start in range(0, origins.shape[0], config.ray_chunk):
@@ -239,7 +234,12 @@ def render_views(field: SurfaceField, cameras: Cameras, height: int, width: int,
     def to_maps(x: torch.Tensor) -> torch.Tensor:  # (T*H*W, K) -> (T, K, H, W)
         return x.reshape(num_views, height, width, -1).permute(0, 3, 1, 2)
 
-    sample_points = origins[:, None] + rays.sample_depths[..., None] * directions[:, None]
+    sample_points = origins[:, None] + rays.sample_depths[..., None] * directions[:, None]  # (R, S-1, 3)
+    eikonal_gradients = None
+    if with_eikonal:
+        candidates = sample_points.detach().reshape(-1, 3)
+        chosen = torch.randperm(candidates.shape[0], device=candidates.device)[:config.eikonal_samples]
+        eikonal_gradients = sdf_gradient(field, candidates[chosen], create_graph=True, twice_differentiable=True)[1]
     return ViewRender(
         image=to_maps(rays.color),
         depth=to_maps((rays.depth * z_per_distance)[:, None]),
@@ -247,5 +247,5 @@ def render_views(field: SurfaceField, cameras: Cameras, height: int, width: int,
         normals=None if rays.normals is None else to_maps(rays.normals),
         sample_points=sample_points.reshape(num_views, height, width, -1, 3),
         sample_weights=rays.sample_weights.reshape(num_views, height, width, -1),
-        eikonal_gradients=rays.eikonal_gradients,
+        eikonal_gradients=eikonal_gradients,
     )

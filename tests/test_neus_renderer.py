@@ -98,5 +98,5 @@ def test_importance_samples_concentrate_at_the_surface_crossing():
 def test_bad_sampling_config_is_rejected():
     with pytest.raises(ValueError, match="divisible"):
         RaySamplingConfig(num_importance=30, upsample_steps=4)
-    with pytest.raises(ValueError, match="eikonal_fraction"):
-        RaySamplingConfig(eikonal_fraction=0.0)
+    with pytest.raises(ValueError, match="eikonal_samples"):
+        RaySamplingConfig(eikonal_samples=0)
