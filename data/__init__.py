@@ -3,7 +3,7 @@
 Names are imported lazily so that ``tunemv data check`` does not pay for importing Lightning.
 """
 
-from importlib import import_module
+from tunemv._lazy import lazy_getattr
 
 _EXPORTS = {
     "MultiviewDataset": "tunemv.data.dataset",
@@ -22,8 +22,4 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'tunemv.data' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -1,6 +1,6 @@
 """tunemv.neus: cameras and rays, the latent SparseNeuS field, the NeuS renderer and mesh extraction."""
 
-from importlib import import_module
+from tunemv._lazy import lazy_getattr
 
 _EXPORTS = {
     "Cameras": "tunemv.neus.cameras",
@@ -20,8 +20,4 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'tunemv.neus' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -138,41 +138,39 @@ def render_rays(field: SurfaceField, origins: torch.Tensor, directions: torch.Te
     """
     near, far, hit = near_far_from_sphere(origins, directions, config.bound_radius)
     num_rays = origins.shape[0]
-    split_sizes: list[int] = []  # (1, G, D): how (sdf, geometry, condition) are packed into one tensor
+    split_sizes: list[int] = []  # (1, G, D[, 3]): sdf, geometry, condition[, gradient] packed in one tensor
 
-    def evaluate(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(R, S) distances -> the field sample flattened to (R, S, K) and SDF gradients (R, S, 3) or None."""
+    def evaluate(z: torch.Tensor) -> torch.Tensor:
+        """(R, S) distances -> the field sample (and SDF gradient with normals) packed as (R, S, K)."""
         points = (origins[:, None] + z[..., None] * directions[:, None]).reshape(-1, 3)
         if with_normals:
             sample, gradient = sdf_gradient(field, points, create_graph=True)
-            gradient = gradient.reshape(num_rays, -1, 3)
+            parts = [sample.sdf[:, None], sample.geometry, sample.condition, gradient]
         else:
-            sample, gradient = field.query(points), None
-        split_sizes[:] = [1, sample.geometry.shape[-1], sample.condition.shape[-1]]
-        packed = torch.cat([sample.sdf[:, None], sample.geometry, sample.condition], -1)
-        return packed.reshape(num_rays, z.shape[1], -1), gradient
+            sample = field.query(points)
+            parts = [sample.sdf[:, None], sample.geometry, sample.condition]
+        split_sizes[:] = [part.shape[-1] for part in parts]
+        return torch.cat(parts, -1).reshape(num_rays, z.shape[1], -1)
 
     # Every point is queried once, with the graph: the importance rounds reuse the coarse values instead of
     # re-querying all points as NeuS does, which halves the cost. Where to sample is not differentiated.
     depths = sample_along_rays(near, far, config.num_coarse, stratified)  # (R, S0)
-    packed, gradients = evaluate(depths)
+    packed = evaluate(depths)
     per_step = config.num_importance // config.upsample_steps
     for step in range(config.upsample_steps if config.num_importance else 0):
         with torch.no_grad():
             new_depths = neus_upsample(depths, packed[..., 0], per_step, inv_s=64.0 * 2**step)
-        new_packed, new_gradients = evaluate(new_depths)
         depths, order = torch.sort(torch.cat([depths, new_depths], -1), -1)
-        packed = torch.cat([packed, new_packed], 1).gather(1, order[..., None].expand(-1, -1, packed.shape[-1]))
-        if gradients is not None:
-            gradients = torch.cat([gradients, new_gradients], 1).gather(1, order[..., None].expand(-1, -1, 3))
+        merged = torch.cat([packed, evaluate(new_depths)], 1)
+        packed = merged.gather(1, order[..., None].expand(-1, -1, merged.shape[-1]))
 
     num_samples = depths.shape[1]
-    sdf, geometry, condition = packed[:, :-1].split(split_sizes, -1)  # the last point needs only its SDF
     alpha = neus_alpha(packed[..., 0], field.inv_s()) * hit[:, None]
     weights = alpha * exclusive_transmittance(alpha)  # (R, S-1)
     opacity = weights.sum(-1)
 
     # NeuS eq. 13 colours section i by its first point p_i, so the last point needs only its SDF.
+    sdf, geometry, condition, *gradients = packed[:, :-1].split(split_sizes, -1)
     num_sections = num_rays * (num_samples - 1)
     section = FieldSample(sdf.reshape(num_sections), geometry.reshape(num_sections, split_sizes[1]),
                           condition.reshape(num_sections, split_sizes[2]))
@@ -183,8 +181,8 @@ def render_rays(field: SurfaceField, origins: torch.Tensor, directions: torch.Te
     mid_depths = 0.5 * (depths[:, :-1] + depths[:, 1:])
     depth = (weights * mid_depths).sum(-1) / opacity.clamp(min=1e-6)
     normals = None
-    if gradients is not None:
-        normals = (weights[..., None] * F.normalize(gradients[:, :-1], dim=-1)).sum(1)
+    if gradients:
+        normals = (weights[..., None] * F.normalize(gradients[0], dim=-1)).sum(1)
     return RayRender(color, depth, opacity, normals, mid_depths, weights)
 
 

@@ -4,7 +4,7 @@ The public API is re-exported here lazily, so ``import tunemv`` (and the CLI's `
 nothing heavy runs at import time.
 """
 
-from importlib import import_module
+from tunemv._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -27,8 +27,4 @@ _EXPORTS = {
 
 __all__ = ["__version__", *_EXPORTS]
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'tunemv' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
