@@ -88,7 +88,7 @@ class CrossViewAttention(nn.Module):
         else:
             depths = (inputs.sample_points - inputs.cameras.centers[:, :, None, None, None]).norm(dim=-1)
             weights = inputs.sample_weights
-            batch, views = depths.shape[:2]
+            batch = depths.shape[0]
             if depths.shape[2:4] != (height, width):  # NeuS rendered at another resolution: resample per sample
                 stacked = rearrange(torch.stack([depths, weights]), "k b v h w s -> (b v) (k s) h w")
                 mode = "area" if depths.shape[2] > height else "bilinear"
@@ -105,7 +105,7 @@ class CrossViewAttention(nn.Module):
 
     def unfold(self, x: torch.Tensor) -> torch.Tensor:
         """(B, V, h, w, P, K) -> (B, V, h, w, P * k^2, K) with each pixel's k x k neighbourhood (edges replicated)."""
-        batch, views, height, width, points, channels = x.shape
+        batch, _, height, _, points, channels = x.shape
         grid = rearrange(x, "b v h w p c -> (b v) (p c) h w")
         pad = self.patch_size // 2
         grid = F.pad(grid, (pad, pad, pad, pad), mode="replicate")
@@ -116,7 +116,7 @@ class CrossViewAttention(nn.Module):
         batch, views = inputs.cameras.shape
         if views == 1:
             return features  # no other view to attend to
-        _, channels, height, width = features.shape
+        height, width = features.shape[-2:]
         points, depths, weights = self.candidate_points(inputs, height, width)  # (B, Vi, hw, P, ...)
         num_points = points.shape[3]
 
