@@ -1,0 +1,120 @@
+"""O in seed 003: a ControlNet-style trainable copy of the frozen UNet's encoder, for any diffusers UNet.
+
+It copies ``conv_in``, the time/class/added embeddings, ``encoder_hid_proj``, every down block and the mid
+block (whatever their type: diffusers' own ``ControlNetModel`` rejects IF's SimpleCrossAttn blocks). It adds
+a condition embedding at the UNet's input resolution and a zero-initialised 1x1 conv per skip connection
+and for the mid block, so at init its residuals are exactly zero and the frozen UNet is unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from tunemv.adapters.cross_view_attention import CrossViewAttention, CrossViewInputs, zero_module
+from tunemv.adapters.unet_halves import embed, run_block
+
+
+@dataclass
+class ControlResiduals:
+    down: tuple[torch.Tensor, ...]  # one per skip connection of the frozen UNet
+    mid: torch.Tensor
+
+
+def skip_channels(unet_config: dict[str, Any]) -> list[int]:
+    """Channels of every skip connection, in the order the UNet's down path emits them."""
+    widths = list(unet_config["block_out_channels"])
+    layers = unet_config["layers_per_block"]
+    layers = [layers] * len(widths) if isinstance(layers, int) else list(layers)
+    channels = [widths[0]]  # conv_in
+    for index, (width, count) in enumerate(zip(widths, layers, strict=True)):
+        channels += [width] * count
+        if index < len(widths) - 1:
+            channels.append(width)  # the downsampler's output
+    return channels
+
+
+class ConditionEmbedding(nn.Module):
+    """The condition (g_i, already at latent or pixel resolution) -> ``conv_in`` channels; no downsampling."""
+
+    def __init__(self, condition_channels: int, out_channels: int, hidden: Sequence[int] = (16, 32)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        previous = condition_channels
+        for width in hidden:
+            layers += [nn.Conv2d(previous, width, 3, padding=1), nn.SiLU()]
+            previous = width
+        layers.append(zero_module(nn.Conv2d(previous, out_channels, 3, padding=1)))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, condition: torch.Tensor) -> torch.Tensor:
+        return self.layers(condition)
+
+
+class ControlBranch(ModelMixin, ConfigMixin):
+    """Use ``ControlBranch.from_unet(unet, condition_channels)``; the constructor builds a fresh copy from a config."""
+
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(self, unet_config: dict[str, Any], condition_channels: int,
+                 condition_embedding_channels: Sequence[int] = (16, 32), cross_view_blocks: Sequence[int] = (),
+                 cross_view_heads: int = 4, cross_view_points: int = 8, cross_view_patch_size: int = 1):
+        super().__init__()
+        encoder = UNet2DConditionModel.from_config(unet_config)
+        # Only the encoder half is trained; drop the decoder so it costs neither memory nor parameters.
+        encoder.up_blocks, encoder.conv_norm_out, encoder.conv_act, encoder.conv_out = None, None, None, None
+        self.encoder = encoder
+        widths = list(unet_config["block_out_channels"])
+        self.condition_embedding = ConditionEmbedding(condition_channels, widths[0], condition_embedding_channels)
+        self.skip_projections = nn.ModuleList(zero_module(nn.Conv2d(c, c, 1)) for c in skip_channels(unet_config))
+        self.mid_projection = zero_module(nn.Conv2d(widths[-1], widths[-1], 1))
+        for index in cross_view_blocks:
+            if not 0 <= index < len(widths):
+                raise ValueError(f"cross_view_blocks: no down block {index}; the UNet has {len(widths)}")
+        self.cross_view = nn.ModuleDict({
+            str(index): CrossViewAttention(widths[index], cross_view_heads, cross_view_points, cross_view_patch_size)
+            for index in cross_view_blocks})
+
+    @classmethod
+    def from_unet(cls, unet: UNet2DConditionModel, condition_channels: int | None = None, **kwargs) -> ControlBranch:
+        """A branch initialised from ``unet``'s own encoder weights (ControlNet's recipe)."""
+        config = {key: value for key, value in unet.config.items() if not key.startswith("_")}
+        branch = cls(config, condition_channels or unet.config.in_channels, **kwargs)
+        missing, _ = branch.encoder.load_state_dict(unet.state_dict(), strict=False)
+        if missing:
+            raise ValueError(f"the UNet lacks encoder weights the branch needs: {missing[:3]}...")
+        return branch.to(device=unet.device)
+
+    def forward(self, sample: torch.Tensor, timesteps: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
+                condition: torch.Tensor, added_cond_kwargs: dict[str, Any] | None = None,
+                class_labels: torch.Tensor | None = None, cross_view: CrossViewInputs | None = None
+                ) -> ControlResiduals:
+        """(N, C, h, w) x_t with its condition (N, Cc, h, w) -> residuals for the frozen UNet's decoder.
+
+        ``cross_view`` (cameras [B, V] with N = B*V, optional NeuS samples) switches the cross-view attention
+        on after the configured down blocks; without it the views are processed independently.
+        """
+        encoder = self.encoder
+        if encoder.config.center_input_sample:
+            sample = 2 * sample - 1.0
+        embeddings = embed(encoder, sample, timesteps, encoder_hidden_states, added_cond_kwargs, class_labels)
+        hidden = encoder.conv_in(sample) + self.condition_embedding(condition)
+        skips: tuple[torch.Tensor, ...] = (hidden,)
+        for index, block in enumerate(encoder.down_blocks):
+            hidden, res_samples = run_block(block, hidden, embeddings)
+            if cross_view is not None and str(index) in self.cross_view:
+                # A block's last skip is its output; replace it so the attended features reach the decoder too.
+                hidden = self.cross_view[str(index)](hidden, cross_view)
+                res_samples = (*res_samples[:-1], hidden)
+            skips += res_samples
+        hidden = run_block(encoder.mid_block, hidden, embeddings)
+        down = tuple(project(skip) for project, skip in zip(self.skip_projections, skips, strict=True))
+        return ControlResiduals(down, self.mid_projection(hidden))
