@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from tunemv.neus.aggregation import bilinear_sample
+from tunemv.neus.aggregation import bilinear_sample, project_to_maps
 from tunemv.neus.cameras import Cameras
 from tunemv.neus.field import PositionalEncoding
 from tunemv.neus.sampling import near_far_from_sphere, sample_along_rays
@@ -123,13 +123,11 @@ class CrossViewAttention(nn.Module):
         # Project every view's candidates into every view j: (B, Vj, Vi*hw*P, 2).
         flat_points = rearrange(points, "b vi q p c -> b 1 (vi q p) c").expand(-1, views, -1, -1)
         cameras = inputs.cameras
-        pixels, _, in_front = cameras.project(flat_points)
-        pixels = pixels * pixels.new_tensor([width / cameras.width, height / cameras.height])
-        inside = ((pixels >= 0) & (pixels <= pixels.new_tensor([width, height]))).all(-1)
+        pixels, projected = project_to_maps(flat_points, cameras, height, width)
         normed = self.norm(features)
         sampled = bilinear_sample(normed, rearrange(pixels, "b vj m c -> (b vj) m c"))  # ((B Vj), M, C)
         sampled = rearrange(sampled, "(b vj) (vi q p) c -> b vi q vj p c", b=batch, vi=views, p=num_points)
-        valid = rearrange(in_front & inside, "b vj (vi q p) -> b vi q vj p", vi=views, p=num_points)
+        valid = rearrange(projected, "b vj (vi q p) -> b vi q vj p", vi=views, p=num_points)
         valid = valid & ~torch.eye(views, dtype=torch.bool, device=valid.device)[None, :, None, :, None]
 
         # Keys carry where the candidate is: depth along the query ray, and the source camera's direction.

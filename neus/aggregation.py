@@ -42,18 +42,28 @@ def bilinear_sample(feature_maps: torch.Tensor, pixels: torch.Tensor, twice_diff
     return torch.einsum("vnkc,vnk->vnc", corners, corner_weights)
 
 
+def project_to_maps(points: torch.Tensor, cameras: Cameras, height: int, width: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project (..., V, N, 3) points with Cameras ``[..., V]`` into maps of ``height`` x ``width``.
+
+    Returns pixels (..., V, N, 2) in the maps' pixel frame (rescaled from the cameras' stated size) and
+    ``valid`` (..., V, N): in front of the camera and inside the image rectangle.
+    """
+    pixels, _, in_front = cameras.project(points)
+    pixels = pixels * pixels.new_tensor([width / cameras.width, height / cameras.height])
+    inside = ((pixels >= 0) & (pixels <= pixels.new_tensor([width, height]))).all(-1)
+    return pixels, in_front & inside
+
+
 def gather_view_features(points: torch.Tensor, feature_maps: torch.Tensor, cameras: Cameras,
                          twice_differentiable: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 3) world points, (V, C, h, w) feature maps of views seen by Cameras ``[V]``.
 
-    Returns the bilinearly sampled features (V, N, C) and ``valid`` (V, N). The maps may have any resolution:
-    the projection is rescaled from the cameras' stated size to the map size.
+    Returns the bilinearly sampled features (V, N, C) and ``valid`` (V, N). The maps may have any resolution.
     """
     num_views, _, height, width = feature_maps.shape
-    pixels, _, in_front = cameras.project(points.expand(num_views, *points.shape))  # (V, N, 2)
-    pixels = pixels * pixels.new_tensor([width / cameras.width, height / cameras.height])
-    inside = ((pixels >= 0) & (pixels <= pixels.new_tensor([width, height]))).all(-1)
-    return bilinear_sample(feature_maps, pixels, twice_differentiable), in_front & inside
+    pixels, valid = project_to_maps(points.expand(num_views, *points.shape), cameras, height, width)
+    return bilinear_sample(feature_maps, pixels, twice_differentiable), valid
 
 
 def aggregate_mean_var(features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
