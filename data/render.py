@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from tunemv.neus.cameras import Cameras
+from tunemv.neus.sampling import near_far_from_sphere
 
 KEY_LIGHT = (0.45, 0.3, 0.85)  # from above and in front: the world is z-up
 FILL_LIGHT = (-0.6, -0.5, 0.3)
@@ -35,13 +36,9 @@ class SphereTracer:
     def trace(self, sdf: Callable[[torch.Tensor], torch.Tensor], origins: torch.Tensor, directions: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 3) rays -> (hit (N,) bool, ray distance t (N,)). Converged and escaped rays leave the active set."""
-        b = (origins * directions).sum(-1)
-        c = (origins * origins).sum(-1) - self.bound_radius**2
-        disc = b * b - c
-        t = (-b - disc.clamp(min=0).sqrt()).clamp(min=0)
-        t_far = -b + disc.clamp(min=0).sqrt()
+        t, t_far, crosses = near_far_from_sphere(origins, directions, self.bound_radius, min_near=0.0)
         hit = torch.zeros_like(t, dtype=torch.bool)
-        active = torch.nonzero(disc > 0).squeeze(-1)
+        active = torch.nonzero(crosses).squeeze(-1)
         distance = None
         for _ in range(self.max_steps):
             if active.numel() == 0:
@@ -92,8 +89,7 @@ def render_sdf(sdf: Callable[[torch.Tensor], torch.Tensor], cameras: Cameras, rg
     cameras = cameras.flatten()
     s, height, width = supersample, cameras.height, cameras.width
     origins, directions = cameras.rays(height * s, width * s)  # (V, H*s, W*s, 3)
-    forward = cameras.c2w[:, None, None, :3, 2]
-    z_per_t = (directions * forward).sum(-1)  # ray distance -> camera-frame z
+    z_per_t = cameras.depth_per_distance(directions)  # ray distance -> camera-frame z
     origins, directions, z_per_t = origins.reshape(-1, 3), directions.reshape(-1, 3), z_per_t.reshape(-1)
 
     hit, t = tracer.trace(sdf, origins, directions)

@@ -175,6 +175,10 @@ class Cameras:
         origins = self.centers[..., None, None, :].expand_as(dirs)
         return origins, dirs
 
+    def depth_per_distance(self, directions: torch.Tensor) -> torch.Tensor:
+        """Camera-frame z per unit of ray distance, (..., h, w), for (..., h, w, 3) unit ``directions`` of ``rays``."""
+        return (directions * self.c2w[..., None, None, :3, 2]).sum(-1)
+
     # -------------------------------------------------------- other conventions
     @classmethod
     def from_opengl(cls, K: torch.Tensor, c2w_opengl: torch.Tensor, width: int, height: int) -> Cameras:

@@ -166,10 +166,8 @@ class LatentSparseNeuS(ModelMixin, ConfigMixin):
             return mesh
         if cameras is None or images.dim() != 4 or images.shape[1] != 3 or len(cameras.flatten()) != len(images):
             raise ValueError("colouring a mesh needs (V, 3, H, W) RGB images and Cameras [V] for them")
-        was_training = self.training
-        self.eval()
-        render = self.render(field, cameras, images.shape[-2], images.shape[-1])
-        self.train(was_training)
+        render = render_views(field, cameras, images.shape[-2], images.shape[-1], self.sampling,
+                              self.background_value)  # uniform samples, whatever the training mode
         depth = render.depth[:, 0] * (render.opacity[:, 0] > 0.5)  # 0 marks empty pixels
         vertices = torch.as_tensor(mesh.vertices, dtype=images.dtype, device=images.device)
         colors = vertex_colors(vertices, (images + 1) / 2, cameras.flatten(), depth)

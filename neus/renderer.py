@@ -211,8 +211,7 @@ def render_views(field: SurfaceField, cameras: Cameras, height: int, width: int,
     """
     cameras = cameras.flatten()
     origins, directions = cameras.rays(height, width)  # (T, H, W, 3)
-    forward = cameras.c2w[:, None, None, :3, 2]
-    z_per_distance = (directions * forward).sum(-1).reshape(-1)
+    z_per_distance = cameras.depth_per_distance(directions).reshape(-1)
     origins, directions = origins.reshape(-1, 3), directions.reshape(-1, 3)
 
     def render_chunk(o: torch.Tensor, d: torch.Tensor) -> RayRender:
