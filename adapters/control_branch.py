@@ -112,7 +112,11 @@ class ControlBranch(ModelMixin, ConfigMixin):
             hidden, res_samples = run_block(block, hidden, embeddings)
             if cross_view is not None and str(index) in self.cross_view:
                 # A block's last skip is its output; replace it so the attended features reach the decoder too.
-                hidden = self.cross_view[str(index)](hidden, cross_view)
+                attend = self.cross_view[str(index)]
+                if torch.is_grad_enabled() and attend.gradient_checkpointing:
+                    hidden = attend._gradient_checkpointing_func(attend, hidden, cross_view)
+                else:
+                    hidden = attend(hidden, cross_view)
                 res_samples = (*res_samples[:-1], hidden)
             skips += res_samples
         hidden = run_block(encoder.mid_block, hidden, embeddings)

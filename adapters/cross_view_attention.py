@@ -75,6 +75,9 @@ class CrossViewAttention(nn.Module):
         # the query camera.
         self.position = nn.Linear(self.depth_encoding.output_dim + 3, channels)
         self.to_out = zero_module(nn.Linear(channels, channels))
+        # diffusers' enable_gradient_checkpointing() flips this (and sets _gradient_checkpointing_func); the
+        # gathered candidates are the largest activations in the branch.
+        self.gradient_checkpointing = False
 
     def candidate_points(self, inputs: CrossViewInputs, height: int, width: int
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

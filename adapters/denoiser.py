@@ -1,0 +1,302 @@
+"""MultiviewDenoiser: the frozen UNet, steered by the latent SparseNeuS and the control branch (seed 003 §3.1–3.3).
+
+Modes:
+- ``"mv"``: NeuS renders g_i at the input cameras -> control branch(g_i) with cross-view attention ->
+  zero-conv residuals -> frozen UNet;
+- ``"independent"``: the control branch on x_t itself, no NeuS, no cross-view attention (x̄ of seed 003 §3.3);
+- ``"2d"``: the frozen UNet alone.
+
+``forward`` runs one mode through diffusers' own UNet forward; ``predict`` serves every mode a sampler needs
+from one pass of the frozen encoder half, because the control residuals only enter the decoder half.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import UNet2DConditionModel
+from einops import rearrange, repeat
+from torch import nn
+
+from tunemv.adapters.control_branch import ControlBranch, ControlResiduals
+from tunemv.adapters.cross_view_attention import CrossViewInputs
+from tunemv.adapters.unet_halves import Embeddings, EncoderState, decode, encode
+from tunemv.neus.cameras import Cameras
+from tunemv.neus.latent_sparseneus import LatentSparseNeuS, LatentSparseNeuSOutput
+
+MODES = ("mv", "independent", "2d")
+
+
+@dataclass
+class DenoiserOutput:
+    prediction: torch.Tensor  # (B, V, Cp, h, w) in the backbone's parameterisation (learned variance dropped)
+    neus: LatentSparseNeuSOutput | None  # "mv" only: renders at the input views, then the supervision views
+
+    @property
+    def condition(self) -> torch.Tensor | None:
+        """(B, V, C, h, w) g_i, the NeuS renders at the input views that the control branch saw."""
+        return None if self.neus is None else self.neus.image[:, : self.prediction.shape[1]]
+
+
+@dataclass
+class GuidancePredictions:
+    cond: dict[str, torch.Tensor]  # mode -> (B, V, Cp, h, w) with the prompt
+    uncond: dict[str, torch.Tensor]  # mode -> the same with the unconditional prompt; empty without one
+    neus: LatentSparseNeuSOutput | None  # the "mv" renders (text-free, so shared by cond and uncond)
+
+
+@dataclass
+class Text:
+    """Per-object text conditioning: (B, L, D) hidden states plus SDXL-style added kwargs of (B, ...)."""
+
+    hidden_states: torch.Tensor
+    added_cond_kwargs: dict[str, torch.Tensor] | None = None
+
+    def per_view(self, views: int) -> Text:
+        added = None if self.added_cond_kwargs is None else {
+            key: value.repeat_interleave(views, dim=0) for key, value in self.added_cond_kwargs.items()}
+        return Text(repeat(self.hidden_states, "b l d -> (b v) l d", v=views), added)
+
+    @staticmethod
+    def cat(texts: Sequence[Text]) -> Text:
+        added = None if texts[0].added_cond_kwargs is None else {
+            key: torch.cat([t.added_cond_kwargs[key] for t in texts]) for key in texts[0].added_cond_kwargs}
+        return Text(torch.cat([t.hidden_states for t in texts]), added)
+
+    def __getitem__(self, index: slice) -> Text:
+        added = None if self.added_cond_kwargs is None else {k: v[index] for k, v in self.added_cond_kwargs.items()}
+        return Text(self.hidden_states[index], added)
+
+
+class MultiviewDenoiser(nn.Module):
+    """Frozen ``unet`` + trainable ``neus`` and ``control_branch``.
+
+    ``prediction_channels`` keeps the first channels of the UNet output (IF's learned-variance half is
+    dropped); ``view_chunk`` bounds how many images one frozen-UNet or branch call processes (the branch in
+    mode "mv" takes whole objects, since their views attend to each other).
+    """
+
+    def __init__(self, unet: UNet2DConditionModel, neus: LatentSparseNeuS, control_branch: ControlBranch,
+                 prediction_channels: int | None = None, view_chunk: int | None = None):
+        super().__init__()
+        check_compatible(unet, neus, control_branch)
+        self.unet = unet.requires_grad_(False).eval()
+        self.neus = neus
+        self.control_branch = control_branch
+        self.prediction_channels = prediction_channels or unet.config.out_channels
+        if view_chunk is not None and view_chunk < 1:
+            raise ValueError(f"view_chunk must be >= 1 or None, got {view_chunk}")
+        self.view_chunk = view_chunk
+
+    @classmethod
+    def from_backbone(cls, backbone, neus: LatentSparseNeuS, control_branch: ControlBranch, **kwargs
+                      ) -> MultiviewDenoiser:
+        return cls(backbone.unet, neus, control_branch, prediction_channels=backbone.prediction_channels, **kwargs)
+
+    def train(self, mode: bool = True) -> MultiviewDenoiser:
+        super().train(mode)
+        self.unet.eval()  # frozen: dropout and norms stay in inference behaviour
+        return self
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations in backward: the branch, NeuS, and the frozen UNet the gradient flows through."""
+        for module in (self.control_branch, self.neus, self.unet):
+            module.enable_gradient_checkpointing()
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.parameters() if p.requires_grad)
+
+    def parameter_report(self) -> str:
+        """A table of trainable and frozen parameter counts per component."""
+        rows = [(name, sum(p.numel() for p in module.parameters() if p.requires_grad),
+                 sum(p.numel() for p in module.parameters() if not p.requires_grad))
+                for name, module in self.named_children()]
+        rows.append(("total", sum(r[1] for r in rows), sum(r[2] for r in rows)))
+        lines = [f"{'component':<16}{'trainable':>14}{'frozen':>14}"]
+        lines += [f"{name:<16}{trainable:>14,}{frozen:>14,}" for name, trainable, frozen in rows]
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------------------------------ one mode
+    def forward(self, noisy_views: torch.Tensor, timesteps: torch.Tensor, cameras: Cameras,
+                encoder_hidden_states: torch.Tensor, mode: str = "mv",
+                added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+                supervision_cameras: Cameras | None = None, with_normals: bool = False) -> DenoiserOutput:
+        """(B, V, C, h, w) x_t at (B, V) timesteps (0 = clean reference), Cameras ``[B, V]``, (B, L, D) text.
+
+        In mode "mv", NeuS also renders at ``supervision_cameras`` ``[B, S]`` (appended after the V input
+        views in ``output.neus``) for the render loss on held-out views.
+        """
+        check_inputs(noisy_views, timesteps, cameras, encoder_hidden_states, mode)
+        batch, views = timesteps.shape
+        text = Text(encoder_hidden_states, added_cond_kwargs).per_view(views)
+        sample, flat_t = rearrange(noisy_views, "b v c h w -> (b v) c h w"), rearrange(timesteps, "b v -> (b v)")
+        renders, residuals = None, None
+        if mode == "mv":
+            renders = self.render_condition(noisy_views, timesteps, cameras, supervision_cameras, with_normals)
+            residuals = self.mv_residuals(sample, flat_t, text, renders, cameras)
+        elif mode == "independent":
+            residuals = self.independent_residuals(sample, flat_t, text)
+        outputs = []
+        for part in self.chunks(len(sample)):
+            down, mid = (None, None) if residuals is None else (
+                tuple(r[part] for r in residuals.down), residuals.mid[part])
+            part_text = text[part]
+            outputs.append(self.unet(sample[part], flat_t[part], part_text.hidden_states,
+                                     added_cond_kwargs=part_text.added_cond_kwargs,
+                                     down_block_additional_residuals=down, mid_block_additional_residual=mid).sample)
+        prediction = rearrange(torch.cat(outputs), "(b v) c h w -> b v c h w", b=batch)
+        return DenoiserOutput(prediction[:, :, : self.prediction_channels], renders)
+
+    # ------------------------------------------------------------------------------------ shared encoder
+    def predict(self, noisy_views: torch.Tensor, timesteps: torch.Tensor, cameras: Cameras,
+                encoder_hidden_states: torch.Tensor, modes: Sequence[str] = MODES,
+                uncond_encoder_hidden_states: torch.Tensor | None = None,
+                added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+                uncond_added_cond_kwargs: dict[str, torch.Tensor] | None = None) -> GuidancePredictions:
+        """Every requested mode, with and (given ``uncond_*``) without the prompt, from one encoder pass.
+
+        The frozen encoder half runs once per distinct input (prompt and, for CFG, the empty prompt), the
+        branch once per non-2d mode and NeuS once; the decoder half runs once per mode, batched.
+        """
+        for mode in modes:
+            check_inputs(noisy_views, timesteps, cameras, encoder_hidden_states, mode)
+        if len(set(modes)) != len(modes) or not modes:
+            raise ValueError(f"modes must be distinct and non-empty, got {tuple(modes)}")
+        batch, views = timesteps.shape
+        texts = [Text(encoder_hidden_states, added_cond_kwargs)]
+        if uncond_encoder_hidden_states is not None:
+            texts.append(Text(uncond_encoder_hidden_states, uncond_added_cond_kwargs))
+        copies = len(texts)
+        # Inputs ordered (text, b, v): the same views under each prompt.
+        text = Text.cat(texts).per_view(views)
+        sample = repeat(noisy_views, "b v c h w -> (k b v) c h w", k=copies)
+        flat_t = repeat(timesteps, "b v -> (k b v)", k=copies)
+
+        renders = None
+        residuals: dict[str, ControlResiduals | None] = {"2d": None}
+        if "mv" in modes:
+            renders = self.render_condition(noisy_views, timesteps, cameras)
+            residuals["mv"] = self.mv_residuals(sample, flat_t, text, renders, Cameras.cat([cameras] * copies),
+                                                copies)
+        if "independent" in modes:
+            residuals["independent"] = self.independent_residuals(sample, flat_t, text)
+
+        outputs = []
+        for part in self.chunks(len(sample)):
+            part_text = text[part]
+            state = encode(self.unet, sample[part], flat_t[part], part_text.hidden_states,
+                           part_text.added_cond_kwargs)
+            # One decoder call for all modes: the state repeated per mode, each with its own residuals.
+            down = [torch.cat(parts) for parts in zip(*[
+                self._residual_down(residuals[m], state, part) for m in modes], strict=True)]
+            mid = torch.cat([state.mid.new_zeros(state.mid.shape) if residuals[m] is None else residuals[m].mid[part]
+                             for m in modes])
+            outputs.append(decode(self.unet, repeat_state(state, len(modes)), tuple(down), mid))
+        # Chunks are over (k b v) images; within a chunk the rows are (mode, image).
+        per_chunk = [rearrange(o, "(m n) c h w -> m n c h w", m=len(modes)) for o in outputs]
+        prediction = rearrange(torch.cat(per_chunk, 1)[:, :, : self.prediction_channels],
+                               "m (k b v) c h w -> m k b v c h w", k=copies, b=batch)
+        cond = {mode: prediction[i, 0] for i, mode in enumerate(modes)}
+        uncond = {mode: prediction[i, 1] for i, mode in enumerate(modes)} if copies == 2 else {}
+        return GuidancePredictions(cond, uncond, renders)
+
+    @staticmethod
+    def _residual_down(residuals: ControlResiduals | None, state: EncoderState, part: slice
+                       ) -> list[torch.Tensor]:
+        if residuals is None:  # mode "2d": adding exact zeros leaves the skips bit-identical
+            return [skip.new_zeros(skip.shape) for skip in state.skips]
+        return [r[part] for r in residuals.down]
+
+    # --------------------------------------------------------------------------------- the trainable parts
+    def render_condition(self, noisy_views: torch.Tensor, timesteps: torch.Tensor, cameras: Cameras,
+                         supervision_cameras: Cameras | None = None, with_normals: bool = False
+                         ) -> LatentSparseNeuSOutput:
+        """NeuS fused from all views, rendered at the input views (then the supervision views), at x_t's size."""
+        targets = cameras if supervision_cameras is None else Cameras.cat([cameras, supervision_cameras], dim=1)
+        return self.neus(noisy_views, timesteps, cameras, targets, resolution=tuple(noisy_views.shape[-2:]),
+                         with_normals=with_normals)
+
+    def mv_residuals(self, sample: torch.Tensor, timesteps: torch.Tensor, text: Text,
+                     renders: LatentSparseNeuSOutput, cameras: Cameras, copies: int = 1) -> ControlResiduals:
+        """The branch on g_i with cross-view attention; ``copies`` stacked prompt variants share one render."""
+        batch, views = cameras.shape
+        take = lambda x: torch.cat([x[:, :views]] * copies)  # noqa: E731 - input views only, per prompt copy
+        condition = rearrange(take(renders.image), "b v c h w -> (b v) c h w")
+        points, weights = take(renders.sample_points), take(renders.sample_weights)
+        group = max(1, (self.view_chunk or len(sample)) // views)  # whole objects per call
+        results = []
+        for start in range(0, batch, group):
+            objs = slice(start, min(start + group, batch))
+            part = slice(objs.start * views, objs.stop * views)
+            cross_view = CrossViewInputs(cameras[objs], points[objs], weights[objs])
+            part_text = text[part]
+            results.append(self.control_branch(sample[part], timesteps[part], part_text.hidden_states,
+                                               condition[part], part_text.added_cond_kwargs,
+                                               cross_view=cross_view))
+        return cat_residuals(results)
+
+    def independent_residuals(self, sample: torch.Tensor, timesteps: torch.Tensor, text: Text) -> ControlResiduals:
+        """The branch on x_t itself: no NeuS, no cross-view attention; views are independent."""
+        results = []
+        for part in self.chunks(len(sample)):
+            part_text = text[part]
+            results.append(self.control_branch(sample[part], timesteps[part], part_text.hidden_states,
+                                               sample[part], part_text.added_cond_kwargs))
+        return cat_residuals(results)
+
+    def chunks(self, total: int) -> list[slice]:
+        step = self.view_chunk or total
+        return [slice(start, min(start + step, total)) for start in range(0, total, step)]
+
+
+def cat_residuals(parts: Sequence[ControlResiduals]) -> ControlResiduals:
+    if len(parts) == 1:
+        return parts[0]
+    down = tuple(torch.cat(level) for level in zip(*[p.down for p in parts], strict=True))
+    return ControlResiduals(down, torch.cat([p.mid for p in parts]))
+
+
+def repeat_state(state: EncoderState, times: int) -> EncoderState:
+    """The encoder state tiled ``times`` along the batch, to decode several modes in one call."""
+    tile = lambda x: None if x is None else torch.cat([x] * times)  # noqa: E731
+    embeddings = Embeddings(tile(state.embeddings.emb), tile(state.embeddings.context))
+    return EncoderState(embeddings, tuple(tile(s) for s in state.skips), tile(state.mid), state.input_size)
+
+
+def check_compatible(unet: UNet2DConditionModel, neus: LatentSparseNeuS, branch: ControlBranch) -> None:
+    """An incompatible trio fails here, with the mismatch named, not deep inside a forward pass."""
+    in_channels = unet.config.in_channels
+    if neus.config.in_channels != in_channels:
+        raise ValueError(f"NeuS reads {neus.config.in_channels}-channel views but the UNet's are {in_channels}")
+    if branch.config.condition_channels != neus.out_channels:
+        raise ValueError(f"the control branch takes {branch.config.condition_channels}-channel conditions but "
+                         f"NeuS renders {neus.out_channels}")
+    if branch.config.condition_channels != in_channels:
+        raise ValueError(f"mode 'independent' feeds x_t ({in_channels} channels) as the condition, but the "
+                         f"branch takes {branch.config.condition_channels}")
+    for key in ("block_out_channels", "down_block_types", "layers_per_block", "in_channels"):
+        ours, theirs = branch.config.unet_config.get(key), unet.config.get(key)
+        if _as_list(ours) != _as_list(theirs):
+            raise ValueError(f"the control branch was built for a UNet with {key}={ours}, not {theirs}")
+
+
+def _as_list(value: Any) -> Any:
+    return list(value) if isinstance(value, list | tuple) else value
+
+
+def check_inputs(noisy_views: torch.Tensor, timesteps: torch.Tensor, cameras: Cameras,
+                 encoder_hidden_states: torch.Tensor, mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    if noisy_views.dim() != 5:
+        raise ValueError(f"noisy_views must be (B, V, C, h, w), got shape {list(noisy_views.shape)}")
+    if tuple(timesteps.shape) != tuple(noisy_views.shape[:2]):
+        raise ValueError(f"timesteps must be (B, V) = {list(noisy_views.shape[:2])}, got {list(timesteps.shape)}")
+    if tuple(cameras.shape) != tuple(noisy_views.shape[:2]):
+        raise ValueError(f"cameras must be [B, V] = {list(noisy_views.shape[:2])}, got {list(cameras.shape)}")
+    if encoder_hidden_states.dim() != 3 or encoder_hidden_states.shape[0] != noisy_views.shape[0]:
+        raise ValueError(f"encoder_hidden_states must be (B={noisy_views.shape[0]}, L, D) per object, got "
+                         f"{list(encoder_hidden_states.shape)}")
