@@ -164,3 +164,22 @@ def test_bad_inputs_get_clear_errors():
     other = ControlBranch.from_unet(tiny_unet(IF_SHAPED), condition_channels=4)
     with pytest.raises(ValueError, match="built for a UNet with"):
         MultiviewDenoiser(denoiser.unet, tiny_neus(4), other)
+
+
+@torch.no_grad()
+def test_sdxl_added_embeddings_reach_every_mode():
+    from tiny_pipelines import SDXL_PROJECTION_DIM, SDXL_SHAPED
+
+    unet = tiny_unet(SDXL_SHAPED)
+    branch = ControlBranch.from_unet(unet, condition_channels=4, cross_view_blocks=(0,), cross_view_points=4)
+    denoiser = wake(MultiviewDenoiser(unet, tiny_neus(4), branch, view_chunk=4)).eval()
+    x, t, cameras, _ = inputs(SDXL_SHAPED)
+    text = torch.randn(2, 5, SDXL_SHAPED["cross_attention_dim"])
+    added = {"text_embeds": torch.randn(2, SDXL_PROJECTION_DIM), "time_ids": torch.tensor([[16.0, 16, 0, 0, 16, 16]] * 2)}
+    uncond = {key: torch.zeros_like(value) for key, value in added.items()}
+    shared = denoiser.predict(x, t, cameras, text, uncond_encoder_hidden_states=0 * text, added_cond_kwargs=added,
+                              uncond_added_cond_kwargs=uncond)
+    for mode in MODES:
+        separate = denoiser(x, t, cameras, 0 * text, mode=mode, added_cond_kwargs=uncond).prediction
+        torch.testing.assert_close(shared.uncond[mode], separate, rtol=0, atol=1e-5, msg=mode)
+    assert (shared.cond["2d"] - shared.uncond["2d"]).abs().max() > 1e-3

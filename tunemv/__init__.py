@@ -15,6 +15,9 @@ _EXPORTS = {
     "NeuSLoss": "tunemv.neus.losses",
     "extract_mesh": "tunemv.neus.mesh",
     "export_mesh": "tunemv.neus.mesh",
+    "Backbone": "tunemv.adapters.backbones",
+    "ControlBranch": "tunemv.adapters.control_branch",
+    "MultiviewDenoiser": "tunemv.adapters.denoiser",
     "MultiviewDataset": "tunemv.data.dataset",
     "MultiviewDataModule": "tunemv.data.datamodule",
     "check_dataset": "tunemv.data.check",
@@ -23,6 +26,7 @@ _EXPORTS = {
     "TunemvError": "tunemv.errors",
     "DatasetError": "tunemv.errors",
     "CameraError": "tunemv.errors",
+    "ModelError": "tunemv.adapters.backbones",
 }
 
 __all__ = ["__version__", *_EXPORTS]
