@@ -39,7 +39,7 @@ def zero_module(module: nn.Module) -> nn.Module:
 
 
 def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """(N, heads, 1, d) queries over (N, heads, M, d) candidates with an additive (N, 1, 1, M) bias.
+    """(N, heads, 1, d) queries over (N, heads, M, d) candidates with an additive (N, heads, 1, M) bias.
 
     xformers' memory-efficient kernel is used when importable on CUDA, else torch's SDPA.
     """
@@ -50,7 +50,7 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias:
             xops = None
         if xops is not None:
             out = xops.memory_efficient_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
-                                                  attn_bias=bias.expand(-1, query.shape[1], 1, -1).contiguous())
+                                                  attn_bias=bias.contiguous())
             return out.transpose(1, 2)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
 
@@ -115,6 +115,30 @@ class CrossViewAttention(nn.Module):
         patches = F.unfold(grid, self.patch_size)  # ((b v), (p c k2), h*w)
         return rearrange(patches, "(b v) (p c k2) (h w) -> b v h w (p k2) c", b=batch, p=points, c=channels, h=height)
 
+    def position_logits(self, query: torch.Tensor, depths: torch.Tensor, cameras: Cameras) -> torch.Tensor:
+        """Each candidate key's positional code, as the (N, heads, 1, Vj*P) logits it adds: q . position / sqrt(d).
+
+        Keys carry where the candidate is: its depth along the query ray, and the source camera's direction
+        seen from the query camera. ``position(cat(depth code, direction))`` splits by columns into a
+        (vi, q, p) term and a (vi, vj) term, so the dot products are taken on those small tensors instead of
+        adding codes to all Vi*q*Vj*P gathered keys.
+        """
+        batch, views = cameras.shape
+        heads, head_dim = query.shape[1], query.shape[-1]
+        offsets = cameras.centers[:, None, :, :] - cameras.centers[:, :, None, :]  # (B, Vi, Vj, 3)
+        direction = F.normalize(torch.einsum("biks,bijs->bijk", cameras.w2c[..., :3, :3], offsets), dim=-1, eps=1e-6)
+        depth_code = self.depth_encoding(depths[..., None])  # (B, Vi, q, P, E)
+        depth_weight, direction_weight = self.position.weight.split([depth_code.shape[-1], 3], dim=1)
+        depth_term = rearrange(F.linear(depth_code, depth_weight, self.position.bias),
+                               "b vi q p (n d) -> (b vi q) n p d", n=heads)
+        direction_term = rearrange(F.linear(direction, direction_weight), "b vi vj (n d) -> b vi vj n d", n=heads)
+        per_query = rearrange(query, "(b vi q) n 1 d -> b vi q n d", b=batch, vi=views)
+        depth_logits = torch.einsum("xnd,xnpd->xnp", query[:, :, 0], depth_term)
+        direction_logits = rearrange(torch.einsum("bvqnd,bvjnd->bvqnj", per_query, direction_term),
+                                     "b vi q n vj -> (b vi q) n vj")
+        logits = direction_logits[..., None] + depth_logits[:, :, None, :]  # (N, heads, Vj, P)
+        return rearrange(logits, "x n vj p -> x n 1 (vj p)") / math.sqrt(head_dim)
+
     def forward(self, features: torch.Tensor, inputs: CrossViewInputs) -> torch.Tensor:
         batch, views = inputs.cameras.shape
         if views == 1:
@@ -128,26 +152,24 @@ class CrossViewAttention(nn.Module):
         cameras = inputs.cameras
         pixels, projected = project_to_maps(flat_points, cameras, height, width)
         normed = self.norm(features)
-        sampled = bilinear_sample(normed, rearrange(pixels, "b vj m c -> (b vj) m c"))  # ((B Vj), M, C)
+        # Keys and values are projected on the maps, before sampling: bilinear sampling with border padding
+        # is an affine combination of pixels, so it commutes with a linear layer, and the maps have
+        # V*(P-fold) fewer entries than the gathered candidates.
+        key_value_maps = torch.cat([self.to_key(rearrange(normed, "n c h w -> n h w c")),
+                                    self.to_value(rearrange(normed, "n c h w -> n h w c"))], -1)
+        sampled = bilinear_sample(rearrange(key_value_maps, "n h w c -> n c h w"),
+                                  rearrange(pixels, "b vj m c -> (b vj) m c"))  # ((B Vj), M, 2C)
         sampled = rearrange(sampled, "(b vj) (vi q p) c -> b vi q vj p c", b=batch, vi=views, p=num_points)
         valid = rearrange(projected, "b vj (vi q p) -> b vi q vj p", vi=views, p=num_points)
         valid = valid & ~torch.eye(views, dtype=torch.bool, device=valid.device)[None, :, None, :, None]
 
-        # Keys carry where the candidate is: depth along the query ray, and the source camera's direction.
-        w2c = cameras.w2c  # (B, V, 4, 4)
-        offsets = cameras.centers[:, None, :, :] - cameras.centers[:, :, None, :]  # (B, Vi, Vj, 3)
-        direction = F.normalize(torch.einsum("biks,bijs->bijk", w2c[..., :3, :3], offsets), dim=-1, eps=1e-6)
-        position = torch.cat([
-            self.depth_encoding(depths[..., None])[:, :, :, None].expand(-1, -1, -1, views, -1, -1),
-            direction[:, :, None, :, None].expand(-1, -1, depths.shape[2], -1, num_points, -1)], -1)
-        keys = self.to_key(sampled) + self.position(position)
-        values = self.to_value(sampled)
-
         queries = self.to_query(rearrange(normed, "(b v) c h w -> b v (h w) c", b=batch))
         heads = self.num_heads
         query = rearrange(queries, "b vi q (n d) -> (b vi q) n 1 d", n=heads)
-        key = rearrange(keys, "b vi q vj p (n d) -> (b vi q) n (vj p) d", n=heads)
-        value = rearrange(values, "b vi q vj p (n d) -> (b vi q) n (vj p) d", n=heads)
+        channels = features.shape[1]
+        key = rearrange(sampled[..., :channels], "b vi q vj p (n d) -> (b vi q) n (vj p) d", n=heads)
+        value = rearrange(sampled[..., channels:], "b vi q vj p (n d) -> (b vi q) n (vj p) d", n=heads)
+
         mask = rearrange(valid, "b vi q vj p -> (b vi q) (vj p)")
         bias = torch.zeros(mask.shape, dtype=query.dtype, device=query.device)
         if weights is not None:  # multiplying attention weights by NeuS weights = adding their log to logits
@@ -155,6 +177,7 @@ class CrossViewAttention(nn.Module):
             bias = bias.clamp(min=1e-6).log().to(query.dtype)
         seen = mask.any(-1)
         bias = torch.where(mask | ~seen[:, None], bias, torch.full_like(bias, float("-inf")))
-        out = attention(query, key, value, bias[:, None, None, :]) * seen[:, None, None, None]
+        bias = bias[:, None, None, :] + self.position_logits(query, depths, cameras)
+        out = attention(query, key, value, bias) * seen[:, None, None, None]
         out = self.to_out(rearrange(out, "(b vi q) n 1 d -> b vi q (n d)", b=batch, vi=views))
         return features + rearrange(out, "b v (h w) c -> (b v) c h w", h=height)
