@@ -183,3 +183,27 @@ def test_sdxl_added_embeddings_reach_every_mode():
         separate = denoiser(x, t, cameras, 0 * text, mode=mode, added_cond_kwargs=uncond).prediction
         torch.testing.assert_close(shared.uncond[mode], separate, rtol=0, atol=1e-5, msg=mode)
     assert (shared.cond["2d"] - shared.uncond["2d"]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("family", ["sd", "if"])
+@torch.no_grad()
+def test_the_readme_path_from_a_saved_pipeline(family, tmp_path):
+    """Backbone.from_pretrained(folder) -> from_backbone -> predict, with prompts through the real tokenizer."""
+    from tiny_pipelines import tiny_if, tiny_sd
+
+    from tunemv.adapters.backbones import Backbone
+
+    (tiny_sd() if family == "sd" else tiny_if()).save_pretrained(tmp_path)
+    backbone = Backbone.from_pretrained(tmp_path)
+    neus = tiny_neus(backbone.in_channels)
+    denoiser = MultiviewDenoiser.from_backbone(backbone, neus, ControlBranch.from_unet(backbone.unet)).eval()
+    images = torch.rand(1, 2, 3, 32, 32) * 2 - 1
+    views = backbone.encode_views(images) if family == "sd" else images[..., ::2, ::2]  # 16 x 16 model space
+    x_t = torch.randn_like(views)
+    t = torch.tensor([[0, 500]])
+    cameras = Cameras.stack([orbit(2, 20.0, resolution=16)])
+    text = backbone.encode_prompt(["a red chair", ""]).hidden_states
+    guided = denoiser.predict(x_t, t, cameras, text[:1], uncond_encoder_hidden_states=text[1:])
+    expected = backbone.split_prediction(backbone.unet(x_t[0], t[0], text[:1].expand(2, -1, -1)).sample)
+    torch.testing.assert_close(guided.cond["mv"][0], expected, rtol=0, atol=1e-5)  # zero init: the frozen UNet
+    assert guided.cond["mv"].shape == (1, 2, backbone.prediction_channels, 16, 16)
