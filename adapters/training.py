@@ -1,0 +1,242 @@
+"""The Lightning training system: a frozen backbone, a trainable latent SparseNeuS and control branch (seed 003 §3, §4.1).
+
+One training step: encode the clean views; one timestep per object, shared by its views; noise; some views
+made clean references (t = 0, out of the diffusion loss); NeuS dropped (mode "independent") or the prompt
+dropped with given probabilities; loss = diffusion loss in the backbone's parameterisation + the NeuS render
+loss at the input and the supervision views (+ eikonal, + opacity).
+
+Every step seeds torch's RNG from (seed, global step), so a resumed run replays the same noise, timesteps,
+dropouts and NeuS samples as an uninterrupted one without storing RNG state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from tunemv.adapters.backbones import Backbone
+from tunemv.adapters.control_branch import ControlBranch
+from tunemv.adapters.denoiser import MultiviewDenoiser
+from tunemv.errors import TunemvError
+from tunemv.neus.latent_sparseneus import LatentSparseNeuS
+from tunemv.neus.losses import NeuSLoss
+
+TRAINABLE = ("denoiser.neus.", "denoiser.control_branch.", "ema.")  # the only weights a checkpoint keeps
+
+
+class NonFiniteLossError(TunemvError):
+    """Too many training steps in a row had a NaN or infinite loss."""
+
+
+class MultiviewAdapterSystem(pl.LightningModule):
+    """Trains the latent SparseNeuS and the control branch next to a frozen text-to-image backbone.
+
+    Args:
+        backbone: hub id or local folder of a diffusers pipeline (SD 1.x/2.x, SDXL, DeepFloyd-IF stage I).
+        backbone_dtype: storage dtype of the frozen backbone ("float16", "bfloat16"; None keeps fp32).
+        neus: ``LatentSparseNeuS`` arguments; ``in_channels``, ``out_channels`` and ``background`` default
+            to the backbone's channels and its white.
+        cross_view_blocks, cross_view_heads, cross_view_points, cross_view_patch_size,
+        condition_embedding_channels: the control branch (``ControlBranch.from_unet``).
+        learning_rate, neus_learning_rate, weight_decay, warmup_steps: AdamW over the trainable parameters
+            only, linear warmup then cosine decay to 0 at ``trainer.max_steps``.
+        p_reference: probability that an object gets 1..V-1 clean reference views (image→multiview).
+        p_drop_neus: probability of a step in mode "independent" (trains consistency guidance's x̄).
+        p_drop_text: per-object probability of the empty prompt (classifier-free guidance).
+        render_weight, eikonal_weight, opacity_weight: NeuS loss weights (opacity needs masks).
+        ema_decay: keep an exponential moving average of the trainable weights (None: off).
+        max_nonfinite_steps: consecutive NaN/inf losses that are skipped before training stops.
+        gradient_checkpointing, view_chunk: memory options of the denoiser.
+        seed: seeds every step's randomness together with the global step.
+    """
+
+    def __init__(self, backbone: str, backbone_dtype: str | None = None, neus: dict[str, Any] | None = None,
+                 cross_view_blocks: Sequence[int] = (0,), cross_view_heads: int = 4, cross_view_points: int = 8,
+                 cross_view_patch_size: int = 1, condition_embedding_channels: Sequence[int] = (16, 32),
+                 learning_rate: float = 1e-4, neus_learning_rate: float = 1e-3, weight_decay: float = 1e-2,
+                 warmup_steps: int = 100, p_reference: float = 0.1, p_drop_neus: float = 0.1,
+                 p_drop_text: float = 0.1, render_weight: float = 1.0, eikonal_weight: float = 0.1,
+                 opacity_weight: float = 0.0, ema_decay: float | None = None, max_nonfinite_steps: int = 10,
+                 gradient_checkpointing: bool = False, view_chunk: int | None = None, seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        for name in ("p_reference", "p_drop_neus", "p_drop_text"):
+            if not 0 <= getattr(self.hparams, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self.hparams, name)}")
+        self.backbone = Backbone.from_pretrained(backbone, torch_dtype=backbone_dtype)
+        neus_args = {"in_channels": self.backbone.in_channels, "out_channels": self.backbone.in_channels,
+                     "background": self.backbone.background_latent.float().tolist(), **(neus or {})}
+        if neus_args["in_channels"] != self.backbone.in_channels or neus_args["out_channels"] != self.backbone.in_channels:
+            raise TunemvError(f"{backbone}: the backbone's views have {self.backbone.in_channels} channels but neus "
+                              f"is configured for in_channels={neus_args['in_channels']}, "
+                              f"out_channels={neus_args['out_channels']}")
+        branch = ControlBranch.from_unet(
+            self.backbone.unet, condition_channels=self.backbone.in_channels, cross_view_blocks=tuple(cross_view_blocks),
+            cross_view_heads=cross_view_heads, cross_view_points=cross_view_points,
+            cross_view_patch_size=cross_view_patch_size,
+            condition_embedding_channels=tuple(condition_embedding_channels)).float()
+        self.denoiser = MultiviewDenoiser.from_backbone(self.backbone, LatentSparseNeuS(**neus_args), branch,
+                                                        view_chunk=view_chunk)
+        if gradient_checkpointing:
+            self.denoiser.enable_gradient_checkpointing()
+        self.neus_loss = NeuSLoss(render_weight, eikonal_weight, opacity_weight)
+        self.validation_neus_loss = NeuSLoss(render_weight, 0.0, opacity_weight)
+        self.ema = None if ema_decay is None else AveragedModel(
+            torch.nn.ModuleList([self.denoiser.neus, self.denoiser.control_branch]),
+            multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        self.strict_loading = False  # checkpoints carry no backbone weights
+        self.nonfinite_steps = 0  # consecutive
+        self.skipped_steps = 0
+
+    # ------------------------------------------------------------------------------------------- the step
+    def step_generator_seed(self) -> int:
+        return self.hparams.seed * 1_000_003 + self.global_step
+
+    def make_inputs(self, batch: dict, dropouts: bool = True) -> dict[str, Any]:
+        """Clean model-space views, noised inputs, references, mode and prompts for one batch.
+
+        Without ``dropouts`` (validation): no references, mode "mv" and every prompt, so that validation
+        losses measure the full model.
+        """
+        backbone, scheduler = self.backbone, self.backbone.noise_scheduler
+        h = self.hparams
+        p_reference, p_drop_neus, p_drop_text = (h.p_reference, h.p_drop_neus, h.p_drop_text) if dropouts else (0, 0, 0)
+        with torch.no_grad():
+            x0 = backbone.encode_views(batch["images"].to(backbone.dtype)).float()
+            x0_supervision = backbone.encode_views(batch["supervision"]["images"].to(backbone.dtype)).float()
+        objects, views = x0.shape[:2]
+        height, width = x0.shape[-2:]
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (objects, 1), device=self.device).expand(-1, views)
+        reference = torch.zeros(objects, views, dtype=torch.bool, device=self.device)
+        if views > 1:
+            for b in torch.nonzero(torch.rand(objects) < p_reference).flatten().tolist():
+                count = int(torch.randint(1, views, ()))
+                reference[b, torch.randperm(views)[:count]] = True
+        t = torch.where(reference, torch.zeros_like(t), t)
+        noise = torch.randn_like(x0)
+        flat = lambda x: rearrange(x, "b v c h w -> (b v) c h w")  # noqa: E731
+        x_t = scheduler.add_noise(flat(x0), flat(noise), rearrange(t, "b v -> (b v)")).unflatten(0, (objects, views))
+        x_t = torch.where(reference[..., None, None, None], x0, x_t)  # references are clean
+        mode = "independent" if torch.rand(()) < p_drop_neus else "mv"
+        captions = [("" if torch.rand(()) < p_drop_text else caption) for caption in batch["caption"]]
+        return dict(x0=x0, x0_supervision=x0_supervision, noise=noise, t=t, x_t=x_t, reference=reference,
+                    mode=mode, captions=captions,
+                    cameras=batch["cameras"].rescale(height, width),
+                    supervision_cameras=batch["supervision"]["cameras"].rescale(height, width))
+
+    def diffusion_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        kind = self.backbone.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "sample":
+            return x0
+        flat = lambda x: rearrange(x, "b v c h w -> (b v) c h w")  # noqa: E731
+        velocity = self.backbone.noise_scheduler.get_velocity(flat(x0), flat(noise), rearrange(t, "b v -> (b v)"))
+        return velocity.unflatten(0, x0.shape[:2])
+
+    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Named loss terms; in eval mode without dropouts or the eikonal term (no SDF gradients there)."""
+        inputs = self.make_inputs(batch, dropouts=self.training)
+        text = self.backbone.encode_prompt(inputs["captions"])
+        mv = inputs["mode"] == "mv"
+        output = self.denoiser(inputs["x_t"], inputs["t"], inputs["cameras"], text.hidden_states.float(),
+                               mode=inputs["mode"], added_cond_kwargs=text.added_cond_kwargs,
+                               supervision_cameras=inputs["supervision_cameras"] if mv else None)
+        target = self.diffusion_target(inputs["x0"], inputs["noise"], inputs["t"])
+        per_view = (output.prediction.float() - target).square().mean(dim=(2, 3, 4))  # (B, V)
+        denoised = ~inputs["reference"]
+        terms = {"diffusion": (per_view * denoised).sum() / denoised.sum().clamp(min=1)}
+        total = terms["diffusion"]
+        if mv:
+            clean = torch.cat([inputs["x0"], inputs["x0_supervision"]], dim=1)
+            masks = None
+            if self.hparams.opacity_weight:
+                masks = torch.cat([batch["masks"], batch["supervision"]["masks"]], dim=1).float()
+                masks = F.interpolate(rearrange(masks, "b v c h w -> (b v) c h w"), size=clean.shape[-2:],
+                                      mode="area").unflatten(0, clean.shape[:2])
+            neus_loss = self.neus_loss if self.training else self.validation_neus_loss
+            neus_terms = neus_loss(output.neus, clean, masks)
+            terms.update({f"neus_{name}": value for name, value in neus_terms.items() if name != "total"})
+            total = total + neus_terms["total"]
+        terms["total"] = total
+        return terms
+
+    def training_step(self, batch: dict, batch_index: int) -> torch.Tensor | None:
+        torch.manual_seed(self.step_generator_seed())  # same randomness on resume (see the module docstring)
+        terms = self.losses(batch)
+        if not torch.isfinite(terms["total"]):
+            self.nonfinite_steps += 1
+            self.skipped_steps += 1
+            self.log("train/skipped_steps", float(self.skipped_steps))
+            if self.nonfinite_steps >= self.hparams.max_nonfinite_steps:
+                raise NonFiniteLossError(f"the loss was not finite for {self.nonfinite_steps} steps in a row "
+                                         f"(last terms: { {k: float(v) for k, v in terms.items()} }); lower the "
+                                         "learning rate or check the data")
+            return None  # Lightning skips the optimizer step
+        self.nonfinite_steps = 0
+        batch_size = len(batch["caption"])
+        self.log_dict({f"train/{name}": value.detach() for name, value in terms.items()}, batch_size=batch_size,
+                      prog_bar=False)
+        self.log("train/loss", terms["total"].detach(), batch_size=batch_size, prog_bar=True)
+        return terms["total"]
+
+    def on_train_batch_end(self, outputs, batch, batch_index) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(torch.nn.ModuleList([self.denoiser.neus, self.denoiser.control_branch]))
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict, batch_index: int) -> None:
+        # Fixed randomness per batch, so validation losses are comparable across the run.
+        torch.manual_seed(self.hparams.seed * 7_919 + batch_index)
+        terms = self.losses(batch)
+        self.log_dict({f"val/{name}": value for name, value in terms.items()}, batch_size=len(batch["caption"]))
+
+    # ------------------------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        h = self.hparams
+        groups = [
+            {"params": [p for p in self.denoiser.control_branch.parameters() if p.requires_grad], "lr": h.learning_rate,
+             "name": "control_branch"},
+            {"params": [p for p in self.denoiser.neus.parameters() if p.requires_grad], "lr": h.neus_learning_rate,
+             "name": "neus"},
+        ]
+        optimizer = torch.optim.AdamW(groups, weight_decay=h.weight_decay)
+        total = self.trainer.max_steps if self.trainer is not None and self.trainer.max_steps > 0 else None
+
+        def factor(step: int) -> float:
+            if step < h.warmup_steps:
+                return (step + 1) / (h.warmup_steps + 1)
+            if total is None or total <= h.warmup_steps:
+                return 1.0
+            progress = min(1.0, (step - h.warmup_steps) / (total - h.warmup_steps))
+            return 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep only the trainable weights; the frozen backbone is reloaded from ``backbone``."""
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(TRAINABLE)}
+        checkpoint["tunemv"] = {
+            "backbone": self.hparams.backbone,
+            "neus_config": dict(self.denoiser.neus.config),
+            "control_branch_config": dict(self.denoiser.control_branch.config),
+            "skipped_steps": self.skipped_steps,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.skipped_steps = checkpoint.get("tunemv", {}).get("skipped_steps", 0)
+
+    def train(self, mode: bool = True) -> MultiviewAdapterSystem:
+        super().train(mode)
+        self.backbone.eval()  # frozen: always in inference behaviour
+        return self
+
