@@ -87,7 +87,7 @@ class ControlBranch(ModelMixin, ConfigMixin):
     def from_unet(cls, unet: UNet2DConditionModel, condition_channels: int | None = None, **kwargs) -> ControlBranch:
         """A branch initialised from ``unet``'s own encoder weights (ControlNet's recipe)."""
         config = {key: value for key, value in unet.config.items() if not key.startswith("_")}
-        branch = cls(config, condition_channels or unet.config.in_channels, **kwargs)
+        branch = cls(unet_config=config, condition_channels=condition_channels or unet.config.in_channels, **kwargs)
         missing, _ = branch.encoder.load_state_dict(unet.state_dict(), strict=False)
         if missing:
             raise ValueError(f"the UNet lacks encoder weights the branch needs: {missing[:3]}...")

@@ -77,27 +77,30 @@ class MultiviewAdapterSystem(pl.LightningModule):
             raise TunemvError(f"{backbone}: the backbone's views have {self.backbone.in_channels} channels but neus "
                               f"is configured for in_channels={neus_args['in_channels']}, "
                               f"out_channels={neus_args['out_channels']}")
-        branch = ControlBranch.from_unet(
-            self.backbone.unet, condition_channels=self.backbone.in_channels, cross_view_blocks=tuple(cross_view_blocks),
-            cross_view_heads=cross_view_heads, cross_view_points=cross_view_points,
-            cross_view_patch_size=cross_view_patch_size,
-            condition_embedding_channels=tuple(condition_embedding_channels)).float()
-        self.denoiser = MultiviewDenoiser.from_backbone(self.backbone, LatentSparseNeuS(**neus_args), branch,
-                                                        view_chunk=view_chunk)
+        with torch.random.fork_rng(devices=[]):  # initial weights depend on `seed` only
+            torch.manual_seed(seed)
+            branch = ControlBranch.from_unet(
+                self.backbone.unet, condition_channels=self.backbone.in_channels, cross_view_blocks=tuple(cross_view_blocks),
+                cross_view_heads=cross_view_heads, cross_view_points=cross_view_points,
+                cross_view_patch_size=cross_view_patch_size,
+                condition_embedding_channels=tuple(condition_embedding_channels)).float()
+            self.denoiser = MultiviewDenoiser.from_backbone(self.backbone, LatentSparseNeuS(**neus_args), branch,
+                                                            view_chunk=view_chunk)
         if gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
         self.neus_loss = NeuSLoss(render_weight, eikonal_weight, opacity_weight)
         self.validation_neus_loss = NeuSLoss(render_weight, 0.0, opacity_weight)
         self.ema = None if ema_decay is None else AveragedModel(
             torch.nn.ModuleList([self.denoiser.neus, self.denoiser.control_branch]),
-            multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True).requires_grad_(False)
         self.strict_loading = False  # checkpoints carry no backbone weights
         self.nonfinite_steps = 0  # consecutive
         self.skipped_steps = 0
 
     # ------------------------------------------------------------------------------------------- the step
     def step_generator_seed(self) -> int:
-        return self.hparams.seed * 1_000_003 + self.global_step
+        # Per rank too: under DDP each GPU must draw its own noise, timesteps and dropouts.
+        return (self.hparams.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank
 
     def make_inputs(self, batch: dict, dropouts: bool = True) -> dict[str, Any]:
         """Clean model-space views, noised inputs, references, mode and prompts for one batch.
@@ -185,9 +188,14 @@ class MultiviewAdapterSystem(pl.LightningModule):
         self.log_dict({f"train/{name}": value.detach() for name, value in terms.items()}, batch_size=batch_size,
                       prog_bar=False)
         self.log("train/loss", terms["total"].detach(), batch_size=batch_size, prog_bar=True)
+        for group in self.optimizers().optimizer.param_groups:
+            self.log(f"train/lr_{group['name']}", group["lr"], batch_size=batch_size)
         return terms["total"]
 
-    def on_train_batch_end(self, outputs, batch, batch_index) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Here, not in on_train_batch_end: checkpoint callbacks run before the module's batch-end hook, so
+        # an update there would be missing from a checkpoint taken at that step and a resume would diverge.
         if self.ema is not None:
             self.ema.update_parameters(torch.nn.ModuleList([self.denoiser.neus, self.denoiser.control_branch]))
 

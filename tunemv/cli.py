@@ -42,9 +42,50 @@ def _data_procedural(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from tunemv.adapters.export import export_adapter
+
+    out = export_adapter(args.checkpoint, args.out_dir, ema=args.ema, overwrite=args.overwrite)
+    print(f"exported {'EMA ' if args.ema else ''}adapter weights to {out}")
+    return 0
+
+
+def _lightning(argv: list[str]) -> int:
+    """``tunemv fit|validate ...`` through LightningCLI; config errors become one line and exit code 2."""
+    from jsonargparse import ArgumentError
+
+    from tunemv.lightning_cli import run_lightning
+
+    try:
+        run_lightning(argv)
+    except ArgumentError as exc:
+        print(f"tunemv {argv[0]}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except SystemExit as exc:  # --help and --print_config exit; main returns codes instead
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunemv", description="Multiview adapters for frozen 2D diffusion models.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    # fit/validate never reach argparse (main hands them to LightningCLI); they are listed for --help only.
+    commands.add_parser("fit", add_help=False,
+                        help="train an adapter: tunemv fit --config configs/X.yaml (see tunemv fit --help)")
+    commands.add_parser("validate", add_help=False, help="validation losses of a checkpoint: "
+                        "tunemv validate --config configs/X.yaml --ckpt_path CKPT")
+
+    export = commands.add_parser("export", help="write a checkpoint's NeuS and control branch as diffusers folders")
+    export.add_argument("checkpoint", help="a checkpoint written by tunemv fit (e.g. outputs/tiny/checkpoints/last.ckpt)")
+    export.add_argument("out_dir", help="output folder: neus/, control_branch/, adapter.json")
+    export.add_argument("--ema", action="store_true", help="export the EMA weights (needs model.ema_decay in training)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    export.set_defaults(handler=_export)
 
     data = commands.add_parser("data", help="create, import and validate multiview datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
@@ -85,9 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code. ``python -m tunemv`` and the ``tunemv`` script both land here."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv and argv[0] in ("fit", "validate"):
+            return _lightning(argv)
+        args = build_parser().parse_args(argv)
         return args.handler(args)
     except (TunemvError, FileExistsError, FileNotFoundError, NotADirectoryError) as exc:
         print(f"tunemv: error: {exc}", file=sys.stderr)

@@ -1,0 +1,216 @@
+"""`tunemv fit|validate|export` end to end on tiny saved pipelines: configs parse and instantiate, a short run
+writes an adapter-only checkpoint that resumes and exports, and user errors are one line with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tiny_pipelines import tiny_if, tiny_sd
+
+from tunemv.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TRAINING_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml"))
+LARGE = {"sd15_chairs": "sd", "sd21_objaverse_mini": "sd", "if_xl_objaverse_mini": "if"}
+# The tiny IF pipeline works at 16x16 pixels; the procedural set has 6 views per object.
+TINY_RUN = ["--data.resolution", "16", "--data.num_views", "3", "--data.num_supervision_views", "3",
+            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false"]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """Tiny SD and IF pipeline folders and a 3-object procedural dataset (6 views, 32 px, no val split)."""
+    from tunemv.data.generate import generate_procedural_dataset
+
+    root = tmp_path_factory.mktemp("cli_fit")
+    tiny_sd().save_pretrained(root / "tiny-sd")
+    tiny_if().save_pretrained(root / "tiny-if")
+    generate_procedural_dataset(root / "data", num_objects=3, num_views=6, resolution=32, progress=False, workers=1)
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # These tensors are tiny: with two intra-op threads on a busy 2-core machine each step was ~10x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # configs write under outputs/, relative to the working directory
+    # Library log handlers (Lightning's, diffusers') keep the sys.stderr of their creation, which may be an
+    # earlier test's closed capsys stream; point them at the process's stderr.
+    loggers = [logging.getLogger(), *(v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger))]
+    for handler in {h for logger in loggers for h in logger.handlers if type(h) is logging.StreamHandler}:
+        monkeypatch.setattr(handler, "stream", sys.__stderr__)
+
+
+def fit_args(config: str, assets: Path, backbone: str = "tiny-if") -> list[str]:
+    return ["--config", str(CONFIGS / config), "--model.backbone", str(assets / backbone),
+            "--data.root", str(assets / "data")]
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("tunemv")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_help_lists_training_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("fit", "validate", "export", "data"):
+        assert f"\n    {command} " in out
+
+
+@pytest.mark.parametrize("config", [p.name for p in TRAINING_CONFIGS])
+def test_every_config_prints(config, capsys):
+    assert main(["fit", "--config", str(CONFIGS / config), "--print_config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    written = yaml.safe_load((CONFIGS / config).read_text())
+    assert printed["model"]["backbone"] == written["model"]["backbone"]
+    assert printed["data"]["init_args"]["root"] == written["data"]["init_args"]["root"]
+    assert printed["trainer"]["plugins"] == [{"class_path": "tunemv.lightning_cli.AtomicCheckpointIO"}]
+
+
+def test_data_section_config_prints(capsys):
+    assert main(["fit", "--config", str(CONFIGS / "tiny.yaml"), "--data", str(CONFIGS / "data/procedural.yaml"),
+                 "--print_config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]["num_views"] == 8
+
+
+@pytest.mark.parametrize("config", sorted(LARGE))
+def test_large_configs_instantiate_on_tiny_backbones(config, assets):
+    from tunemv.lightning_cli import AtomicCheckpointIO
+
+    cli = _instantiate(config, assets)
+    model, trainer = cli.model, cli.trainer
+    assert model.backbone.family == LARGE[config]
+    assert model.denoiser.neus.config.in_channels == model.backbone.in_channels
+    assert cli.datamodule.hparams.num_views == 8 and cli.datamodule.hparams.num_supervision_views == 8
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert any(callback.save_last for callback in trainer.checkpoint_callbacks)
+    assert model.hparams.gradient_checkpointing and model.hparams.ema_decay
+
+
+def _instantiate(config: str, assets: Path):
+    from tunemv.lightning_cli import run_lightning
+
+    return run_lightning([*fit_args(f"{config}.yaml", assets, f"tiny-{LARGE[config]}"),
+                          "--trainer.accelerator", "cpu", "--trainer.precision", "32-true"], run=False)
+
+
+def test_fit_checkpoint_resume_validate_export(assets, tmp_path, capsys):
+    from tunemv.adapters.control_branch import ControlBranch
+    from tunemv.neus.latent_sparseneus import LatentSparseNeuS
+
+    args = ["fit", *fit_args("tiny.yaml", assets), *TINY_RUN]
+    assert main([*args, "--trainer.max_steps", "3"]) == 0
+    last = tmp_path / "outputs/tiny/checkpoints/last.ckpt"
+    checkpoint = torch.load(last, weights_only=False)
+    assert checkpoint["global_step"] == 3
+    state = checkpoint["state_dict"]
+    assert state and all(k.startswith(("denoiser.neus.", "denoiser.control_branch.", "ema.")) for k in state)
+    assert any(k.startswith("ema.module.1.") for k in state)
+    assert checkpoint["tunemv"]["backbone"] == str(assets / "tiny-if")
+
+    # Resume: the global step continues from 3 (and the optimizer state comes back with it).
+    assert main([*args, "--trainer.max_steps", "5", "--ckpt_path", "last"]) == 0
+    resumed = torch.load(last, weights_only=False)
+    assert resumed["global_step"] == 5
+    assert not torch.equal(resumed["state_dict"]["ema.n_averaged"], checkpoint["state_dict"]["ema.n_averaged"])
+
+    assert main(["validate", *fit_args("tiny.yaml", assets), *TINY_RUN, "--data.val_root", str(assets / "data"),
+                 "--ckpt_path", str(last)]) == 0
+
+    for ema in (False, True):
+        out = tmp_path / f"adapter-{ema}"
+        assert main(["export", str(last), str(out), *(["--ema"] if ema else [])]) == 0
+        prefix = ("ema.module.0.", "ema.module.1.") if ema else ("denoiser.neus.", "denoiser.control_branch.")
+        for module, folder, pre in zip((LatentSparseNeuS, ControlBranch), ("neus", "control_branch"), prefix,
+                                       strict=True):
+            loaded = module.from_pretrained(out / folder).state_dict()
+            expected = {k[len(pre):]: v for k, v in resumed["state_dict"].items() if k.startswith(pre)}
+            assert loaded.keys() == expected.keys()
+            assert all(torch.equal(loaded[k], expected[k]) for k in loaded)
+        info = json.loads((out / "adapter.json").read_text())
+        assert info["backbone"] == str(assets / "tiny-if") and info["ema"] is ema and info["global_step"] == 5
+    capsys.readouterr()
+    assert main(["export", str(last), str(tmp_path / "adapter-False")]) == 2
+    assert "--overwrite" in one_error_line(capsys)
+    assert main(["export", str(last), str(tmp_path / "adapter-False"), "--overwrite"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging left
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    (["--model.no_such_key", "1"], "no_such_key"),
+    (["--data.root", "{missing}"], "data root does not exist"),
+    (["--data.root", "{empty}"], "no usable objects"),
+    (["--model.backbone", "{sd}", "--model.neus", "{{in_channels: 3}}"], "channels"),
+    (["--model.backbone", "{missing}"], "no such folder"),
+])
+def test_user_errors_are_one_line(extra, expected, assets, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    names = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "sd": assets / "tiny-sd"}
+    extra = [arg.format(**names) for arg in extra]
+    assert main(["fit", *fit_args("tiny.yaml", assets), *TINY_RUN, "--trainer.max_steps", "1", *extra]) == 2
+    assert expected in one_error_line(capsys)
+
+
+def test_export_rejects_foreign_and_corrupt_checkpoints(tmp_path, capsys):
+    (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint")
+    torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
+    torch.save({"state_dict": {"denoiser.neus.x": torch.zeros(1)}, "tunemv": {}}, tmp_path / "no_ema.ckpt")
+    for name, ema, expected in (("garbage", False, "not a readable checkpoint"),
+                                ("foreign", False, "not a tunemv checkpoint"), ("missing", False, "no such")):
+        assert main(["export", str(tmp_path / f"{name}.ckpt"), str(tmp_path / "out"),
+                     *(["--ema"] if ema else [])]) == 2
+        assert expected in one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_atomic_checkpoint_io_leaves_no_partial_file(tmp_path):
+    from tunemv.lightning_cli import AtomicCheckpointIO
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    io, path = AtomicCheckpointIO(), tmp_path / "ckpts/last.ckpt"
+    io.save_checkpoint({"step": 1, "weights": torch.arange(3)}, path)
+    with pytest.raises(RuntimeError, match="disk full"):
+        io.save_checkpoint({"step": 2, "weights": torch.zeros(10_000), "bad": Unpicklable()}, path)
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+    assert io.load_checkpoint(path)["step"] == 1  # the previous checkpoint is intact
+
+
+def test_wandb_logger_is_offline_unless_wandb_mode_says_otherwise(tmp_path, monkeypatch):
+    from tunemv.lightning_cli import WandbLogger
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert WandbLogger(project="p", save_dir=str(tmp_path))._offline
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert not WandbLogger(project="p", save_dir=str(tmp_path))._offline
+    assert WandbLogger(project="p", save_dir=str(tmp_path), offline=True)._offline
+
+
+def test_config_without_checkpoint_callback_gets_a_resumable_one(assets):
+    from tunemv.lightning_cli import run_lightning
+
+    cli = run_lightning([*fit_args("tiny.yaml", assets), *TINY_RUN, "--trainer.callbacks", "[]"], run=False)
+    (callback,) = cli.trainer.checkpoint_callbacks
+    assert callback.save_last and Path(callback.dirpath) == Path("outputs/tiny/checkpoints").resolve()

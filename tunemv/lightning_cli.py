@@ -1,0 +1,129 @@
+"""``tunemv fit`` / ``tunemv validate``: Lightning's own LightningCLI over MultiviewAdapterSystem and
+MultiviewDataModule, with tunemv's defaults (atomic checkpoints, a resumable ``last.ckpt``, offline wandb).
+
+Lightning does the loops, checkpoints, loggers and DDP; this file only picks defaults. Heavy imports stay
+here so that ``tunemv --help`` and ``tunemv data ...`` do not pay for Lightning.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import torch
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from tunemv.adapters.training import MultiviewAdapterSystem
+from tunemv.data.datamodule import MultiviewDataModule
+
+SUBCOMMANDS = ("fit", "validate")
+DEFAULT_CHECKPOINT_EVERY = 500  # training steps, when a config names no ModelCheckpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each checkpoint to a temporary file in its own folder, fsync it, then ``os.replace`` it.
+
+    A crash or a full disk mid-save leaves the previous ``last.ckpt`` intact and no partial file behind.
+    (Lightning's default stages the bytes in the system temp folder and moves them, which is a copy, not an
+    atomic rename, when that folder is on another filesystem.)
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None or not _is_local_file_protocol(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)  # remote: fsspec's transaction
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+
+class WandbLogger(_LightningWandbLogger):
+    """Lightning's WandbLogger, offline unless ``WANDB_MODE`` says otherwise: runs need no account or network.
+
+    Sync an offline run later with ``wandb sync <save_dir>/wandb/offline-run-*``.
+    """
+
+    def __init__(self, *args: Any, offline: bool | None = None, **kwargs: Any):
+        if offline is None:
+            offline = os.environ.get("WANDB_MODE", "offline") in ("offline", "dryrun")
+        super().__init__(*args, offline=offline, **kwargs)
+
+
+class TunemvCLI(LightningCLI):
+    """LightningCLI with only the subcommands tunemv supports, and CPU runs flushing denormals."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in SUBCOMMANDS}
+
+    def instantiate_trainer(self, **kwargs: Any):
+        """Add a resumable ``ModelCheckpoint`` when the config has none.
+
+        (LightningCLI appends ``trainer_defaults["callbacks"]`` to a config's own list, which would give two.)
+        """
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = list(config.get("callbacks") or [])
+        if config.get("enable_checkpointing") is not False and not any(
+                isinstance(callback, ModelCheckpoint) for callback in callbacks):
+            root = config.get("default_root_dir") or "outputs"
+            callbacks.append(ModelCheckpoint(dirpath=os.path.join(root, "checkpoints"), save_last=True,
+                                             every_n_train_steps=DEFAULT_CHECKPOINT_EVERY))
+            kwargs["callbacks"] = [*callbacks, *kwargs.get("callbacks", [])]
+        return super().instantiate_trainer(**kwargs)
+
+    def _flush_denormals_on_cpu(self) -> None:
+        # Denormal floats in the NeuS MLPs made CPU steps 2x slower; flushing them to zero is harmless here.
+        if isinstance(self.trainer.accelerator, CPUAccelerator):
+            torch.set_flush_denormal(True)
+
+    def before_fit(self) -> None:
+        self._flush_denormals_on_cpu()
+
+    def before_validate(self) -> None:
+        self._flush_denormals_on_cpu()
+
+
+def trainer_defaults() -> dict[str, Any]:
+    """Defaults under every config (the default checkpoint callback is added in ``instantiate_trainer``)."""
+    # A class_path dict rather than an instance, so that --print_config can write it out.
+    return {"default_root_dir": "outputs", "plugins": [{"class_path": f"{__name__}.AtomicCheckpointIO"}]}
+
+
+def run_lightning(args: Sequence[str], run: bool = True) -> TunemvCLI:
+    """``fit``/``validate`` with LightningCLI; ``args`` is the command line after ``tunemv``.
+
+    With ``run=False`` there is no subcommand in ``args``: the classes are only instantiated (for tests).
+    """
+    # LightningCLI reads sys.argv itself (given both, it warns), so hand it the command line that way.
+    with mock.patch.object(sys, "argv", ["tunemv", *args]):
+        return TunemvCLI(
+            MultiviewAdapterSystem, MultiviewDataModule,
+            # `data:` takes class_path + init_args (configs/data/*.yaml are whole `data:` sections), so a
+            # project can plug in its own LightningDataModule subclass.
+            subclass_mode_data=True,
+            trainer_defaults=trainer_defaults(),
+            seed_everything_default=0,
+            # Resuming into the same folder rewrites config.yaml rather than refusing to start.
+            save_config_kwargs={"overwrite": True},
+            # Raise instead of printing usage, so that tunemv.cli prints one line and exits 2.
+            parser_kwargs={"prog": "tunemv", "exit_on_error": False},
+            run=run,
+        )
