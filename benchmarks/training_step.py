@@ -1,0 +1,111 @@
+"""Seconds per training step and peak resident memory of MultiviewAdapterSystem (random weights, CPU or GPU).
+
+    python benchmarks/training_step.py --unet tiny  [--views 4 --supervision 4 --latent 16]
+    python benchmarks/training_step.py --unet sd15  --views 8 --supervision 8 --latent 32 --checkpointing
+
+A diffusers pipeline folder is built in a temp dir: the UNet at the chosen shape (tiny, or SD 1.5's true
+widths), a tiny 2x VAE and a CLIP text encoder of the UNet's cross-attention width. Every step goes through
+mode "mv" with NeuS and cross-view attention (no dropouts). Peak memory is sampled from /proc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def resident_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def build_pipeline(folder: Path, unet_shape: str) -> None:
+    from denoiser_overhead import SD15, TINY
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from tiny_pipelines import clip_config, clip_tokenizer, tiny_vae
+    from transformers import CLIPTextModel
+
+    config = SD15 if unet_shape == "sd15" else TINY
+    tokenizer = clip_tokenizer()
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(clip_config(tokenizer, config["cross_attention_dim"])).eval()
+    StableDiffusionPipeline(vae=tiny_vae(), text_encoder=text_encoder, tokenizer=tokenizer,
+                            unet=UNet2DConditionModel(**config), scheduler=PNDMScheduler(skip_prk_steps=True),
+                            safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(folder)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--unet", choices=("tiny", "sd15"), default="tiny")
+    parser.add_argument("--views", type=int, default=4)
+    parser.add_argument("--supervision", type=int, default=4)
+    parser.add_argument("--latent", type=int, default=16)
+    parser.add_argument("--checkpointing", action="store_true")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--cross-view-blocks", type=int, nargs="*", default=[0, 1])
+    args = parser.parse_args()
+    torch.set_flush_denormal(True)
+
+    from tunemv.adapters.training import MultiviewAdapterSystem
+    from tunemv.neus.cameras import Cameras, orbit
+
+    with tempfile.TemporaryDirectory() as folder:
+        build_pipeline(Path(folder), args.unet)
+        system = MultiviewAdapterSystem(folder, cross_view_blocks=args.cross_view_blocks, p_reference=0,
+                                        p_drop_neus=0, p_drop_text=0, gradient_checkpointing=args.checkpointing)
+    trainable = [p for p in system.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    size = args.latent * 2  # the tiny VAE downsamples 2x
+    total = args.views + args.supervision
+    cameras = Cameras.stack([orbit(total, 20.0, resolution=size)])
+    batch = {"images": torch.rand(1, args.views, 3, size, size) * 2 - 1, "caption": ["a red chair"],
+             "cameras": cameras[:, : args.views], "masks": torch.ones(1, args.views, 1, size, size),
+             "supervision": {"images": torch.rand(1, args.supervision, 3, size, size) * 2 - 1,
+                             "cameras": cameras[:, args.views:], "masks": torch.ones(1, args.supervision, 1, size, size)}}
+    system.train()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        system.losses(batch)["total"].backward()
+        optimizer.step()
+
+    step()  # warm-up; also allocates the optimizer state
+    baseline, peak, done = resident_mib(), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], resident_mib())
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=sample)
+    watcher.start()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    seconds = (time.perf_counter() - start) / args.steps
+    done.set()
+    watcher.join()
+    count = lambda params: sum(p.numel() for p in params)  # noqa: E731
+    print(f"{args.unet} UNet, 1 object x {args.views} input + {args.supervision} supervision views, "
+          f"{args.latent}x{args.latent} latents, cross-view after {tuple(args.cross_view_blocks)}, gradient "
+          f"checkpointing {'on' if args.checkpointing else 'off'}, {torch.get_num_threads()} threads, torch "
+          f"{torch.__version__}")
+    print(f"trainable parameters {count(trainable):,}; frozen backbone {count(system.backbone.parameters()):,}")
+    print(f"seconds per training step     {seconds:8.2f}   (mean of {args.steps})")
+    print(f"resident memory before step   {baseline:8.0f} MiB")
+    print(f"peak resident during steps    {peak[0]:8.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
