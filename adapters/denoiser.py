@@ -26,6 +26,7 @@ from tunemv.adapters.cross_view_attention import CrossViewInputs
 from tunemv.adapters.unet_halves import Embeddings, EncoderState, decode, encode
 from tunemv.neus.cameras import Cameras
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS, LatentSparseNeuSOutput
+from tunemv.neus.latent_sparseneus import check_inputs as check_views
 
 MODES = ("mv", "independent", "2d")
 
@@ -291,12 +292,7 @@ def check_inputs(noisy_views: torch.Tensor, timesteps: torch.Tensor, cameras: Ca
                  encoder_hidden_states: torch.Tensor, mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
-    if noisy_views.dim() != 5:
-        raise ValueError(f"noisy_views must be (B, V, C, h, w), got shape {list(noisy_views.shape)}")
-    if tuple(timesteps.shape) != tuple(noisy_views.shape[:2]):
-        raise ValueError(f"timesteps must be (B, V) = {list(noisy_views.shape[:2])}, got {list(timesteps.shape)}")
-    if tuple(cameras.shape) != tuple(noisy_views.shape[:2]):
-        raise ValueError(f"cameras must be [B, V] = {list(noisy_views.shape[:2])}, got {list(cameras.shape)}")
+    check_views(noisy_views, timesteps, cameras)  # the same (B, V) rules as NeuS
     if encoder_hidden_states.dim() != 3 or encoder_hidden_states.shape[0] != noisy_views.shape[0]:
         raise ValueError(f"encoder_hidden_states must be (B={noisy_views.shape[0]}, L, D) per object, got "
                          f"{list(encoder_hidden_states.shape)}")
