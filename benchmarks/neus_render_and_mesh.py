@@ -15,10 +15,10 @@ import argparse
 import multiprocessing
 import os
 import platform
-import threading
 import time
 
 import torch
+from peak_memory import PeakResident  # benchmarks/ is on sys.path when run as a script
 
 
 def build(views: int, size: int, device: str):
@@ -41,30 +41,15 @@ def train_step(model, latents, timesteps, cameras, size):
     NeuSLoss(eikonal_weight=0.1)(out, torch.zeros_like(out.image))["total"].backward()
 
 
-def resident_mib() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def peak_rss_of_training_step(views: int, size: int, checkpointing: bool, queue) -> None:
     """Peak resident memory above the pre-step level during one training step, sampled every millisecond
     (CPU tensors are not visible to tracemalloc, and ru_maxrss cannot be reset)."""
     torch.set_flush_denormal(True)
     model, latents, timesteps, cameras = build(views, size, "cpu")
     model.gradient_checkpointing = checkpointing
-    baseline, peak, done = resident_mib(), [0.0], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], resident_mib())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    train_step(model, latents, timesteps, cameras, size)
-    done.set()
-    sampler.join()
-    queue.put(peak[0] - baseline)
+    with PeakResident(0.001) as memory:
+        train_step(model, latents, timesteps, cameras, size)
+    queue.put(memory.peak - memory.baseline)
 
 
 def saved_for_backward_mib(model, latents, timesteps, cameras, size) -> float:

@@ -11,10 +11,8 @@ mode "mv" with NeuS and cross-view attention (no dropouts). Peak memory is sampl
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -23,10 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def resident_mib() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+from peak_memory import PeakResident
 
 
 def build_pipeline(folder: Path, unet_shape: str) -> None:
@@ -81,21 +76,11 @@ def main() -> None:
         optimizer.step()
 
     step()  # warm-up; also allocates the optimizer state
-    baseline, peak, done = resident_mib(), [0.0], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], resident_mib())
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=sample)
-    watcher.start()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    seconds = (time.perf_counter() - start) / args.steps
-    done.set()
-    watcher.join()
+    with PeakResident(0.005) as memory:
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        seconds = (time.perf_counter() - start) / args.steps
     count = lambda params: sum(p.numel() for p in params)  # noqa: E731
     print(f"{args.unet} UNet, 1 object x {args.views} input + {args.supervision} supervision views, "
           f"{args.latent}x{args.latent} latents, cross-view after {tuple(args.cross_view_blocks)}, gradient "
@@ -103,8 +88,8 @@ def main() -> None:
           f"{torch.__version__}")
     print(f"trainable parameters {count(trainable):,}; frozen backbone {count(system.backbone.parameters()):,}")
     print(f"seconds per training step     {seconds:8.2f}   (mean of {args.steps})")
-    print(f"resident memory before step   {baseline:8.0f} MiB")
-    print(f"peak resident during steps    {peak[0]:8.0f} MiB")
+    print(f"resident memory before step   {memory.baseline:8.0f} MiB")
+    print(f"peak resident during steps    {memory.peak:8.0f} MiB")
 
 
 if __name__ == "__main__":
