@@ -11,7 +11,7 @@ import pytest
 from tunemv.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ("data", "neus", "adapters", "sampling")
+SUBPACKAGES = ("data", "neus", "adapters", "sampling", "evaluation", "foundation")
 
 
 def readme_quick_start() -> list[str]:
