@@ -280,6 +280,26 @@ def read_object(directory: str | Path, min_views: int = 1, check_files: bool = F
     return record
 
 
+def read_cameras(path: str | Path) -> Cameras:
+    """Cameras ``[N]`` (OpenCV) from a cameras.json alone, e.g. to sample at a dataset object's views; the
+    images it lists need not exist. A problem raises ``DatasetError`` naming the file."""
+    path = Path(path)
+    problems: list[Problem] = []
+    meta = _read_cameras_json(path, lambda where, message: problems.append(Problem(str(where), message)))
+    if meta is not None:
+        width, height, views, convention = meta
+        for i, view in enumerate(views):
+            if not isinstance(view, dict):
+                problems.append(Problem(str(path), f"views[{i}] must be an object with K and c2w"))
+            else:
+                problems += [Problem(str(path), message) for message in camera_problems(view, f"views[{i}]", width, height)]
+    if problems:
+        raise DatasetError(problems[0].path, problems[0].message)
+    K = torch.tensor([view["K"] for view in views], dtype=torch.float64).float()
+    c2w = torch.tensor([view["c2w"] for view in views], dtype=torch.float64).float()
+    return Cameras.from_opengl(K, c2w, width, height) if convention == "opengl" else Cameras(K, c2w, width, height)
+
+
 def _read_captions(directory: Path, problem) -> list[str]:
     path = directory / CAPTION_FILE
     if not path.is_file():

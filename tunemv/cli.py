@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     export.set_defaults(handler=_export)
 
+    from tunemv.sampling.command import add_sample_parser  # argparse only; torch loads when it runs
+
+    add_sample_parser(commands)
+
     data = commands.add_parser("data", help="create, import and validate multiview datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
 

@@ -1,0 +1,139 @@
+"""``tunemv sample``: text→multiview and image→multiview from the command line.
+
+Cheap to import (the parser is built for every ``tunemv`` call); torch and diffusers load in ``run_sample``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tunemv.errors import TunemvError
+
+
+def add_sample_parser(commands) -> None:
+    sample = commands.add_parser(
+        "sample", help="generate multiview images (and meshes) with a trained adapter",
+        description="Each prompt becomes a dataset-format object folder under --out (images, cameras.json, "
+                    "caption.txt) plus grid.png, turntable.gif and, with --mesh, mesh.ply/mesh.glb.")
+    source = sample.add_argument_group("model (one of --adapter or --ckpt)")
+    source.add_argument("--adapter", help="an adapter folder written by `tunemv export`")
+    source.add_argument("--ckpt", help="a checkpoint written by `tunemv fit`")
+    source.add_argument("--config", help="the fit config of --ckpt; its model.backbone names the backbone")
+    source.add_argument("--backbone", help="override the backbone the adapter names (hub id or folder)")
+    source.add_argument("--ema", action="store_true", help="with --ckpt: use the EMA weights")
+    prompts = sample.add_argument_group("what to generate")
+    prompts.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    prompts.add_argument("--prompts", help="a text file with one prompt per line")
+    prompts.add_argument("--negative-prompt", default="", help="the classifier-free guidance prompt (default: empty)")
+    prompts.add_argument("--image", action="append", default=[],
+                         help="a reference image (repeatable): image→multiview; placed at views 0, 1, ...")
+    views = sample.add_argument_group("cameras")
+    views.add_argument("--num-views", type=int, default=8, help="views per object on an orbit (default: 8)")
+    views.add_argument("--cameras", help="a cameras.json whose views to generate instead of an orbit")
+    views.add_argument("--elevation", type=float, default=20.0, help="orbit elevation in degrees (default: 20)")
+    views.add_argument("--radius", type=float, default=2.2, help="orbit radius (default: 2.2)")
+    views.add_argument("--fov", type=float, default=50.0, help="horizontal field of view in degrees (default: 50)")
+    views.add_argument("--azimuth-start", type=float, default=0.0, help="azimuth of view 0 in degrees")
+    how = sample.add_argument_group("sampling")
+    how.add_argument("--sampler", default="mv", help="mv, consistency, mixed, 2d, refine or a plugin's (default: mv)")
+    how.add_argument("--scheduler", default="ddim", help="ddim, dpmsolver++, euler, ... (default: ddim)")
+    how.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
+    how.add_argument("--guidance-scale", type=float, default=7.5, help="text CFG scale w (default: 7.5)")
+    how.add_argument("--consistency-scale", type=float, default=7.5, help="consistency guidance α (default: 7.5)")
+    how.add_argument("--consistency-ratio", type=float, default=None,
+                     help="fraction K of steps with consistency guidance (default: the sampler's)")
+    how.add_argument("--mix-schedule", default="seed002", help="λ(t) of the mixed sampler: constant, linear, "
+                     "cosine, seed002 (default: seed002)")
+    how.add_argument("--mix-start", type=float, default=0.2, help="λ at pure noise (default: 0.2)")
+    how.add_argument("--mix-end", type=float, default=1.0, help="λ at the clean image (default: 1.0)")
+    how.add_argument("--two-d-model", help="another 2D backbone for the mixed sampler's ε_2d")
+    how.add_argument("--refine-rounds", type=int, default=2, help="refine sampler rounds (default: 2)")
+    how.add_argument("--refine-strength", type=float, default=0.5, help="refine re-noising strength (default: 0.5)")
+    how.add_argument("--seed", type=int, default=0, help="the result is a function of the seed (default: 0)")
+    how.add_argument("--batch-size", type=int, default=1, help="prompts per sampling call (default: 1)")
+    how.add_argument("--view-chunk", type=int, default=None, help="images per UNet call (bounds memory)")
+    how.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    how.add_argument("--dtype", default=None, help="backbone dtype, e.g. float16 on GPU (default: float32)")
+    out = sample.add_argument_group("output")
+    out.add_argument("--out", required=True, help="output root; one object folder per prompt")
+    out.add_argument("--mesh", action="store_true", help="also extract mesh.ply and mesh.glb")
+    out.add_argument("--mesh-resolution", type=int, default=128, help="marching-cubes grid (default: 128)")
+    out.add_argument("--turntable-frames", type=int, default=24, help="turntable GIF frames; 0 for none")
+    out.add_argument("--overwrite", action="store_true", help="replace existing object folders")
+    out.add_argument("--quiet", action="store_true", help="no progress bars")
+    sample.set_defaults(handler=run_sample)
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt)
+    if args.prompts:
+        path = Path(args.prompts)
+        if not path.is_file():
+            raise TunemvError(f"{path}: no such prompts file")
+        prompts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise TunemvError("tunemv sample needs --prompt or --prompts (an image-only run still needs a caption)")
+    return prompts
+
+
+def _backbone_from_config(path: str) -> str | None:
+    import yaml
+
+    try:
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise TunemvError(f"{path}: cannot read the config ({' '.join(str(error).split())})") from error
+    backbone = (config.get("model") or {}).get("backbone") if isinstance(config, dict) else None
+    if backbone is None:
+        raise TunemvError(f"{path}: has no model.backbone")
+    return backbone
+
+
+def load_pipeline(args: argparse.Namespace):
+    from tunemv.sampling.pipeline import MultiviewPipeline
+
+    if bool(args.adapter) == bool(args.ckpt):
+        raise TunemvError("tunemv sample needs exactly one of --adapter DIR or --ckpt CKPT")
+    backbone = args.backbone or (_backbone_from_config(args.config) if args.config else None)
+    if args.adapter:
+        return MultiviewPipeline.from_pretrained(args.adapter, backbone=backbone, torch_dtype=args.dtype)
+    return MultiviewPipeline.from_checkpoint(args.ckpt, backbone=backbone, ema=args.ema, torch_dtype=args.dtype)
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from tunemv.sampling.outputs import write_results
+
+    prompts = read_prompts(args)
+    if args.batch_size < 1 or args.steps < 1 or args.num_views < 1:
+        raise TunemvError("--batch-size, --steps and --num-views must be >= 1")
+    pipe = load_pipeline(args)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe.to(device)
+    options = dict(num_views=args.num_views, cameras=args.cameras, reference_images=args.image or None,
+                   elevation=args.elevation, radius=args.radius, fov=args.fov, azimuth_start=args.azimuth_start,
+                   sampler=args.sampler, scheduler=args.scheduler, steps=args.steps,
+                   guidance_scale=args.guidance_scale, consistency_scale=args.consistency_scale,
+                   consistency_ratio=args.consistency_ratio, mix_schedule=args.mix_schedule,
+                   mix_start=args.mix_start, mix_end=args.mix_end, two_d_model=args.two_d_model,
+                   refine_rounds=args.refine_rounds, refine_strength=args.refine_strength,
+                   negative_prompt=args.negative_prompt, view_chunk_size=args.view_chunk)
+    settings = {key: value for key, value in options.items() if key not in ("reference_images",)}
+    settings.update(images=args.image, seed=args.seed, backbone=pipe.backbone.name_or_path)
+    log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
+    for start in range(0, len(prompts), args.batch_size):
+        batch = prompts[start: start + args.batch_size]
+        # Seeded by the batch's first prompt index: with --batch-size 1 a prompt's views do not depend on the
+        # prompts before it.
+        try:
+            output = pipe(batch, seed=args.seed + start, progress=not args.quiet, **options)
+        except ValueError as error:  # option values the pipeline refuses (a bad schedule, reference or camera)
+            raise TunemvError(f"tunemv sample: {error}") from error
+        write_results(output, args.out, start_index=start, settings=settings,
+                      turntable_frames=args.turntable_frames, mesh_resolution=args.mesh_resolution if args.mesh else 0,
+                      overwrite=args.overwrite, log=print)
+    log(f"{len(prompts)} object(s) in {args.out}")
+    return 0

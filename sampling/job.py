@@ -1,0 +1,129 @@
+"""What a sampler is given (``SamplingJob``) and the denoising loop every built-in sampler shares.
+
+A sampler is registered as a factory (usually its class): ``get_sampler(name)()`` is an object whose
+``__call__(job) -> SamplingResult`` turns the job's noise into clean views. Plugin authors usually subclass
+``GuidedSampler`` (in ``samplers``) and override ``modes`` and ``combine``; the loop below handles the
+scheduler, clean reference views, progress and callbacks.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import SchedulerMixin
+from einops import rearrange
+from tqdm.auto import tqdm
+
+from tunemv.adapters.denoiser import MultiviewDenoiser, Text
+from tunemv.neus.cameras import Cameras
+from tunemv.sampling.guidance import MixSchedule
+
+# (model input x_t (B, V, C, h, w), timesteps (B, V)) -> (ε with the prompt, ε without it or None)
+TwoDScore = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+@dataclass
+class SamplingJob:
+    """Everything one sampling run needs. Shapes: B objects, V views, C channels, h x w model-space size.
+
+    ``noise`` is x_T before ``init_noise_sigma``; ``references`` (B, V) marks clean reference views whose
+    ``reference_latents`` enter every step at t = 0 and come back unchanged; ``two_d`` replaces the frozen
+    backbone's own "2d" score with another 2D model's (the mixed sampler); ``consistency_ratio`` None means
+    the sampler's own default.
+    """
+
+    denoiser: MultiviewDenoiser
+    scheduler: SchedulerMixin  # built with prediction_type="epsilon" (see ``schedulers``)
+    noise: torch.Tensor  # (B, V, C, h, w)
+    cameras: Cameras  # [B, V]
+    text: Text  # (B, L, D) with the prompt
+    uncond_text: Text | None  # the empty prompt; None: no classifier-free guidance
+    alphas_cumprod: torch.Tensor  # (T,) the backbone's training schedule, for the ε algebra
+    prediction_type: str  # the backbone's parameterisation
+    steps: int = 50
+    guidance_scale: float = 7.5
+    consistency_scale: float = 7.5
+    consistency_ratio: float | None = None
+    mix_schedule: MixSchedule = field(default_factory=MixSchedule)
+    references: torch.Tensor | None = None  # (B, V) bool
+    reference_latents: torch.Tensor | None = None  # (B, V, C, h, w), used where ``references``
+    two_d: TwoDScore | None = None
+    refine_rounds: int = 2
+    refine_strength: float = 0.5
+    eta: float = 0.0  # DDIM's stochasticity
+    generator: torch.Generator | None = None
+    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None  # (step, t, latents)
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.noise.dim() != 5 or tuple(self.noise.shape[:2]) != tuple(self.cameras.shape):
+            raise ValueError(f"noise must be (B, V, C, h, w) matching cameras {list(self.cameras.shape)}, "
+                             f"got {list(self.noise.shape)}")
+        if (self.references is None) != (self.reference_latents is None):
+            raise ValueError("references and reference_latents go together")
+        if self.references is not None and self.references.all(dim=1).any():
+            raise ValueError("every object needs at least one view to generate; all of its views are references")
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.alphas_cumprod)
+
+    def keep_references(self, latents: torch.Tensor) -> torch.Tensor:
+        """``latents`` with the reference views replaced by their clean latents (bit-exact)."""
+        if self.references is None:
+            return latents
+        mask = self.references[:, :, None, None, None]
+        return torch.where(mask, self.reference_latents.to(latents.dtype), latents)
+
+    def view_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, V) timesteps: ``t`` for every view, 0 for the clean references (seed 003 §3.4)."""
+        timesteps = t.to(self.noise.device).expand(self.noise.shape[:2]).clone()
+        if self.references is not None:
+            timesteps[self.references] = 0
+        return timesteps
+
+
+@dataclass
+class SamplingResult:
+    latents: torch.Tensor  # (B, V, C, h, w) clean views in model space, references unchanged
+
+
+def denoise(job: SamplingJob, epsilon_fn: Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor],
+            latents: torch.Tensor | None = None, start_index: int = 0, desc: str = "sampling") -> torch.Tensor:
+    """Run the scheduler from step ``start_index`` (x_T = noise when ``latents`` is None) to the clean views.
+
+    ``epsilon_fn(model_input, timesteps (B, V), step_index, num_steps)`` returns the guided ε. Schedulers see
+    (B·V, C, h, w), as in diffusers' pipelines, so per-image rules (IF's thresholding) stay per image.
+    """
+    scheduler, batch = job.scheduler, job.noise.shape[0]
+    flat = lambda x: rearrange(x, "b v c h w -> (b v) c h w")  # noqa: E731
+    unflat = lambda x: rearrange(x, "(b v) c h w -> b v c h w", b=batch)  # noqa: E731
+    scheduler.set_timesteps(job.steps, device=job.noise.device)
+    timesteps = scheduler.timesteps[start_index * scheduler.order:]
+    if start_index and hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start_index * scheduler.order)
+    x = job.keep_references(job.noise * scheduler.init_noise_sigma if latents is None else latents)
+    step_kwargs = _step_kwargs(scheduler, job)
+    for index, t in enumerate(tqdm(timesteps, desc=desc, disable=not job.progress, leave=False)):
+        model_input = job.keep_references(unflat(scheduler.scale_model_input(flat(x), t)))
+        epsilon = epsilon_fn(model_input, job.view_timesteps(t), index, len(timesteps))
+        x = job.keep_references(unflat(scheduler.step(flat(epsilon), t, flat(x), **step_kwargs).prev_sample))
+        if job.callback is not None:
+            job.callback(index, t, x)
+    return x
+
+
+def _step_kwargs(scheduler: SchedulerMixin, job: SamplingJob) -> dict:
+    """diffusers' prepare_extra_step_kwargs: eta and the generator, where the scheduler's step takes them."""
+    accepted = inspect.signature(scheduler.step).parameters
+    kwargs = {}
+    if "eta" in accepted:
+        kwargs["eta"] = job.eta
+    if "generator" in accepted:
+        kwargs["generator"] = job.generator
+    return kwargs

@@ -1,0 +1,99 @@
+"""Writing sampling results: one dataset-format object folder per prompt (seed 001's data engine), plus a
+grid PNG, a turntable GIF of NeuS renders and, on request, meshes.
+
+    OUT/<index>_<prompt-slug>/images/NNN.png, cameras.json, caption.txt   (passes `tunemv data check`)
+                              sampling.json   the settings that made it
+                              grid.png        all views in a row
+                              turntable.gif   NeuS renders around the object
+                              mesh.ply, mesh.glb   with --mesh
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+from einops import rearrange
+from PIL import Image
+
+from tunemv.data.format import write_object
+from tunemv.neus.mesh import export_mesh
+from tunemv.sampling.pipeline import MultiviewPipelineOutput
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(..., 3, H, W) in [0, 1] -> (..., H, W, 3) uint8."""
+    return (rearrange(images.detach().float().cpu(), "... c h w -> ... h w c").clamp(0, 1) * 255).round().byte().numpy()
+
+
+def grid_image(views: torch.Tensor) -> Image.Image:
+    """(V, 3, H, W) or (B, V, 3, H, W) in [0, 1] -> one PNG-ready image, objects as rows."""
+    views = views if views.dim() == 5 else views[None]
+    return Image.fromarray(to_uint8(rearrange(views, "b v c h w -> c (b h) (v w)")[None])[0])
+
+
+def object_name(index: int, prompt: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48] or "object"
+    return f"{index:04d}_{slug}"
+
+
+def write_results(output: MultiviewPipelineOutput, out_dir: str | Path, start_index: int = 0,
+                  settings: dict[str, Any] | None = None, turntable_frames: int = 24, mesh_resolution: int = 0,
+                  overwrite: bool = False, log: Callable[[str], None] | None = None) -> list[Path]:
+    """Write every object of ``output`` under ``out_dir``; returns the object folders.
+
+    Everything is computed before anything is written, and each file is written atomically, so a failure
+    leaves no half-written object.
+    """
+    out_dir = Path(out_dir)
+    folders = []
+    for b, prompt in enumerate(output.prompts):
+        folder = out_dir / object_name(start_index + b, prompt)
+        if folder.exists() and not overwrite:
+            raise FileExistsError(f"{folder}: already exists; pass --overwrite to replace it")
+        extras = {"grid.png": _png(grid_image(output.views[b]))}
+        if turntable_frames > 0:
+            frames = output.field.turntable(turntable_frames)[b]
+            extras["turntable.gif"] = iio.imwrite("<bytes>", to_uint8(frames), extension=".gif", duration=80, loop=0)
+        meshes = {}
+        if mesh_resolution > 0:
+            mesh = output.field.mesh(b, mesh_resolution, views=output.views[b])
+            meshes = {"mesh.ply": mesh, "mesh.glb": mesh}
+        images = list(to_uint8(output.views[b]))
+        info = {"prompt": prompt, "references": output.references[b].nonzero().flatten().tolist(), **(settings or {})}
+        write_object(folder, images, output.cameras[b].to("cpu"), [prompt], overwrite=overwrite,
+                     extra_files={"sampling.json": json.dumps(info, indent=2, default=str) + "\n"})
+        for name, data in extras.items():
+            _write_bytes(folder / name, data)
+        for name, mesh in meshes.items():
+            export_mesh(mesh, folder / name)
+        folders.append(folder)
+        if log is not None:
+            log(f"wrote {folder}" + (" (+ mesh.ply, mesh.glb)" if meshes else ""))
+    return folders
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)

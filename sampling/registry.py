@@ -1,0 +1,89 @@
+"""Samplers by name: ``@register_sampler("name")``, ``get_sampler(name)``, ``available_samplers()``.
+
+Third-party packages add samplers through the entry-point group ``tunemv.samplers``; each entry point names
+a sampler class (or factory) and is registered under the entry point's name. They are loaded lazily, on the
+first lookup, and a plugin that fails to import is logged and skipped, so one broken package never breaks
+sampling. In the plugin's ``pyproject.toml``::
+
+    [project.entry-points."tunemv.samplers"]
+    my-sampler = "my_package.samplers:MySampler"
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import TypeVar
+
+from tunemv.errors import TunemvError
+
+ENTRY_POINT_GROUP = "tunemv.samplers"
+logger = logging.getLogger(__name__)
+
+_SAMPLERS: dict[str, Callable] = {}
+_plugins_loaded = False
+T = TypeVar("T", bound=Callable)
+
+
+class SamplerError(TunemvError, ValueError):
+    """An unknown or clashing sampler name."""
+
+
+def register_sampler(name: str) -> Callable[[T], T]:
+    """Class or factory decorator: ``get_sampler(name)`` returns it. A name that is taken raises."""
+    if not isinstance(name, str) or not name:
+        raise SamplerError(f"a sampler name must be a non-empty string, got {name!r}")
+
+    def decorator(sampler: T) -> T:
+        if name in _SAMPLERS and _SAMPLERS[name] is not sampler:
+            raise SamplerError(f"sampler name {name!r} is already registered by {_qualname(_SAMPLERS[name])}")
+        _SAMPLERS[name] = sampler
+        return sampler
+
+    return decorator
+
+
+def get_sampler(name: str) -> Callable:
+    """The sampler registered as ``name`` (built-ins, then plugins); an unknown name lists the available."""
+    _ensure_builtins()
+    if name not in _SAMPLERS:
+        load_plugins()
+    if name not in _SAMPLERS:
+        raise SamplerError(f"unknown sampler {name!r}; available: {', '.join(available_samplers())}")
+    return _SAMPLERS[name]
+
+
+def available_samplers() -> list[str]:
+    _ensure_builtins()
+    load_plugins()
+    return sorted(_SAMPLERS)
+
+
+def load_plugins(force: bool = False) -> None:
+    """Register every ``tunemv.samplers`` entry point once; broken ones are logged and skipped."""
+    global _plugins_loaded
+    if _plugins_loaded and not force:
+        return
+    _plugins_loaded = True
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        if entry_point.name in _SAMPLERS:
+            continue  # a clash with a built-in or an earlier plugin: the first registration wins
+        try:
+            sampler = entry_point.load()
+        except Exception as error:  # any import-time failure of third-party code
+            logger.warning("skipping sampler plugin %r (%s): %s: %s", entry_point.name, entry_point.value,
+                           type(error).__name__, error)
+            continue
+        if not callable(sampler):
+            logger.warning("skipping sampler plugin %r (%s): not callable", entry_point.name, entry_point.value)
+            continue
+        _SAMPLERS[entry_point.name] = sampler
+
+
+def _ensure_builtins() -> None:
+    import tunemv.sampling.samplers  # noqa: F401 - registers "mv", "consistency", "mixed", "2d", "refine"
+
+
+def _qualname(obj) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"

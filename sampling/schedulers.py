@@ -1,0 +1,56 @@
+"""The step rule: any diffusers scheduler, by a short name or its class name, built from the backbone's config.
+
+Samplers hand schedulers ε (see ``algebra``), so the scheduler is always built with
+``prediction_type="epsilon"``. A learned-variance schedule (IF) becomes "fixed_small": the variance half is
+not a prediction the guidance algebra can combine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import diffusers
+from diffusers import SchedulerMixin
+
+from tunemv.errors import TunemvError
+
+# short name -> (diffusers class, extra config); anything else is tried as a diffusers class name
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddim": ("DDIMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "dpmsolver": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver"}),
+    "sde-dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+}
+
+
+class SchedulerError(TunemvError, ValueError):
+    """An unknown scheduler name."""
+
+
+def available_schedulers() -> list[str]:
+    return list(SCHEDULERS)
+
+
+def make_scheduler(name: str | SchedulerMixin, scheduler_config: dict[str, Any], **overrides) -> SchedulerMixin:
+    """A fresh scheduler named ``name`` ("ddim", "dpmsolver++", "EulerDiscreteScheduler", ...) over the
+    backbone's noise schedule; an instance is rebuilt from its own config, so its state is never shared."""
+    if isinstance(name, SchedulerMixin):
+        cls, extra, base = type(name), {}, dict(name.config)
+    else:
+        class_name, extra = SCHEDULERS.get(name, (name, {}))
+        cls = getattr(diffusers, class_name, None)
+        if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+            raise SchedulerError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)} "
+                                 "or a diffusers scheduler class name")
+        base = dict(scheduler_config)
+    config = {**base, **extra, **overrides, "prediction_type": "epsilon"}
+    if config.get("variance_type") in ("learned", "learned_range"):
+        config["variance_type"] = "fixed_small"
+    return cls.from_config(config)
