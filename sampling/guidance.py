@@ -25,7 +25,7 @@ class MixSchedule:
     - "constant": λ = end, whatever t;
     - "linear":   λ = end + (start − end)·τ;
     - "cosine":   λ = end + (start − end)·(1 − cos(πτ))/2, flat at both ends;
-    - "seed002":  λ = end + (start − end)·τ², small for the high-noise steps and growing fast as t → 0,
+    - "seed002":  λ = start + (end − start)·(1 − τ)², small for the high-noise steps and growing fast as t → 0,
       our reading of seed 002 §3.4 ("a relatively smaller value, gradually increasing as T decreases").
     """
 
@@ -46,7 +46,7 @@ class MixSchedule:
 
     def __call__(self, timestep: float, num_train_timesteps: int) -> float:
         tau = min(max(float(timestep) / num_train_timesteps, 0.0), 1.0)
-        ramp = {"constant": 0.0, "linear": tau, "cosine": (1 - math.cos(math.pi * tau)) / 2, "seed002": tau**2}
+        ramp = {"constant": 0.0, "linear": tau, "cosine": (1 - math.cos(math.pi * tau)) / 2, "seed002": 1 - (1 - tau) ** 2}
         return self.end + (self.start - self.end) * ramp[self.kind]
 
 
