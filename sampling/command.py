@@ -91,6 +91,20 @@ def _backbone_from_config(path: str) -> str | None:
     return backbone
 
 
+def check_names(args: argparse.Namespace) -> None:
+    """Unknown sampler, scheduler or mix-schedule names fail here, with what is available."""
+    from tunemv.sampling.guidance import MixSchedule
+    from tunemv.sampling.registry import get_sampler
+    from tunemv.sampling.schedulers import make_scheduler
+
+    get_sampler(args.sampler)
+    make_scheduler(args.scheduler, {})
+    try:
+        MixSchedule(args.mix_schedule, args.mix_start, args.mix_end)
+    except ValueError as error:
+        raise TunemvError(str(error)) from error
+
+
 def load_pipeline(args: argparse.Namespace):
     from tunemv.sampling.pipeline import MultiviewPipeline
 
@@ -110,6 +124,13 @@ def run_sample(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     if args.batch_size < 1 or args.steps < 1 or args.num_views < 1:
         raise TunemvError("--batch-size, --steps and --num-views must be >= 1")
+    check_names(args)  # before minutes of model loading
+    if args.quiet:
+        import diffusers
+        import transformers
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
     pipe = load_pipeline(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe.to(device)
@@ -130,8 +151,8 @@ def run_sample(args: argparse.Namespace) -> int:
         # prompts before it.
         try:
             output = pipe(batch, seed=args.seed + start, progress=not args.quiet, **options)
-        except ValueError as error:  # option values the pipeline refuses (a bad schedule, reference or camera)
-            raise TunemvError(f"tunemv sample: {error}") from error
+        except ValueError as error:  # option values the pipeline refuses (a bad reference or camera)
+            raise TunemvError(str(error)) from error
         write_results(output, args.out, start_index=start, settings=settings,
                       turntable_frames=args.turntable_frames, mesh_resolution=args.mesh_resolution if args.mesh else 0,
                       overwrite=args.overwrite, log=print)

@@ -49,7 +49,7 @@ class ExternalTwoDScore:
 
     @torch.no_grad()
     def __call__(self, sample: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch, views = timesteps.shape
+        _batch, views = timesteps.shape
         outputs = [self._epsilon(sample, timesteps, text, views) for text in (self.cond, self.uncond) if text]
         return outputs[0], outputs[1] if len(outputs) > 1 else None
 

@@ -75,7 +75,7 @@ def prepare_references(backbone: Backbone, images: Any, views: Sequence[int] | N
     full[:, views] = stack.to(device)
     latents = torch.zeros(batch, num_views, backbone.in_channels, backbone.sample_size, backbone.sample_size,
                           device=device)
-    latents[:, views] = backbone.encode_views((stack.to(device, backbone.dtype) * 2 - 1)).float()
+    latents[:, views] = backbone.encode_views(stack.to(device, backbone.dtype) * 2 - 1).float()
     return References(mask, full, latents)
 
 

@@ -157,7 +157,7 @@ def _start_index(steps: int, strength: float) -> int:
     """The first step of a re-noised run, as diffusers' img2img: strength 1 starts from pure noise."""
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"refine_strength must be in (0, 1], got {strength}")
-    return steps - max(1, min(steps, int(round(steps * strength))))
+    return steps - max(1, min(steps, round(steps * strength)))
 
 
 @torch.no_grad()

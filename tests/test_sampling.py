@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from types import SimpleNamespace
 
@@ -18,7 +19,7 @@ from tunemv.sampling.guidance import MixSchedule, classifier_free, consistency_g
 from tunemv.sampling.pipeline import AdapterError, MultiviewPipeline
 from tunemv.sampling.schedulers import SCHEDULERS, SchedulerError, make_scheduler
 
-STEPS = 3
+STEPS = 2  # enough for multistep schedulers (DPM-Solver++) to use their history
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,7 @@ def test_consistency_steps_are_spread_uniformly():
     assert consistency_steps(10, 0.5) == {1, 3, 5, 7, 9}
     assert consistency_steps(10, 0.0) == set() and consistency_steps(10, 1.0) == set(range(10))
     steps = sorted(consistency_steps(50, 0.25))
-    assert len(steps) == 12 and max(b - a for a, b in zip(steps, steps[1:])) <= 5
+    assert len(steps) == 12 and max(b - a for a, b in itertools.pairwise(steps)) <= 5
     with pytest.raises(ValueError, match="consistency_ratio"):
         consistency_steps(10, 1.5)
 
@@ -163,9 +164,9 @@ def test_reference_views_come_back_bit_exact(awake_pipe):
     assert (out.latents[0, 1] - free.latents[0, 1]).abs().max() > 1e-4  # the references steer the others
 
 
-@pytest.mark.parametrize("views", [1, 2, 5, 16])
+@pytest.mark.parametrize("views", [1, 2, 7, 16])
 def test_any_number_of_views(awake_pipe, views):
-    out = awake_pipe(PROMPT, num_views=views, steps=2, seed=0, progress=False, sampler="consistency")
+    out = awake_pipe(PROMPT, num_views=views, steps=1, seed=0, progress=False, sampler="consistency")
     size = awake_pipe.backbone.image_resolution
     assert out.views.shape == (1, views, 3, size, size) and torch.isfinite(out.views).all()
     assert out.cameras.shape == (1, views)
@@ -274,7 +275,7 @@ def test_adapter_folder_round_trip(tmp_path, awake_pipe):
 
 
 def test_broken_adapter_folders_get_clear_errors(tmp_path, folders, awake_pipe):
-    with pytest.raises(AdapterError, match="adapter.json: missing"):
+    with pytest.raises(AdapterError, match=r"adapter\.json: missing"):
         MultiviewPipeline.from_pretrained(tmp_path)
     folder = save_adapter(awake_pipe, tmp_path / "adapter")
     with pytest.raises(AdapterError, match=r"does not fit backbone .*if"):

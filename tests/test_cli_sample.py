@@ -1,0 +1,87 @@
+"""`tunemv sample`: outputs are dataset-format objects (they pass `tunemv data check`), references are exact,
+bad input gets one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import trimesh
+from PIL import Image
+from sampling_fixtures import adapter_pipeline, save_adapter, save_backbones
+
+from tunemv.cli import main
+from tunemv.data.format import read_object
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sample")
+    folders = save_backbones(root)
+    return save_adapter(adapter_pipeline(folders["sd"], awake=True), root / "adapter")
+
+
+def test_sample_writes_checkable_objects_with_grid_turntable_and_mesh(tmp_path, adapter, capsys):
+    out = tmp_path / "out"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red chair\n\na blue mug\n")
+    code = main(["sample", "--adapter", str(adapter), "--prompts", str(prompts), "--num-views", "4", "--steps", "2",
+                 "--sampler", "consistency", "--out", str(out), "--mesh", "--mesh-resolution", "32",
+                 "--turntable-frames", "3", "--quiet"])
+    assert code == 0
+    folders = sorted(p for p in out.iterdir() if p.is_dir())
+    assert [p.name for p in folders] == ["0000_a-red-chair", "0001_a-blue-mug"]
+    assert "0000_a-red-chair" in capsys.readouterr().out  # says where the results are
+    assert main(["data", "check", str(out), "--min-views", "4"]) == 0
+    record = read_object(folders[1])
+    assert record.captions[0] == "a blue mug" and record.num_views == 4
+    for name in ("grid.png", "turntable.gif", "mesh.ply", "mesh.glb", "sampling.json"):
+        assert (folders[0] / name).is_file(), name
+    assert Image.open(folders[0] / "turntable.gif").n_frames == 3
+    assert json.loads((folders[0] / "sampling.json").read_text())["sampler"] == "consistency"
+    assert isinstance(trimesh.load(folders[0] / "mesh.ply"), trimesh.Trimesh)
+
+
+def test_image_to_multiview_keeps_the_reference_pixels(tmp_path, adapter):
+    reference = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    Image.fromarray(reference).save(tmp_path / "ref.png")
+    out = tmp_path / "out"
+    assert main(["sample", "--adapter", str(adapter), "--prompt", "a red chair", "--image", str(tmp_path / "ref.png"),
+                 "--num-views", "3", "--steps", "2", "--out", str(out), "--turntable-frames", "0", "--quiet"]) == 0
+    (folder,) = out.iterdir()
+    assert np.array_equal(np.asarray(Image.open(folder / "images" / "000.png")), reference)
+    assert json.loads((folder / "sampling.json").read_text())["references"] == [0]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--sampler", "nope"], "unknown sampler 'nope'; available: 2d, consistency"),
+    (["--scheduler", "warp"], "unknown scheduler 'warp'"),
+    (["--mix-schedule", "exp", "--sampler", "mixed"], "unknown mix schedule 'exp'"),
+    (["--cameras", "missing.json"], "missing.json: missing"),
+])
+def test_bad_options_get_one_line_and_exit_2(tmp_path, adapter, capsys, arguments, message):
+    code = main(["sample", "--adapter", str(adapter), "--prompt", "a red chair", "--num-views", "2", "--steps", "1",
+                 "--out", str(tmp_path / "out"), "--quiet", *arguments])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and message in error and len(error.splitlines()) == 1, error
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing half-written
+
+
+def test_missing_model_or_prompt_is_refused(tmp_path, capsys):
+    assert main(["sample", "--adapter", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "o")]) == 2
+    assert "adapter.json: missing" in capsys.readouterr().err
+    assert main(["sample", "--adapter", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "needs --prompt or --prompts" in capsys.readouterr().err
+    assert main(["sample", "--prompt", "x", "--out", str(tmp_path / "o")]) == 2
+    assert "exactly one of --adapter DIR or --ckpt CKPT" in capsys.readouterr().err
+
+
+def test_existing_output_is_not_overwritten_without_the_flag(tmp_path, adapter, capsys):
+    arguments = ["sample", "--adapter", str(adapter), "--prompt", "a red chair", "--num-views", "2", "--steps", "1",
+                 "--out", str(tmp_path), "--turntable-frames", "0", "--quiet"]
+    assert main(arguments) == 0
+    before = (tmp_path / "0000_a-red-chair" / "images" / "000.png").read_bytes()
+    assert main(arguments) == 2 and "already exists" in capsys.readouterr().err
+    assert main([*arguments, "--overwrite", "--seed", "3"]) == 0
+    assert (tmp_path / "0000_a-red-chair" / "images" / "000.png").read_bytes() != before
