@@ -1,0 +1,71 @@
+"""P2: the per-step cost of consistency + mixed + CFG guidance against plain "mv" + CFG, side by side in one run.
+
+    python benchmarks/guidance_overhead.py --config sd15 [--latent 32] [--views 8] [--ratio 0.5]
+
+One sampling step of each sampler is what ``GuidedSampler.predict`` asks the denoiser for:
+- plain "mv" + CFG:                 predict(("mv",)) with the empty prompt;
+- consistency + mixed + CFG, a guided step (a fraction K of the steps): predict(("mv", "independent", "2d"));
+  an unguided step: predict(("mv", "2d")).
+Shared: those calls (frozen encoder once per prompt copy, NeuS once). Naive: one full forward per mode and
+prompt copy (NeuS and the frozen encoder again each time). The per-step figure averages guided and unguided
+steps at K = ``--ratio``. Target <= 1.35 shared, against about 2 naive. Random weights, true block widths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+import torch
+from denoiser_overhead import build, timed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=("sd15", "tiny"), default="sd15")
+    parser.add_argument("--latent", type=int, default=32)
+    parser.add_argument("--views", type=int, default=8)
+    parser.add_argument("--ratio", type=float, default=0.5, help="consistency guidance fraction K")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cross-view-blocks", type=int, nargs="*", default=[0, 1])
+    args = parser.parse_args()
+    if args.device == "cpu":
+        torch.set_flush_denormal(True)
+    dtype = getattr(torch, args.dtype)
+    denoiser, x, t, cameras, text = build(args.config, args.latent, args.views, args.device, dtype,
+                                          tuple(args.cross_view_blocks))
+    uncond = torch.zeros_like(text)
+
+    def shared(modes):
+        return lambda: denoiser.predict(x, t, cameras, text, modes=modes, uncond_encoder_hidden_states=uncond)
+
+    def naive(modes):
+        return lambda: [denoiser(x, t, cameras, hidden, mode=mode) for mode in modes for hidden in (text, uncond)]
+
+    with torch.no_grad():
+        times = {(kind, name): timed(make(modes), args.repeats, args.device)
+                 for kind, make in (("shared", shared), ("naive", naive))
+                 for name, modes in (("plain", ("mv",)), ("guided", ("mv", "independent", "2d")),
+                                     ("unguided", ("mv", "2d")))}
+
+    k = args.ratio
+    print(f"{args.config} UNet, {args.views} views of 4 x {args.latent} x {args.latent} latents, {args.dtype} on "
+          f"{args.device} ({platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}); "
+          f"median of {args.repeats}; K = {k}")
+    for kind in ("shared", "naive"):
+        plain, guided, unguided = (times[kind, name] for name in ("plain", "guided", "unguided"))
+        step = k * guided + (1 - k) * unguided
+        print(f"{kind:>6}: mv+CFG {plain:7.3f} s | guided step {guided:7.3f} s ({guided / plain:5.2f}x) | "
+              f"unguided step {unguided:7.3f} s ({unguided / plain:5.2f}x) | "
+              f"P2 per step at K={k}: {step / plain:5.3f}")
+    shared_step = k * times["shared", "guided"] + (1 - k) * times["shared", "unguided"]
+    naive_step = k * times["naive", "guided"] + (1 - k) * times["naive", "unguided"]
+    print(f"P2 shared  {shared_step / times['shared', 'plain']:6.3f}   (target <= 1.35)")
+    print(f"P2 naive   {naive_step / times['naive', 'plain']:6.3f}   (about 2 expected); shared step / naive step "
+          f"{shared_step / naive_step:5.3f}")
+
+
+if __name__ == "__main__":
+    main()
