@@ -27,6 +27,7 @@ from tunemv.adapters.denoiser import MultiviewDenoiser
 from tunemv.errors import TunemvError
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 from tunemv.neus.losses import NeuSLoss
+from tunemv.sampling.validation import log_validation_samples
 
 TRAINABLE = ("denoiser.neus.", "denoiser.control_branch.", "ema.")  # the only weights a checkpoint keeps
 
@@ -55,6 +56,10 @@ class MultiviewAdapterSystem(pl.LightningModule):
         max_nonfinite_steps: consecutive NaN/inf losses that are skipped before training stops.
         gradient_checkpointing, view_chunk: memory options of the denoiser.
         seed: seeds every step's randomness together with the global step.
+        validation_prompts: prompts sampled at each validation (None: the first validation batch's captions).
+        validation_sampler, validation_steps, validation_views, validation_guidance_scale: how they are
+            sampled (DDIM); the view grid and the NeuS renders are logged as images and written as PNGs
+            under ``<log dir>/samples/``. ``validation_steps=0`` turns sampling off.
     """
 
     def __init__(self, backbone: str, backbone_dtype: str | None = None, neus: dict[str, Any] | None = None,
@@ -64,7 +69,9 @@ class MultiviewAdapterSystem(pl.LightningModule):
                  warmup_steps: int = 100, p_reference: float = 0.1, p_drop_neus: float = 0.1,
                  p_drop_text: float = 0.1, render_weight: float = 1.0, eikonal_weight: float = 0.1,
                  opacity_weight: float = 0.0, ema_decay: float | None = None, max_nonfinite_steps: int = 10,
-                 gradient_checkpointing: bool = False, view_chunk: int | None = None, seed: int = 0):
+                 gradient_checkpointing: bool = False, view_chunk: int | None = None, seed: int = 0,
+                 validation_prompts: Sequence[str] | None = None, validation_sampler: str = "mv",
+                 validation_steps: int = 10, validation_views: int = 4, validation_guidance_scale: float = 7.5):
         super().__init__()
         self.save_hyperparameters()
         for name in ("p_reference", "p_drop_neus", "p_drop_text"):
@@ -205,6 +212,9 @@ class MultiviewAdapterSystem(pl.LightningModule):
         torch.manual_seed(self.hparams.seed * 7_919 + batch_index)
         terms = self.losses(batch)
         self.log_dict({f"val/{name}": value for name, value in terms.items()}, batch_size=len(batch["caption"]))
+        if batch_index == 0 and self.hparams.validation_steps > 0 and self.trainer is not None \
+                and not self.trainer.sanity_checking:
+            log_validation_samples(self, list(self.hparams.validation_prompts or batch["caption"]))
 
     # ------------------------------------------------------------------------------------ optimisation
     def configure_optimizers(self):

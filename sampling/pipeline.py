@@ -54,10 +54,10 @@ class MultiviewPipeline:
 
     def __init__(self, backbone: Backbone, neus: LatentSparseNeuS, control_branch: ControlBranch,
                  view_chunk: int | None = None):
+        # The modules are used as given (train mode and requires_grad untouched): training validates with
+        # its live modules through this class. Samples run under no_grad; loaded adapters come in eval mode.
         self.backbone = backbone
-        self.denoiser = MultiviewDenoiser.from_backbone(backbone, neus.eval(), control_branch.eval(),
-                                                        view_chunk=view_chunk)
-        self.denoiser.requires_grad_(False)
+        self.denoiser = MultiviewDenoiser.from_backbone(backbone, neus, control_branch, view_chunk=view_chunk)
 
     @classmethod
     def from_pretrained(cls, adapter_dir: str | Path, backbone: str | Backbone | None = None,
@@ -76,8 +76,8 @@ class MultiviewPipeline:
         for part in ("neus", "control_branch"):
             if not (adapter_dir / part).is_dir():
                 raise AdapterError(f"{adapter_dir / part}: missing; an adapter folder is what `tunemv export` writes")
-        neus = LatentSparseNeuS.from_pretrained(adapter_dir / "neus")
-        branch = ControlBranch.from_pretrained(adapter_dir / "control_branch")
+        neus = LatentSparseNeuS.from_pretrained(adapter_dir / "neus").eval()
+        branch = ControlBranch.from_pretrained(adapter_dir / "control_branch").eval()
         return cls._assemble(backbone or info.get("backbone"), neus, branch, torch_dtype, device, info_path,
                              **backbone_options)
 

@@ -129,3 +129,18 @@ def test_non_finite_losses_are_skipped_then_stop_training(workspace):
 def test_neus_channels_must_match_the_backbone(workspace):
     with pytest.raises(Exception, match="3 channels but neus is configured for in_channels=4"):
         MultiviewAdapterSystem(str(workspace / "backbone"), neus={"in_channels": 4})
+
+
+def test_validation_samples_a_grid_of_views_and_neus_renders(workspace, tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+    from PIL import Image
+
+    data = MultiviewDataModule(str(workspace / "data"), num_views=3, num_supervision_views=2, resolution=16,
+                               batch_size=1, view_selection="uniform", val_root=str(workspace / "data"))
+    system = MultiviewAdapterSystem(str(workspace / "backbone"), neus=SMALL_NEUS, validation_steps=2,
+                                    validation_views=3, validation_prompts=["a red chair", "a blue mug"])
+    pl.Trainer(accelerator="cpu", logger=CSVLogger(tmp_path), enable_progress_bar=False, enable_model_summary=False,
+               limit_val_batches=1, num_sanity_val_steps=0).validate(system, data)
+    (grid,) = (tmp_path / "lightning_logs").rglob("samples/step_*.png")
+    # 2 prompts x (views row + NeuS render row) of 16 px, 3 views wide
+    assert Image.open(grid).size == (3 * 16, 2 * 2 * 16)
