@@ -24,6 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tunemv.adapters.backbones import Backbone
 from tunemv.adapters.control_branch import ControlBranch
 from tunemv.adapters.denoiser import MultiviewDenoiser
+from tunemv.adapters.latent_cache import LatentCache
 from tunemv.errors import TunemvError
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 from tunemv.neus.losses import NeuSLoss
@@ -60,6 +61,8 @@ class MultiviewAdapterSystem(pl.LightningModule):
         validation_sampler, validation_steps, validation_views, validation_guidance_scale: how they are
             sampled (DDIM); the view grid and the NeuS renders are logged as images and written as PNGs
             under ``<log dir>/samples/``. ``validation_steps=0`` turns sampling off.
+        latent_cache_dir: cache the VAE latents of training views there (latent backbones; see
+            ``LatentCache``), so each view is encoded once over the whole run.
     """
 
     def __init__(self, backbone: str, backbone_dtype: str | None = None, neus: dict[str, Any] | None = None,
@@ -71,7 +74,8 @@ class MultiviewAdapterSystem(pl.LightningModule):
                  opacity_weight: float = 0.0, ema_decay: float | None = None, max_nonfinite_steps: int = 10,
                  gradient_checkpointing: bool = False, view_chunk: int | None = None, seed: int = 0,
                  validation_prompts: Sequence[str] | None = None, validation_sampler: str = "mv",
-                 validation_steps: int = 10, validation_views: int = 4, validation_guidance_scale: float = 7.5):
+                 validation_steps: int = 10, validation_views: int = 4, validation_guidance_scale: float = 7.5,
+                 latent_cache_dir: str | None = None):
         super().__init__()
         self.save_hyperparameters()
         for name in ("p_reference", "p_drop_neus", "p_drop_text"):
@@ -100,6 +104,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
         self.ema = None if ema_decay is None else AveragedModel(
             torch.nn.ModuleList([self.denoiser.neus, self.denoiser.control_branch]),
             multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True).requires_grad_(False)
+        self.latent_cache = None if latent_cache_dir is None else LatentCache(latent_cache_dir, self.backbone)
         self.strict_loading = False  # checkpoints carry no backbone weights
         self.nonfinite_steps = 0  # consecutive
         self.skipped_steps = 0
@@ -115,12 +120,12 @@ class MultiviewAdapterSystem(pl.LightningModule):
         Without ``dropouts`` (validation): no references, mode "mv" and every prompt, so that validation
         losses measure the full model.
         """
-        backbone, scheduler = self.backbone, self.backbone.noise_scheduler
+        scheduler = self.backbone.noise_scheduler
         h = self.hparams
         p_reference, p_drop_neus, p_drop_text = (h.p_reference, h.p_drop_neus, h.p_drop_text) if dropouts else (0, 0, 0)
-        with torch.no_grad():
-            x0 = backbone.encode_views(batch["images"].to(backbone.dtype)).float()
-            x0_supervision = backbone.encode_views(batch["supervision"]["images"].to(backbone.dtype)).float()
+        x0 = self.encode_views(batch["images"], batch["object_id"], batch["view_indices"])
+        x0_supervision = self.encode_views(batch["supervision"]["images"], batch["object_id"],
+                                           batch["supervision"]["view_indices"])
         objects, views = x0.shape[:2]
         height, width = x0.shape[-2:]
         t = torch.randint(0, scheduler.config.num_train_timesteps, (objects, 1), device=self.device).expand(-1, views)
@@ -140,6 +145,14 @@ class MultiviewAdapterSystem(pl.LightningModule):
                     mode=mode, captions=captions,
                     cameras=batch["cameras"].rescale(height, width),
                     supervision_cameras=batch["supervision"]["cameras"].rescale(height, width))
+
+    @torch.no_grad()
+    def encode_views(self, images: torch.Tensor, object_ids, view_indices: torch.Tensor) -> torch.Tensor:
+        """Clean views in model space (float32), through the latent cache when one is set."""
+        images = images.to(self.backbone.dtype)
+        if self.latent_cache is None:
+            return self.backbone.encode_views(images).float()
+        return self.latent_cache.encode(images, object_ids, view_indices).float()
 
     def diffusion_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         kind = self.backbone.prediction_type
