@@ -59,7 +59,7 @@ class MultiviewDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: MultiviewDataset, batch_size: int, shuffle: bool) -> DataLoader:
         h = self.hparams
-        return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), h.seed, shuffle),
+        return ResumableDataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), h.seed, shuffle),
                           num_workers=h.num_workers, collate_fn=collate_multiview, pin_memory=h.pin_memory,
                           drop_last=shuffle and len(dataset) >= batch_size, persistent_workers=h.num_workers > 0)
 
@@ -74,3 +74,29 @@ class MultiviewDataModule(pl.LightningDataModule):
         if self.val_set is None:
             return []  # no val split: Lightning skips validation
         return self._loader(self.val_set, self.hparams.val_batch_size or self.hparams.batch_size, shuffle=False)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose place in the epoch goes into Lightning checkpoints (Lightning's ``state_dict`` /
+    ``load_state_dict`` protocol), so a run killed mid-epoch resumes with exactly the batches it had not
+    trained on, in the same order."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches_served, self._resume_at = 0, None  # (epoch, batches) saved mid-epoch
+
+    def __iter__(self):
+        resume, self._resume_at = self._resume_at, None
+        # Only the epoch that was cut short skips: a run saved at an epoch's end starts the next one whole.
+        skip = resume[1] if resume is not None and resume[0] == self.sampler.epoch else 0
+        self.sampler.skip = skip * self.batch_size
+        self.batches_served = skip
+        for batch in super().__iter__():
+            self.batches_served += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "batches_served": self.batches_served}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_at = (state["epoch"], state["batches_served"])

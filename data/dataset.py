@@ -169,6 +169,7 @@ class EpochSampler(Sampler[int]):
 
     def __init__(self, num_items: int, seed: int = 0, shuffle: bool = True):
         self.num_items, self.seed, self.shuffle, self.epoch = num_items, seed, shuffle, 0
+        self.skip = 0  # items already served this epoch before a resume; the next iteration starts after them
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -178,7 +179,8 @@ class EpochSampler(Sampler[int]):
             order = torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
         else:
             order = torch.arange(self.num_items)
-        return iter((order + self.epoch * self.num_items).tolist())
+        skip, self.skip = self.skip, 0
+        return iter((order[skip:] + self.epoch * self.num_items).tolist())
 
     def __len__(self) -> int:
         return self.num_items

@@ -144,3 +144,34 @@ def test_validation_samples_a_grid_of_views_and_neus_renders(workspace, tmp_path
     (grid,) = (tmp_path / "lightning_logs").rglob("samples/step_*.png")
     # 2 prompts x (views row + NeuS render row) of 16 px, 3 views wide
     assert Image.open(grid).size == (3 * 16, 2 * 2 * 16)
+
+
+class RecordBatches(Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_index):
+        self.seen.append((trainer.global_step, batch["object_id"], batch["view_indices"].tolist()))
+
+
+def test_resuming_mid_epoch_replays_exactly_the_unseen_batches(workspace, tmp_path):
+    def data():  # 2 batches per epoch: the kill at step 3 falls inside epoch 1
+        return MultiviewDataModule(str(workspace / "data"), num_views=2, num_supervision_views=2, resolution=16,
+                                   batch_size=1, view_selection="random")
+
+    def system():
+        return MultiviewAdapterSystem(str(workspace / "backbone"), neus=SMALL_NEUS, warmup_steps=2)
+
+    full, resumed_batches = RecordBatches(), RecordBatches()
+    uninterrupted = system()
+    trainer(5, callbacks=[full]).fit(uninterrupted, data())
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1)
+    with pytest.raises(Killed):
+        trainer(5, callbacks=[checkpoints, StopAfter(3)], enable_checkpointing=True).fit(system(), data())
+    resumed = system()
+    trainer(5, callbacks=[resumed_batches], enable_checkpointing=True, default_root_dir=tmp_path).fit(
+        resumed, data(), ckpt_path=tmp_path / "last.ckpt")
+    assert resumed_batches.seen == full.seen[3:]  # same objects, same views, same steps
+    expected, got = trainable_state(uninterrupted), trainable_state(resumed)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
