@@ -27,10 +27,13 @@ _EXPORTS = {
     "check_dataset": "tunemv.data.check",
     "import_transforms": "tunemv.data.importers",
     "generate_procedural_dataset": "tunemv.data.generate",
+    "evaluate_dataset": "tunemv.evaluation.evaluate",
+    "EvaluationReport": "tunemv.evaluation.report",
     "TunemvError": "tunemv.errors",
     "DatasetError": "tunemv.errors",
     "CameraError": "tunemv.errors",
     "ModelError": "tunemv.adapters.backbones",
+    "AttributeClassifier": "tunemv.foundation.attribute_classifier",
 }
 
 __all__ = ["__version__", *_EXPORTS]

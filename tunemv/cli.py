@@ -42,11 +42,61 @@ def _data_procedural(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from tunemv.evaluation.evaluate import evaluate_dataset
+    from tunemv.evaluation.report import write_atomic
+
+    if args.filter_out is not None and args.filter is None:
+        raise TunemvError("--filter-out needs --filter MIN_IOU")
+    if args.filter is not None and not 0 <= args.filter <= 1:
+        raise TunemvError(f"--filter takes a mean hull IoU in [0, 1], got {args.filter}")
+    if not 16 <= args.grid <= 512:
+        raise TunemvError(f"--grid must be in [16, 512], got {args.grid}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise TunemvError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.mvc:
+        torch.set_flush_denormal(True)  # as `tunemv fit` on CPU: denormal floats made NeuS steps 2x slower
+    report = evaluate_dataset(args.root, args.reference, grid=args.grid, mask_source=args.mask_source,
+                              white_threshold=args.white_threshold, mvc=args.mvc, mvc_steps=args.mvc_steps,
+                              clip=args.clip, classifier=args.classifier, inception=args.inception,
+                              progress=not args.quiet)
+    print(report.table())
+    print(f"metrics written to {report.write_json(args.out or Path(args.root) / 'metrics.json')}")
+    if args.filter is not None:
+        passed = report.passing(args.filter)
+        path = write_atomic(args.filter_out or Path(args.root) / "passed.txt", "".join(f"{i}\n" for i in passed))
+        print(f"{len(passed)} of {len(report.objects)} objects have a mean hull IoU >= {args.filter:g}; list written to {path}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from tunemv.adapters.export import export_adapter
 
     out = export_adapter(args.checkpoint, args.out_dir, ema=args.ema, overwrite=args.overwrite)
     print(f"exported {'EMA ' if args.ema else ''}adapter weights to {out}")
+    return 0
+
+
+def _foundation_train_backbone(args: argparse.Namespace) -> int:
+    from tunemv.foundation.train_backbone import train_backbone_from_file
+
+    summary = train_backbone_from_file(args.config, out=args.out, device=args.device, threads=args.threads)
+    print(f"trained {summary['steps']} steps in {summary['wall_seconds']:.0f} s; backbone written to {summary['out']}")
+    return 0
+
+
+def _foundation_train_classifier(args: argparse.Namespace) -> int:
+    from tunemv.foundation.train_classifier import train_classifier_from_file
+
+    summary = train_classifier_from_file(args.config, out=args.out, device=args.device, threads=args.threads)
+    print(f"held-out accuracy: category {summary['heldout_category_accuracy']:.3f}, "
+          f"colour {summary['heldout_colour_accuracy']:.3f}; classifier written to {summary['out']}")
     return 0
 
 
@@ -91,6 +141,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sample_parser(commands)
 
+    evaluate = commands.add_parser("evaluate", help="multiview consistency, fidelity and alignment metrics of a "
+                                   "dataset-format folder (e.g. what tunemv sample wrote)")
+    evaluate.add_argument("root", help="dataset root (or a single object folder)")
+    evaluate.add_argument("--reference", default=None, metavar="GT_DIR",
+                          help="ground truth in the dataset format, matched by object id and camera: PSNR, SSIM, LPIPS, FID/KID")
+    evaluate.add_argument("--out", default=None, help="metrics JSON (default: ROOT/metrics.json)")
+    evaluate.add_argument("--filter", type=float, default=None, metavar="MIN_IOU",
+                          help="write the ids of objects whose mean hull IoU is >= MIN_IOU (data-engine quality filter)")
+    evaluate.add_argument("--filter-out", default=None, metavar="FILE", help="where --filter writes (default: ROOT/passed.txt)")
+    evaluate.add_argument("--grid", type=int, default=96, help="visual-hull voxels per axis (default: 96)")
+    evaluate.add_argument("--mask-source", default="auto", choices=("auto", "alpha", "masks", "threshold"),
+                          help="foreground masks: alpha, else masks/, else white threshold (auto, the default), or one only")
+    evaluate.add_argument("--white-threshold", type=float, default=None,
+                          help="threshold masks: a pixel with every channel above this is background (default: the "
+                               "dataset loader's, 0.97)")
+    evaluate.add_argument("--mvc", action="store_true", help="also fit NeuS per object and report its reprojection error (slow)")
+    evaluate.add_argument("--mvc-steps", type=int, default=100, help="NeuS fitting steps per object (default: 100)")
+    evaluate.add_argument("--clip", default=None, metavar="PATH_OR_ID", help="CLIP model for text/image similarity")
+    evaluate.add_argument("--classifier", default=None, metavar="DIR", help="attribute classifier for prompt fidelity")
+    evaluate.add_argument("--inception", default=None, metavar="FILE",
+                          help="torch-fidelity Inception weights for FID/KID (default: the torch hub cache)")
+    evaluate.add_argument("--threads", type=int, default=None,
+                          help="torch CPU threads (default: torch's; 1 is fastest on a busy machine: the tensors are small)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(handler=_evaluate)
+
     data = commands.add_parser("data", help="create, import and validate multiview datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
 
@@ -125,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument("--overwrite", action="store_true", help="replace existing object folders")
     proc.add_argument("--quiet", action="store_true", help="no progress bar")
     proc.set_defaults(handler=_data_procedural)
+
+    foundation = commands.add_parser("foundation", help="train the project's own tiny backbone and attribute classifier")
+    foundation_commands = foundation.add_subparsers(dest="foundation_command", required=True, metavar="FOUNDATION_COMMAND")
+    for name, handler, what in (("train-backbone", _foundation_train_backbone, "the tiny IF-like text-to-image backbone"),
+                                ("train-classifier", _foundation_train_classifier, "the category/colour classifier")):
+        sub = foundation_commands.add_parser(name, help=f"train {what} from a recipe YAML")
+        sub.add_argument("--config", required=True, help="recipe YAML (e.g. configs/foundation/tiny_if.yaml)")
+        sub.add_argument("--out", default=None, help="output folder (default: the recipe's train.out)")
+        sub.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: the recipe's, auto)")
+        sub.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the recipe's)")
+        sub.set_defaults(handler=handler)
     return parser
 
 
