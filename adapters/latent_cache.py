@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunemv.adapters.backbones import Backbone
+from tunemv.atomic import atomic_path
 
 
 class LatentCache:
@@ -59,12 +58,5 @@ class LatentCache:
 
 
 def _save_atomic(path: Path, latent: torch.Tensor) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file({"latent": latent.detach().cpu().contiguous()}, temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    with atomic_path(path) as temporary:
+        save_file({"latent": latent.detach().cpu().contiguous()}, str(temporary))

@@ -9,7 +9,6 @@ which has the right sign far from the surface.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 import trimesh
 
+from tunemv.atomic import atomic_path
 from tunemv.neus.aggregation import bilinear_sample
 from tunemv.neus.cameras import Cameras
 
@@ -118,15 +118,8 @@ def export_mesh(mesh: trimesh.Trimesh, path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix.lower() not in MESH_FORMATS:
         raise ValueError(f"{path}: unsupported mesh format {path.suffix!r}; use one of {', '.join(MESH_FORMATS)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=path.suffix, dir=path.parent, prefix=f".{path.stem}.")
-    os.close(handle)
-    try:
+    with atomic_path(path) as temporary:
         mesh.export(temporary, file_type=path.suffix.lower().lstrip("."))
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
     return path
 
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import torch
 from einops import rearrange
 from PIL import Image
 
+from tunemv.atomic import write_bytes_atomic
 from tunemv.data.format import write_object
 from tunemv.neus.mesh import export_mesh
 from tunemv.sampling.pipeline import MultiviewPipelineOutput
@@ -73,7 +72,7 @@ def write_results(output: MultiviewPipelineOutput, out_dir: str | Path, start_in
         write_object(folder, images, output.cameras[b].to("cpu"), [prompt], overwrite=overwrite,
                      extra_files={"sampling.json": json.dumps(info, indent=2, default=str) + "\n"})
         for name, data in extras.items():
-            _write_bytes(folder / name, data)
+            write_bytes_atomic(folder / name, data)
         for name, mesh in meshes.items():
             export_mesh(mesh, folder / name)
         folders.append(folder)
@@ -87,13 +86,3 @@ def _png(image: Image.Image) -> bytes:
     image.save(buffer, format="PNG")
     return buffer.getvalue()
 
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
