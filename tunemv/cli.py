@@ -47,8 +47,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     import torch
 
+    from tunemv.atomic import write_text_atomic
     from tunemv.evaluation.evaluate import evaluate_dataset
-    from tunemv.evaluation.report import write_atomic
 
     if args.filter_out is not None and args.filter is None:
         raise TunemvError("--filter-out needs --filter MIN_IOU")
@@ -70,7 +70,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"metrics written to {report.write_json(args.out or Path(args.root) / 'metrics.json')}")
     if args.filter is not None:
         passed = report.passing(args.filter)
-        path = write_atomic(args.filter_out or Path(args.root) / "passed.txt", "".join(f"{i}\n" for i in passed))
+        path = write_text_atomic(args.filter_out or Path(args.root) / "passed.txt", "".join(f"{i}\n" for i in passed))
         print(f"{len(passed)} of {len(report.objects)} objects have a mean hull IoU >= {args.filter:g}; list written to {path}")
     return 0
 
