@@ -23,7 +23,7 @@ from torch import nn
 
 from tunemv.adapters.control_branch import ControlBranch, ControlResiduals
 from tunemv.adapters.cross_view_attention import CrossViewInputs
-from tunemv.adapters.unet_halves import Embeddings, EncoderState, decode, encode
+from tunemv.adapters.unet_halves import decode, encode
 from tunemv.neus.cameras import Cameras
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS, LatentSparseNeuSOutput
 from tunemv.neus.latent_sparseneus import check_inputs as check_views
@@ -160,7 +160,7 @@ class MultiviewDenoiser(nn.Module):
         """Every requested mode, with and (given ``uncond_*``) without the prompt, from one encoder pass.
 
         The frozen encoder half runs once per distinct input (prompt and, for CFG, the empty prompt), the
-        branch once per non-2d mode and NeuS once; the decoder half runs once per mode, batched.
+        branch once per non-2d mode and NeuS once; the decoder half runs once per mode.
         """
         for mode in modes:
             check_inputs(noisy_views, timesteps, cameras, encoder_hidden_states, mode)
@@ -185,31 +185,24 @@ class MultiviewDenoiser(nn.Module):
         if "independent" in modes:
             residuals["independent"] = self.independent_residuals(sample, flat_t, text)
 
-        outputs = []
+        outputs: dict[str, list[torch.Tensor]] = {mode: [] for mode in modes}
         for part in self.chunks(len(sample)):
             part_text = text[part]
             state = encode(self.unet, sample[part], flat_t[part], part_text.hidden_states,
                            part_text.added_cond_kwargs)
-            # One decoder call for all modes: the state repeated per mode, each with its own residuals.
-            down = [torch.cat(parts) for parts in zip(*[
-                self._residual_down(residuals[m], state, part) for m in modes], strict=True)]
-            mid = torch.cat([state.mid.new_zeros(state.mid.shape) if residuals[m] is None else residuals[m].mid[part]
-                             for m in modes])
-            outputs.append(decode(self.unet, repeat_state(state, len(modes)), tuple(down), mid))
-        # Chunks are over (k b v) images; within a chunk the rows are (mode, image).
-        per_chunk = [rearrange(o, "(m n) c h w -> m n c h w", m=len(modes)) for o in outputs]
-        prediction = rearrange(torch.cat(per_chunk, 1)[:, :, : self.prediction_channels],
-                               "m (k b v) c h w -> m k b v c h w", k=copies, b=batch)
-        cond = {mode: prediction[i, 0] for i, mode in enumerate(modes)}
-        uncond = {mode: prediction[i, 1] for i, mode in enumerate(modes)} if copies == 2 else {}
+            # One decoder call per mode: batching the modes tiles the state and multiplies the attention maps
+            # (a 1,024-token map per image at SD-1.5's 32x32 latents); in the P2 benchmark on CPU that batched
+            # call was slower than separate full forwards.
+            for mode in modes:
+                extra = residuals[mode]
+                down, mid = (None, None) if extra is None else (tuple(r[part] for r in extra.down), extra.mid[part])
+                outputs[mode].append(decode(self.unet, state, down, mid))
+        prediction = {mode: rearrange(torch.cat(chunks)[:, : self.prediction_channels],
+                                      "(k b v) c h w -> k b v c h w", k=copies, b=batch)
+                      for mode, chunks in outputs.items()}
+        cond = {mode: p[0] for mode, p in prediction.items()}
+        uncond = {mode: p[1] for mode, p in prediction.items()} if copies == 2 else {}
         return GuidancePredictions(cond, uncond, renders)
-
-    @staticmethod
-    def _residual_down(residuals: ControlResiduals | None, state: EncoderState, part: slice
-                       ) -> list[torch.Tensor]:
-        if residuals is None:  # mode "2d": adding exact zeros leaves the skips bit-identical
-            return [skip.new_zeros(skip.shape) for skip in state.skips]
-        return [r[part] for r in residuals.down]
 
     # --------------------------------------------------------------------------------- the trainable parts
     def render_condition(self, noisy_views: torch.Tensor, timesteps: torch.Tensor, cameras: Cameras,
@@ -258,13 +251,6 @@ def cat_residuals(parts: Sequence[ControlResiduals]) -> ControlResiduals:
         return parts[0]
     down = tuple(torch.cat(level) for level in zip(*[p.down for p in parts], strict=True))
     return ControlResiduals(down, torch.cat([p.mid for p in parts]))
-
-
-def repeat_state(state: EncoderState, times: int) -> EncoderState:
-    """The encoder state tiled ``times`` along the batch, to decode several modes in one call."""
-    tile = lambda x: None if x is None else torch.cat([x] * times)  # noqa: E731
-    embeddings = Embeddings(tile(state.embeddings.emb), tile(state.embeddings.context))
-    return EncoderState(embeddings, tuple(tile(s) for s in state.skips), tile(state.mid), state.input_size)
 
 
 def check_compatible(unet: UNet2DConditionModel, neus: LatentSparseNeuS, branch: ControlBranch) -> None:
