@@ -157,6 +157,10 @@ class MultiviewPipeline:
             two_d = ExternalTwoDScore(other, prompts, [negative_prompt] * batch if uncond is not None else None,
                                       view_chunk_size)
         previous_chunk, self.denoiser.view_chunk = self.denoiser.view_chunk, view_chunk_size or self.denoiser.view_chunk
+        # Sampling is inference: NeuS samples rays uniformly (not stratified) in eval mode, so a seed fixes
+        # the result. The caller's mode (training validates through here) is restored afterwards.
+        was_training = self.denoiser.training
+        self.denoiser.eval()
         try:
             job = SamplingJob(
                 denoiser=self.denoiser, scheduler=make_scheduler(scheduler, backbone.scheduler_config), noise=noise,
@@ -173,6 +177,7 @@ class MultiviewPipeline:
                 latents = get_sampler(sampler)()(job).latents.float()
         finally:
             self.denoiser.view_chunk = previous_chunk
+            self.denoiser.train(was_training)
         images = to_unit_range(backbone.decode_views(latents.to(backbone.dtype)))
         mask = torch.zeros(batch, views, dtype=torch.bool, device=device)
         if references is not None:
