@@ -29,7 +29,7 @@ class GuidedSampler:
         return SamplingResult(self.run(job, desc=type(self).__name__))
 
     def run(self, job: SamplingJob, **kwargs) -> torch.Tensor:
-        """The shared loop (``job.denoise``) with this sampler's guided ε."""
+        """The shared loop (``denoise``) with this sampler's guided ε."""
         return denoise(job, partial(self.epsilon, job), **kwargs)
 
     def prepare(self, job: SamplingJob) -> None:
