@@ -79,7 +79,7 @@ def write_backbone_figures(out_dir: str | Path, prompts: Sequence[str], steps: i
     out_dir = Path(out_dir)
     steps_logged, values = read_loss_csv(out_dir / "loss.csv")
     if len(steps_logged) >= 2:
-        plot_curve(steps_logged, values, out_dir / "loss.png", title="tiny-if: eps-MSE per logged window")
+        plot_curve(steps_logged, values, out_dir / "loss.png", title="tiny-if: unweighted eps-MSE, mean per logged window")
     if prompts:
         backbone = Backbone.from_pretrained(str(out_dir.resolve()))
         generator = torch.Generator().manual_seed(0)

