@@ -70,8 +70,8 @@ def timed(fn, repeats: int, device: str) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_denoiser_arguments(parser: argparse.ArgumentParser) -> None:
+    """The shape and device options every denoiser benchmark takes."""
     parser.add_argument("--config", choices=("sd15", "tiny"), default="sd15")
     parser.add_argument("--latent", type=int, default=32)
     parser.add_argument("--views", type=int, default=8)
@@ -79,12 +79,21 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cross-view-blocks", type=int, nargs="*", default=[0, 1])
-    args = parser.parse_args()
+
+
+def build_from_args(args: argparse.Namespace):
+    """``build`` for parsed ``add_denoiser_arguments`` options (flushing denormals on CPU)."""
     if args.device == "cpu":
         torch.set_flush_denormal(True)
-    dtype = getattr(torch, args.dtype)
-    denoiser, x, t, cameras, text = build(args.config, args.latent, args.views, args.device, dtype,
-                                          tuple(args.cross_view_blocks))
+    return build(args.config, args.latent, args.views, args.device, getattr(torch, args.dtype),
+                 tuple(args.cross_view_blocks))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_denoiser_arguments(parser)
+    args = parser.parse_args()
+    denoiser, x, t, cameras, text = build_from_args(args)
     unet = denoiser.unet
     flat_x, flat_t = x.flatten(0, 1), t.flatten()
     flat_text = text.expand(args.views, -1, -1)

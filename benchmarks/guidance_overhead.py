@@ -17,25 +17,15 @@ import argparse
 import platform
 
 import torch
-from denoiser_overhead import build, timed
+from denoiser_overhead import add_denoiser_arguments, build_from_args, timed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", choices=("sd15", "tiny"), default="sd15")
-    parser.add_argument("--latent", type=int, default=32)
-    parser.add_argument("--views", type=int, default=8)
+    add_denoiser_arguments(parser)
     parser.add_argument("--ratio", type=float, default=0.5, help="consistency guidance fraction K")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cross-view-blocks", type=int, nargs="*", default=[0, 1])
     args = parser.parse_args()
-    if args.device == "cpu":
-        torch.set_flush_denormal(True)
-    dtype = getattr(torch, args.dtype)
-    denoiser, x, t, cameras, text = build(args.config, args.latent, args.views, args.device, dtype,
-                                          tuple(args.cross_view_blocks))
+    denoiser, x, t, cameras, text = build_from_args(args)
     uncond = torch.zeros_like(text)
 
     def shared(modes):
