@@ -57,13 +57,31 @@ def _clean(config: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in config.items() if key != "_use_default_values"}
 
 
-def load_adapter_modules(checkpoint: dict[str, Any], ema: bool = False, source: str = "checkpoint"
+def has_ema(checkpoint: dict[str, Any]) -> bool:
+    """Whether the checkpoint's weights to sample from are an EMA (a full checkpoint or an EMA snapshot)."""
+    if checkpoint["tunemv"].get("weights") == "ema":
+        return True
+    return any(key.startswith(PREFIXES[True]) for key in checkpoint["state_dict"])
+
+
+def load_adapter_modules(checkpoint: dict[str, Any], ema: bool | None = None, source: str = "checkpoint"
                          ) -> tuple[LatentSparseNeuS, ControlBranch]:
-    """Rebuild NeuS and the control branch from a ``tunemv fit`` checkpoint dict (EMA weights with ``ema``)."""
+    """Rebuild NeuS and the control branch from a ``tunemv fit`` checkpoint dict.
+
+    ``ema``: True for the EMA weights, False for the live ones, None for the EMA when the run kept one.
+    A weights-only snapshot of an EMA run holds only the EMA, under the live names.
+    """
     meta, state_dict = checkpoint["tunemv"], checkpoint["state_dict"]
+    if ema is None:
+        ema = has_ema(checkpoint)
+    snapshot_of_ema = meta.get("weights") == "ema"
+    if snapshot_of_ema and not ema:
+        raise CheckpointError(f"{source}: a weights-only snapshot that holds only the EMA weights; drop --no-ema, "
+                              "or use last.ckpt for the live weights")
     modules = (LatentSparseNeuS.from_config(_clean(meta["neus_config"])),
                ControlBranch.from_config(_clean(meta["control_branch_config"])))
-    for module, prefix, name in zip(modules, PREFIXES[ema], ("neus", "control_branch"), strict=True):
+    prefixes = PREFIXES[ema and not snapshot_of_ema]
+    for module, prefix, name in zip(modules, prefixes, ("neus", "control_branch"), strict=True):
         weights = _submodule(state_dict, prefix)
         if not weights:
             hint = " (the run had no EMA: set model.ema_decay, or export without --ema)" if ema else ""
@@ -77,7 +95,7 @@ def load_adapter_modules(checkpoint: dict[str, Any], ema: bool = False, source: 
     return modules
 
 
-def export_adapter(checkpoint_path: str | Path, out_dir: str | Path, ema: bool = False,
+def export_adapter(checkpoint_path: str | Path, out_dir: str | Path, ema: bool | None = None,
                    overwrite: bool = False) -> Path:
     """Write OUT_DIR (see the module docstring) atomically: a temporary sibling folder renamed into place."""
     from tunemv import __version__
@@ -87,6 +105,7 @@ def export_adapter(checkpoint_path: str | Path, out_dir: str | Path, ema: bool =
         raise CheckpointError(f"{out_dir}: already exists; pass --overwrite to replace it")
     checkpoint = read_checkpoint(checkpoint_path)
     neus, branch = load_adapter_modules(checkpoint, ema=ema, source=str(checkpoint_path))
+    ema = has_ema(checkpoint) if ema is None else ema
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:

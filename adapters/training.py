@@ -24,6 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tunemv.adapters.backbones import Backbone
 from tunemv.adapters.control_branch import ControlBranch
 from tunemv.adapters.denoiser import MultiviewDenoiser
+from tunemv.adapters.export import PREFIXES
 from tunemv.adapters.latent_cache import LatentCache
 from tunemv.errors import TunemvError
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
@@ -254,17 +255,43 @@ class MultiviewAdapterSystem(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep only the trainable weights; the frozen backbone is reloaded from ``backbone``."""
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(TRAINABLE)}
+        """Keep only the trainable weights; the frozen backbone is reloaded from ``backbone``.
+
+        A full checkpoint (``last.ckpt``) keeps the live weights, their EMA and the optimizer state, which is
+        what an exact resume needs. A weights-only one (``ModelCheckpoint(save_weights_only=True)``, the
+        periodic snapshots in the configs) keeps one copy: the weights to sample from (EMA when it is on),
+        stored under the live names, so that it is a quarter of the resumable size.
+        """
+        state = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(TRAINABLE)}
+        weights = "live+ema" if self.ema is not None else "live"
+        if "optimizer_states" not in checkpoint:  # weights-only
+            if self.ema is not None:
+                state = {live: state[ema] for ema, live in self.ema_key_pairs(state)}
+                weights = "ema"
+            else:
+                state = {k: v for k, v in state.items() if not k.startswith("ema.")}
+        checkpoint["state_dict"] = state
         checkpoint["tunemv"] = {
             "backbone": self.hparams.backbone,
             "neus_config": dict(self.denoiser.neus.config),
             "control_branch_config": dict(self.denoiser.control_branch.config),
             "skipped_steps": self.skipped_steps,
+            "weights": weights,
         }
 
+    @staticmethod
+    def ema_key_pairs(state: dict) -> list[tuple[str, str]]:
+        """(EMA key, live key) for every averaged weight (``n_averaged`` has no live twin)."""
+        return [(key, live + key[len(ema):]) for key in state
+                for ema, live in zip(PREFIXES[True], PREFIXES[False], strict=True) if key.startswith(ema)]
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.skipped_steps = checkpoint.get("tunemv", {}).get("skipped_steps", 0)
+        meta = checkpoint.get("tunemv", {})
+        self.skipped_steps = meta.get("skipped_steps", 0)
+        if meta.get("weights") == "ema" and self.ema is not None:  # a snapshot: its weights are the EMA too
+            state = checkpoint["state_dict"]
+            inverse = {live: ema for ema, live in self.ema_key_pairs(self.state_dict())}
+            state.update({inverse[key]: value for key, value in list(state.items()) if key in inverse})
 
     def train(self, mode: bool = True) -> MultiviewAdapterSystem:
         super().train(mode)

@@ -22,7 +22,8 @@ def add_sample_parser(commands) -> None:
     source.add_argument("--ckpt", help="a checkpoint written by `tunemv fit`")
     source.add_argument("--config", help="the fit config of --ckpt; its model.backbone names the backbone")
     source.add_argument("--backbone", help="override the backbone the adapter names (hub id or folder)")
-    source.add_argument("--ema", action="store_true", help="with --ckpt: use the EMA weights")
+    source.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                        help="with --ckpt: the EMA weights (default: them when the run kept an EMA)")
     prompts = sample.add_argument_group("what to generate")
     prompts.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     prompts.add_argument("--prompts", help="a text file with one prompt per line")

@@ -82,10 +82,11 @@ class MultiviewPipeline:
                              **backbone_options)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, backbone: str | Backbone | None = None, ema: bool = False,
+    def from_checkpoint(cls, checkpoint: str | Path, backbone: str | Backbone | None = None, ema: bool | None = None,
                         torch_dtype: torch.dtype | str | None = None, device: torch.device | str | None = None,
                         **backbone_options) -> MultiviewPipeline:
-        """Load a ``tunemv fit`` checkpoint directly (EMA weights with ``ema``)."""
+        """Load a ``tunemv fit`` checkpoint directly: its EMA weights when the run kept them (``ema=None``),
+        or as ``ema`` says."""
         from tunemv.adapters.export import load_adapter_modules, read_checkpoint
 
         data = read_checkpoint(checkpoint)

@@ -139,7 +139,7 @@ def test_fit_checkpoint_resume_validate_export(assets, tmp_path, capsys):
 
     for ema in (False, True):
         out = tmp_path / f"adapter-{ema}"
-        assert main(["export", str(last), str(out), *(["--ema"] if ema else [])]) == 0
+        assert main(["export", str(last), str(out), "--ema" if ema else "--no-ema"]) == 0
         prefix = ("ema.module.0.", "ema.module.1.") if ema else ("denoiser.neus.", "denoiser.control_branch.")
         for module, folder, pre in zip((LatentSparseNeuS, ControlBranch), ("neus", "control_branch"), prefix,
                                        strict=True):
@@ -149,6 +149,8 @@ def test_fit_checkpoint_resume_validate_export(assets, tmp_path, capsys):
             assert all(torch.equal(loaded[k], expected[k]) for k in loaded)
         info = json.loads((out / "adapter.json").read_text())
         assert info["backbone"] == str(assets / "tiny-if") and info["ema"] is ema and info["global_step"] == 5
+    assert main(["export", str(last), str(tmp_path / "adapter-auto")]) == 0  # a run with EMA exports the EMA
+    assert json.loads((tmp_path / "adapter-auto/adapter.json").read_text())["ema"] is True
     capsys.readouterr()
     assert main(["export", str(last), str(tmp_path / "adapter-False")]) == 2
     assert "--overwrite" in one_error_line(capsys)
@@ -212,5 +214,8 @@ def test_config_without_checkpoint_callback_gets_a_resumable_one(assets):
     from tunemv.lightning_cli import run_lightning
 
     cli = run_lightning([*fit_args("tiny.yaml", assets), *TINY_RUN, "--trainer.callbacks", "[]"], run=False)
-    (callback,) = cli.trainer.checkpoint_callbacks
-    assert callback.save_last and Path(callback.dirpath) == Path("outputs/tiny/checkpoints").resolve()
+    last, snapshots = cli.trainer.checkpoint_callbacks
+    assert last.save_last and not last.save_weights_only and last.save_top_k == 0
+    assert snapshots.save_weights_only and not snapshots.save_last and snapshots.save_top_k == -1
+    for callback in (last, snapshots):
+        assert Path(callback.dirpath) == Path("outputs/tiny/checkpoints").resolve()

@@ -32,7 +32,7 @@ def datamodule(workspace) -> MultiviewDataModule:
 
 def trainer(max_steps: int, **kwargs) -> pl.Trainer:
     return pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, limit_val_batches=0, **{"enable_checkpointing": False, **kwargs})
+                      enable_model_summary=False, **{"enable_checkpointing": False, "limit_val_batches": 0, **kwargs})
 
 
 def trainable_state(system) -> dict:
@@ -103,6 +103,42 @@ def test_resuming_a_killed_run_gives_the_same_weights(workspace, tmp_path):
     assert expected.keys() == got.keys() and any(k.startswith("ema.") for k in got)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_weights_only_snapshots_hold_one_copy_of_the_ema_and_load_as_it(workspace, tmp_path):
+    from tunemv.adapters.export import CheckpointError, load_adapter_modules
+
+    last = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0, every_n_train_steps=2)
+    snapshots = ModelCheckpoint(dirpath=tmp_path, save_weights_only=True, save_top_k=-1, every_n_train_steps=4,
+                                filename="snapshot-{step}")
+    system = MultiviewAdapterSystem(str(workspace / "backbone"), neus=SMALL_NEUS, warmup_steps=2, ema_decay=0.5)
+    trainer(4, callbacks=[last, snapshots], enable_checkpointing=True).fit(system, datamodule(workspace))
+    full = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    snapshot = torch.load(tmp_path / "snapshot-step=4.ckpt", weights_only=False)
+    assert full["global_step"] == snapshot["global_step"] == 4
+    assert "optimizer_states" in full and "optimizer_states" not in snapshot
+    assert snapshot["tunemv"]["weights"] == "ema" and full["tunemv"]["weights"] == "live+ema"
+    live_names = {k for k in full["state_dict"] if k.startswith(("denoiser.neus.", "denoiser.control_branch."))}
+    assert set(snapshot["state_dict"]) == live_names
+    for name, value in snapshot["state_dict"].items():  # the EMA, under the live names
+        ema_name = name.replace("denoiser.neus.", "ema.module.0.").replace("denoiser.control_branch.", "ema.module.1.")
+        assert torch.equal(value, full["state_dict"][ema_name]), name
+    assert not all(torch.equal(full["state_dict"][k], snapshot["state_dict"][k]) for k in live_names)
+    # Weights, EMA and AdamW's two moments against one copy.
+    assert (tmp_path / "snapshot-step=4.ckpt").stat().st_size < 0.3 * (tmp_path / "last.ckpt").stat().st_size
+
+    neus, branch = load_adapter_modules(snapshot)  # default: the EMA, which is all a snapshot has
+    assert all(torch.equal(v, full["state_dict"]["ema.module.1." + k]) for k, v in branch.state_dict().items())
+    with pytest.raises(CheckpointError, match="only the EMA"):
+        load_adapter_modules(snapshot, ema=False)
+
+    validated = MultiviewAdapterSystem(str(workspace / "backbone"), neus=SMALL_NEUS, ema_decay=0.5)
+    trainer(1, limit_val_batches=1).validate(validated, datamodule(workspace),
+                                             ckpt_path=tmp_path / "snapshot-step=4.ckpt", verbose=False)
+    state = validated.state_dict()
+    for name, value in snapshot["state_dict"].items():
+        assert torch.equal(state[name], value), name
+    assert all(torch.equal(state[e], state[l]) for e, l in validated.ema_key_pairs(state))
 
 
 def test_non_finite_losses_are_skipped_then_stop_training(workspace):

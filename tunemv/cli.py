@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -79,7 +80,8 @@ def _export(args: argparse.Namespace) -> int:
     from tunemv.adapters.export import export_adapter
 
     out = export_adapter(args.checkpoint, args.out_dir, ema=args.ema, overwrite=args.overwrite)
-    print(f"exported {'EMA ' if args.ema else ''}adapter weights to {out}")
+    ema = json.loads((out / "adapter.json").read_text())["ema"]
+    print(f"exported {'EMA' if ema else 'live'} adapter weights to {out}")
     return 0
 
 
@@ -133,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write a checkpoint's NeuS and control branch as diffusers folders")
     export.add_argument("checkpoint", help="a checkpoint written by tunemv fit (e.g. outputs/tiny/checkpoints/last.ckpt)")
     export.add_argument("out_dir", help="output folder: neus/, control_branch/, adapter.json")
-    export.add_argument("--ema", action="store_true", help="export the EMA weights (needs model.ema_decay in training)")
+    export.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                        help="export the EMA (--ema) or the live (--no-ema) weights; default: the EMA when the "
+                             "run kept one (model.ema_decay)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     export.set_defaults(handler=_export)
 

@@ -26,7 +26,9 @@ from tunemv.atomic import atomic_path
 from tunemv.data.datamodule import MultiviewDataModule
 
 SUBCOMMANDS = ("fit", "validate")
-DEFAULT_CHECKPOINT_EVERY = 500  # training steps, when a config names no ModelCheckpoint
+# Training steps between checkpoints when a config names no ModelCheckpoint: the resumable last.ckpt is
+# rewritten often; weights-only snapshots (a quarter of its size with EMA) are kept less often.
+DEFAULT_LAST_EVERY, DEFAULT_SNAPSHOT_EVERY = 250, 1000
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -64,7 +66,7 @@ class TunemvCLI(LightningCLI):
         return {name: skip for name, skip in LightningCLI.subcommands().items() if name in SUBCOMMANDS}
 
     def instantiate_trainer(self, **kwargs: Any):
-        """Add a resumable ``ModelCheckpoint`` when the config has none.
+        """Add a resumable ``last.ckpt`` and weights-only snapshots when the config names no ``ModelCheckpoint``.
 
         (LightningCLI appends ``trainer_defaults["callbacks"]`` to a config's own list, which would give two.)
         """
@@ -73,8 +75,11 @@ class TunemvCLI(LightningCLI):
         if config.get("enable_checkpointing") is not False and not any(
                 isinstance(callback, ModelCheckpoint) for callback in callbacks):
             root = config.get("default_root_dir") or "outputs"
-            callbacks.append(ModelCheckpoint(dirpath=os.path.join(root, "checkpoints"), save_last=True,
-                                             every_n_train_steps=DEFAULT_CHECKPOINT_EVERY))
+            dirpath = os.path.join(root, "checkpoints")
+            callbacks += [ModelCheckpoint(dirpath=dirpath, save_last=True, save_top_k=0,
+                                          every_n_train_steps=DEFAULT_LAST_EVERY),
+                          ModelCheckpoint(dirpath=dirpath, save_weights_only=True, save_top_k=-1,
+                                          every_n_train_steps=DEFAULT_SNAPSHOT_EVERY)]
             kwargs["callbacks"] = [*callbacks, *kwargs.get("callbacks", [])]
         return super().instantiate_trainer(**kwargs)
 
