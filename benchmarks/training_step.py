@@ -2,10 +2,13 @@
 
     python benchmarks/training_step.py --unet tiny  [--views 4 --supervision 4 --latent 16]
     python benchmarks/training_step.py --unet sd15  --views 8 --supervision 8 --latent 32 --checkpointing
+    python benchmarks/training_step.py --config configs/tiny.yaml     # a fit config's model and batch shape
 
 A diffusers pipeline folder is built in a temp dir: the UNet at the chosen shape (tiny, or SD 1.5's true
 widths), a tiny 2x VAE and a CLIP text encoder of the UNet's cross-attention width. Every step goes through
 mode "mv" with NeuS and cross-view attention (no dropouts). Peak memory is sampled from /proc.
+With ``--config``, the model is built from the config's ``model:`` section (its real backbone folder) and the
+batch has the config's ``data:`` batch size, views, supervision views and resolution.
 """
 
 from __future__ import annotations
@@ -49,25 +52,44 @@ def main() -> None:
     parser.add_argument("--checkpointing", action="store_true")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--cross-view-blocks", type=int, nargs="*", default=[0, 1])
+    parser.add_argument("--config", help="a fit config: its model and data shape replace the options above")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
 
     from tunemv.adapters.training import MultiviewAdapterSystem
     from tunemv.neus.cameras import Cameras, orbit
 
-    with tempfile.TemporaryDirectory() as folder:
-        build_pipeline(Path(folder), args.unet)
-        system = MultiviewAdapterSystem(folder, cross_view_blocks=args.cross_view_blocks, p_reference=0,
-                                        p_drop_neus=0, p_drop_text=0, gradient_checkpointing=args.checkpointing)
+    objects = 1
+    if args.config:
+        import yaml
+
+        config = yaml.safe_load(Path(args.config).read_text())
+        data = config["data"].get("init_args", config["data"])
+        model = {**config["model"], "p_reference": 0, "p_drop_neus": 0, "p_drop_text": 0, "validation_steps": 0}
+        system = MultiviewAdapterSystem(**model)
+        objects, args.views, args.supervision = data["batch_size"], data["num_views"], data["num_supervision_views"]
+        size = data["resolution"]
+        args.unet, args.latent = f"{args.config}: {model['backbone']}", size // system.backbone.vae_scale_factor
+        args.cross_view_blocks = model.get("cross_view_blocks", [0])
+        args.checkpointing = model.get("gradient_checkpointing", False)
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            build_pipeline(Path(folder), args.unet)
+            system = MultiviewAdapterSystem(folder, cross_view_blocks=args.cross_view_blocks, p_reference=0,
+                                            p_drop_neus=0, p_drop_text=0, gradient_checkpointing=args.checkpointing)
+        size = args.latent * 2  # the tiny VAE downsamples 2x
     trainable = [p for p in system.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
-    size = args.latent * 2  # the tiny VAE downsamples 2x
     total = args.views + args.supervision
-    cameras = Cameras.stack([orbit(total, 20.0, resolution=size)])
-    batch = {"images": torch.rand(1, args.views, 3, size, size) * 2 - 1, "caption": ["a red chair"],
-             "cameras": cameras[:, : args.views], "masks": torch.ones(1, args.views, 1, size, size),
-             "supervision": {"images": torch.rand(1, args.supervision, 3, size, size) * 2 - 1,
-                             "cameras": cameras[:, args.views:], "masks": torch.ones(1, args.supervision, 1, size, size)}}
+    cameras = Cameras.stack([orbit(total, 20.0, resolution=size)] * objects)
+    images = lambda views: torch.rand(objects, views, 3, size, size) * 2 - 1  # noqa: E731
+    masks = lambda views: torch.ones(objects, views, 1, size, size)  # noqa: E731
+    batch = {"images": images(args.views), "caption": ["a red chair"] * objects, "object_id": list(range(objects)),
+             "view_indices": torch.arange(args.views).expand(objects, -1), "cameras": cameras[:, : args.views],
+             "masks": masks(args.views),
+             "supervision": {"images": images(args.supervision), "cameras": cameras[:, args.views:],
+                             "view_indices": torch.arange(args.supervision).expand(objects, -1),
+                             "masks": masks(args.supervision)}}
     system.train()
 
     def step() -> None:
@@ -82,7 +104,7 @@ def main() -> None:
             step()
         seconds = (time.perf_counter() - start) / args.steps
     count = lambda params: sum(p.numel() for p in params)  # noqa: E731
-    print(f"{args.unet} UNet, 1 object x {args.views} input + {args.supervision} supervision views, "
+    print(f"{args.unet} UNet, {objects} object(s) x {args.views} input + {args.supervision} supervision views, "
           f"{args.latent}x{args.latent} latents, cross-view after {tuple(args.cross_view_blocks)}, gradient "
           f"checkpointing {'on' if args.checkpointing else 'off'}, {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}")
