@@ -23,6 +23,7 @@ from tunemv.errors import TunemvError
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 
 # state_dict prefixes of the two trainable modules; EMA weights live in an AveragedModel over ModuleList([neus, branch])
+UNET_PREFIX = "backbone.unet."  # only in checkpoints of the train_backbone_unet baseline
 PREFIXES = {False: ("denoiser.neus.", "denoiser.control_branch."), True: ("ema.module.0.", "ema.module.1.")}
 
 
@@ -104,6 +105,9 @@ def export_adapter(checkpoint_path: str | Path, out_dir: str | Path, ema: bool |
     if out_dir.exists() and not overwrite:
         raise CheckpointError(f"{out_dir}: already exists; pass --overwrite to replace it")
     checkpoint = read_checkpoint(checkpoint_path)
+    if any(key.startswith(UNET_PREFIX) for key in checkpoint["state_dict"]):
+        raise CheckpointError(f"{checkpoint_path}: this run fine-tuned the backbone's UNet (train_backbone_unet), "
+                              "which an adapter folder cannot carry; sample it with tunemv sample --ckpt")
     neus, branch = load_adapter_modules(checkpoint, ema=ema, source=str(checkpoint_path))
     ema = has_ema(checkpoint) if ema is None else ema
     out_dir.parent.mkdir(parents=True, exist_ok=True)

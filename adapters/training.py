@@ -24,7 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tunemv.adapters.backbones import Backbone
 from tunemv.adapters.control_branch import ControlBranch
 from tunemv.adapters.denoiser import MultiviewDenoiser
-from tunemv.adapters.export import PREFIXES
+from tunemv.adapters.export import PREFIXES, UNET_PREFIX
 from tunemv.adapters.latent_cache import LatentCache
 from tunemv.errors import TunemvError
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
@@ -64,6 +64,9 @@ class MultiviewAdapterSystem(pl.LightningModule):
             under ``<log dir>/samples/``. ``validation_steps=0`` turns sampling off.
         latent_cache_dir: cache the VAE latents of training views there (latent backbones; see
             ``LatentCache``), so each view is encoded once over the whole run.
+        train_backbone_unet: a baseline, not the method: also fine-tune the backbone's UNet (at
+            ``learning_rate``), so that a run measures what full fine-tuning on a small 3D set costs the
+            2D model (seed 003's comparison). Its checkpoints then carry the UNet too (``backbone.unet.*``).
     """
 
     def __init__(self, backbone: str, backbone_dtype: str | None = None, neus: dict[str, Any] | None = None,
@@ -76,7 +79,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
                  gradient_checkpointing: bool = False, view_chunk: int | None = None, seed: int = 0,
                  validation_prompts: Sequence[str] | None = None, validation_sampler: str = "mv",
                  validation_steps: int = 10, validation_views: int = 4, validation_guidance_scale: float = 7.5,
-                 latent_cache_dir: str | None = None):
+                 latent_cache_dir: str | None = None, train_backbone_unet: bool = False):
         super().__init__()
         self.save_hyperparameters()
         for name in ("p_reference", "p_drop_neus", "p_drop_text"):
@@ -98,6 +101,8 @@ class MultiviewAdapterSystem(pl.LightningModule):
                 condition_embedding_channels=tuple(condition_embedding_channels)).float()
             self.denoiser = MultiviewDenoiser.from_backbone(self.backbone, LatentSparseNeuS(**neus_args), branch,
                                                             view_chunk=view_chunk)
+        if train_backbone_unet:
+            self.backbone.unet.requires_grad_(True)
         if gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
         self.neus_loss = NeuSLoss(render_weight, eikonal_weight, opacity_weight)
@@ -239,6 +244,9 @@ class MultiviewAdapterSystem(pl.LightningModule):
             {"params": [p for p in self.denoiser.neus.parameters() if p.requires_grad], "lr": h.neus_learning_rate,
              "name": "neus"},
         ]
+        if h.get("train_backbone_unet"):
+            groups.append({"params": list(self.backbone.unet.parameters()), "lr": h.learning_rate,
+                           "name": "backbone_unet"})
         optimizer = torch.optim.AdamW(groups, weight_decay=h.weight_decay)
         total = self.trainer.max_steps if self.trainer is not None and self.trainer.max_steps > 0 else None
 
@@ -262,7 +270,8 @@ class MultiviewAdapterSystem(pl.LightningModule):
         periodic snapshots in the configs) keeps one copy: the weights to sample from (EMA when it is on),
         stored under the live names, so that it is a quarter of the resumable size.
         """
-        state = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(TRAINABLE)}
+        kept = TRAINABLE + ((UNET_PREFIX,) if self.hparams.get("train_backbone_unet") else ())
+        state = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(kept)}
         weights = "live+ema" if self.ema is not None else "live"
         if "optimizer_states" not in checkpoint:  # weights-only
             if self.ema is not None:

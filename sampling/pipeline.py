@@ -87,12 +87,19 @@ class MultiviewPipeline:
                         **backbone_options) -> MultiviewPipeline:
         """Load a ``tunemv fit`` checkpoint directly: its EMA weights when the run kept them (``ema=None``),
         or as ``ema`` says."""
-        from tunemv.adapters.export import load_adapter_modules, read_checkpoint
+        from tunemv.adapters.export import UNET_PREFIX, load_adapter_modules, read_checkpoint
 
         data = read_checkpoint(checkpoint)
         neus, branch = load_adapter_modules(data, ema=ema, source=str(checkpoint))
-        return cls._assemble(backbone or data["tunemv"]["backbone"], neus, branch, torch_dtype, device,
+        unet = {k[len(UNET_PREFIX):]: v for k, v in data["state_dict"].items() if k.startswith(UNET_PREFIX)}
+        if unet and isinstance(backbone, Backbone):
+            raise AdapterError(f"{checkpoint}: carries a fine-tuned UNet (train_backbone_unet); pass the backbone "
+                               "by name, not a loaded Backbone that loading would change")
+        pipe = cls._assemble(backbone or data["tunemv"]["backbone"], neus, branch, torch_dtype, device,
                              checkpoint, **backbone_options)
+        if unet:  # a train_backbone_unet baseline: its fine-tuned UNet replaces the hub one
+            pipe.backbone.unet.load_state_dict(unet, strict=True)
+        return pipe
 
     @classmethod
     def _assemble(cls, backbone, neus, branch, torch_dtype, device, source, **options) -> MultiviewPipeline:

@@ -141,6 +141,26 @@ def test_weights_only_snapshots_hold_one_copy_of_the_ema_and_load_as_it(workspac
     assert all(torch.equal(state[e], state[l]) for e, l in validated.ema_key_pairs(state))
 
 
+def test_full_fine_tune_baseline_trains_and_carries_the_unet(workspace, tmp_path):
+    from tunemv.adapters.export import CheckpointError, export_adapter
+    from tunemv.sampling.pipeline import MultiviewPipeline
+
+    system = MultiviewAdapterSystem(str(workspace / "backbone"), neus=SMALL_NEUS, warmup_steps=0,
+                                    train_backbone_unet=True)
+    before = {k: v.clone() for k, v in system.backbone.unet.state_dict().items()}
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=2)
+    trainer(2, callbacks=[checkpoints], enable_checkpointing=True).fit(system, datamodule(workspace))
+    after = system.backbone.unet.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the baseline does train the UNet
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    unet_keys = [k for k in saved["state_dict"] if k.startswith("backbone.unet.")]
+    assert len(unet_keys) == len(after) and not any(k.startswith("denoiser.unet.") for k in saved["state_dict"])
+    pipe = MultiviewPipeline.from_checkpoint(tmp_path / "last.ckpt")
+    assert all(torch.equal(v, after[k]) for k, v in pipe.backbone.unet.state_dict().items())
+    with pytest.raises(CheckpointError, match="fine-tuned the backbone"):
+        export_adapter(tmp_path / "last.ckpt", tmp_path / "adapter")
+
+
 def test_non_finite_losses_are_skipped_then_stop_training(workspace):
     system = MultiviewAdapterSystem(str(workspace / "backbone"), neus=SMALL_NEUS, max_nonfinite_steps=3)
     before = trainable_state(system)

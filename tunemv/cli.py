@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sample_parser(commands)
 
+    from tunemv.demo import add_demo_parser
+
+    add_demo_parser(commands)
+
     evaluate = commands.add_parser("evaluate", help="multiview consistency, fidelity and alignment metrics of a "
                                    "dataset-format folder (e.g. what tunemv sample wrote)")
     evaluate.add_argument("root", help="dataset root (or a single object folder)")

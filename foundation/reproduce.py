@@ -1,0 +1,154 @@
+"""A small-scale reproduction of seed 003's claims on the project's tiny backbone (issue 8).
+
+    python -m tunemv.foundation.reproduce --adapter outputs/demo/adapter \
+        --full-finetune outputs/baseline/fit/checkpoints/final.ckpt --out outputs/reproduction
+
+It samples the same prompts with every variant, then measures multiview consistency (visual-hull IoU and
+photo-consistency, ``tunemv evaluate``) and prompt fidelity (the attribute classifier) for each, with
+procedural ground-truth renders as the ceiling:
+- prompts inside the 3D tuning set (chairs) and outside it (other categories, never seen in 3D);
+- (a) the frozen 2D backbone view by view (sampler "2d");
+- (b) the adapter: "mv", "consistency" at K in {0, 0.25, 0.5} and several α, "mixed" at several λ schedules;
+- (c) a baseline that fine-tuned the whole backbone UNet as a multiview model on the same set
+  (``model.train_backbone_unet``), sampled with "mv".
+Writes OUT/<variant>/<split>/ (dataset-format samples with grids), OUT/results.json and OUT/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+IN_SET = ("a red chair", "a blue chair", "a green chair", "a yellow chair", "a purple chair", "a black chair")
+OUT_OF_SET = ("a red table", "a blue mug", "a green vase", "a yellow lamp", "a purple stool", "an orange torus")
+# (name, model, sampler options); "adapter" is the adapter on the frozen backbone, "full" the baseline.
+VARIANTS: tuple[tuple[str, str, dict], ...] = (
+    ("2d (frozen backbone)", "adapter", {"sampler": "2d"}),
+    ("mv", "adapter", {"sampler": "mv"}),
+    ("consistency K=0 a=5", "adapter", {"sampler": "consistency", "consistency_ratio": 0.0, "consistency_scale": 5.0}),
+    ("consistency K=0.25 a=5", "adapter", {"sampler": "consistency", "consistency_ratio": 0.25,
+                                           "consistency_scale": 5.0}),
+    ("consistency K=0.5 a=5", "adapter", {"sampler": "consistency", "consistency_ratio": 0.5,
+                                          "consistency_scale": 5.0}),
+    ("consistency K=0.5 a=2", "adapter", {"sampler": "consistency", "consistency_ratio": 0.5,
+                                          "consistency_scale": 2.0}),
+    ("consistency K=0.5 a=10", "adapter", {"sampler": "consistency", "consistency_ratio": 0.5,
+                                           "consistency_scale": 10.0}),
+    ("mixed constant λ=0.5", "adapter", {"sampler": "mixed", "mix_schedule": "constant", "mix_start": 0.5,
+                                         "mix_end": 0.5}),
+    ("mixed seed002 λ 0.2→1", "adapter", {"sampler": "mixed", "mix_schedule": "seed002", "mix_start": 0.2,
+                                          "mix_end": 1.0}),
+    ("mixed linear λ 0→0.5", "adapter", {"sampler": "mixed", "mix_schedule": "linear", "mix_start": 0.0,
+                                         "mix_end": 0.5}),
+    ("full fine-tune (baseline), mv", "full", {"sampler": "mv"}),
+)
+METRICS = ("hull_iou", "photo_psnr", "prompt_category", "prompt_colour")
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
+
+
+def ground_truth(out: Path, objects: int, views: int) -> dict[str, Path]:
+    """Procedural renders at the samples' resolution: chairs (in-set) and every other category (out-of-set)."""
+    from tunemv.data.generate import generate_procedural_dataset
+    from tunemv.data.procedural import CATEGORIES
+
+    roots = {"in-set": out / "ground-truth" / "in-set", "out-of-set": out / "ground-truth" / "out-of-set"}
+    for split, categories in (("in-set", ["chair"]), ("out-of-set", [c for c in CATEGORIES if c != "chair"])):
+        if not (roots[split] / "train.txt").is_file():
+            generate_procedural_dataset(roots[split], num_objects=objects, num_views=views, resolution=32,
+                                        categories=categories, seed=7, val_fraction=0, overwrite=True,
+                                        progress=False)
+    return roots
+
+
+def evaluate(root: Path, classifier) -> dict[str, float | str]:
+    from tunemv.evaluation.evaluate import evaluate_dataset
+
+    report = evaluate_dataset(root, classifier=classifier)
+    means = report.mean()
+    return {name: means.get(name, "missing") for name in METRICS}
+
+
+def run(adapter: str, full_finetune: str | None, out: Path, classifier_dir: str, views: int, steps: int,
+        guidance_scale: float, seed: int, variants: Sequence[str] | None) -> dict:
+    from tunemv.evaluation.prompt import load_classifier
+    from tunemv.sampling.outputs import write_results
+    from tunemv.sampling.pipeline import MultiviewPipeline
+
+    classifier = load_classifier(classifier_dir)
+    if isinstance(classifier, str):
+        raise SystemExit(f"{classifier_dir}: {classifier}")
+    models = {"adapter": lambda: MultiviewPipeline.from_pretrained(adapter)}
+    if full_finetune:
+        models["full"] = lambda: MultiviewPipeline.from_checkpoint(full_finetune)
+    results: dict = {"settings": {"adapter": adapter, "full_finetune": full_finetune, "views": views,
+                                  "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
+                                  "in_set": IN_SET, "out_of_set": OUT_OF_SET}, "rows": []}
+    truth = ground_truth(out, len(IN_SET), views)
+    results["rows"].append({"variant": "ground truth (procedural renders)", "seconds": None,
+                            **{split: evaluate(root, classifier) for split, root in truth.items()}})
+    loaded: dict = {}
+    for name, model, options in VARIANTS:
+        if (variants and name not in variants) or model not in models:
+            continue
+        if model not in loaded:
+            loaded.clear()  # one pipeline in memory at a time
+            loaded[model] = models[model]()
+        pipe, row = loaded[model], {"variant": name}
+        start = time.perf_counter()
+        for split, prompts in (("in-set", IN_SET), ("out-of-set", OUT_OF_SET)):
+            root = out / slug(name) / split
+            output = pipe(list(prompts), num_views=views, steps=steps, guidance_scale=guidance_scale, seed=seed,
+                          progress=False, **options)
+            write_results(output, root, settings={"variant": name, **options}, turntable_frames=0, overwrite=True)
+            row[split] = evaluate(root, classifier)
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        results["rows"].append(row)
+        print(json.dumps(row), flush=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(results))
+    return results
+
+
+def markdown(results: dict) -> str:
+    def cell(value) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else "n/a"
+
+    header = ("| variant | " + " | ".join(f"{split} {metric}" for split in ("in-set", "out-of-set")
+                                          for metric in ("IoU", "photo dB", "category", "colour")) + " | s |")
+    lines = [header, "|" + "---|" * 10]
+    for row in results["rows"]:
+        cells = [cell(row[split][m]) for split in ("in-set", "out-of-set") for m in METRICS]
+        lines.append(f"| {row['variant']} | " + " | ".join(cells) + f" | {row['seconds'] or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--adapter", required=True, help="an adapter folder fitted on chairs (tunemv demo's)")
+    parser.add_argument("--full-finetune", default=None, help="checkpoint of the train_backbone_unet baseline")
+    parser.add_argument("--classifier", default="models/attribute-classifier")
+    parser.add_argument("--out", default="outputs/reproduction")
+    parser.add_argument("--views", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--guidance-scale", type=float, default=4.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", action="append", default=None, help="only these variants (repeatable)")
+    args = parser.parse_args(argv)
+    torch.set_flush_denormal(True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = run(args.adapter, args.full_finetune, out, args.classifier, args.views, args.steps,
+                  args.guidance_scale, args.seed, args.variant)
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
