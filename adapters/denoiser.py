@@ -12,7 +12,7 @@ from one pass of the frozen encoder half, because the control residuals only ent
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,11 +156,14 @@ class MultiviewDenoiser(nn.Module):
                 encoder_hidden_states: torch.Tensor, modes: Sequence[str] = MODES,
                 uncond_encoder_hidden_states: torch.Tensor | None = None,
                 added_cond_kwargs: dict[str, torch.Tensor] | None = None,
-                uncond_added_cond_kwargs: dict[str, torch.Tensor] | None = None) -> GuidancePredictions:
+                uncond_added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+                cond_only: Collection[str] = ()) -> GuidancePredictions:
         """Every requested mode, with and (given ``uncond_*``) without the prompt, from one encoder pass.
 
         The frozen encoder half runs once per distinct input (prompt and, for CFG, the empty prompt), the
-        branch once per non-2d mode and NeuS once; the decoder half runs once per mode.
+        branch once per non-2d mode and NeuS once; the decoder half runs once per mode. Modes in
+        ``cond_only`` are predicted with the prompt only (consistency guidance never reads ε_ind(∅)), which
+        saves their branch and decoder passes on the unconditional copy.
         """
         for mode in modes:
             check_inputs(noisy_views, timesteps, cameras, encoder_hidden_states, mode)
@@ -182,8 +185,12 @@ class MultiviewDenoiser(nn.Module):
             renders = self.render_condition(noisy_views, timesteps, cameras)
             residuals["mv"] = self.mv_residuals(sample, flat_t, text, renders, Cameras.cat([cameras] * copies),
                                                 copies)
+        # Rows of the (k b v) batch each mode needs: all copies, or the prompted copy only.
+        cond_rows = batch * views
+        needed = {mode: cond_rows if copies > 1 and mode in cond_only else len(sample) for mode in modes}
         if "independent" in modes:
-            residuals["independent"] = self.independent_residuals(sample, flat_t, text)
+            rows = slice(0, needed["independent"])
+            residuals["independent"] = self.independent_residuals(sample[rows], flat_t[rows], text[rows])
 
         outputs: dict[str, list[torch.Tensor]] = {mode: [] for mode in modes}
         for part in self.chunks(len(sample)):
@@ -194,14 +201,19 @@ class MultiviewDenoiser(nn.Module):
             # (a 1,024-token map per image at SD-1.5's 32x32 latents); in the P2 benchmark on CPU that batched
             # call was slower than separate full forwards.
             for mode in modes:
+                used = slice(part.start, min(part.stop, needed[mode]))
+                if used.stop <= used.start:
+                    continue
+                local = slice(0, used.stop - used.start)
                 extra = residuals[mode]
-                down, mid = (None, None) if extra is None else (tuple(r[part] for r in extra.down), extra.mid[part])
-                outputs[mode].append(decode(self.unet, state, down, mid))
+                down, mid = (None, None) if extra is None else (tuple(r[used] for r in extra.down), extra.mid[used])
+                outputs[mode].append(decode(self.unet, state if local.stop == len(state.mid) else state.rows(local),
+                                            down, mid))
         prediction = {mode: rearrange(torch.cat(chunks)[:, : self.prediction_channels],
-                                      "(k b v) c h w -> k b v c h w", k=copies, b=batch)
+                                      "(k b v) c h w -> k b v c h w", k=needed[mode] // cond_rows, b=batch)
                       for mode, chunks in outputs.items()}
         cond = {mode: p[0] for mode, p in prediction.items()}
-        uncond = {mode: p[1] for mode, p in prediction.items()} if copies == 2 else {}
+        uncond = {mode: p[1] for mode, p in prediction.items() if len(p) == 2}
         return GuidancePredictions(cond, uncond, renders)
 
     # --------------------------------------------------------------------------------- the trainable parts

@@ -28,6 +28,12 @@ class EncoderState:
     mid: torch.Tensor  # the mid block's output
     input_size: tuple[int, int]
 
+    def rows(self, index: slice) -> EncoderState:
+        """The state of a contiguous run of the batch's images."""
+        context = self.embeddings.context
+        return EncoderState(Embeddings(self.embeddings.emb[index], None if context is None else context[index]),
+                            tuple(skip[index] for skip in self.skips), self.mid[index], self.input_size)
+
 
 def embed(unet: UNet2DConditionModel, sample: torch.Tensor, timesteps: torch.Tensor,
           encoder_hidden_states: torch.Tensor | None, added_cond_kwargs: dict[str, Any] | None = None,

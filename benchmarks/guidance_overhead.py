@@ -4,10 +4,11 @@
 
 One sampling step of each sampler is what ``GuidedSampler.predict`` asks the denoiser for:
 - plain "mv" + CFG:                 predict(("mv",)) with the empty prompt;
-- consistency + mixed + CFG, a guided step (a fraction K of the steps): predict(("mv", "independent", "2d"));
+- consistency + mixed + CFG, a guided step (a fraction K of the steps): predict(("mv", "independent", "2d"))
+  with "independent" for the prompt only (consistency guidance never reads ε_ind(∅));
   an unguided step: predict(("mv", "2d")).
 Shared: those calls (frozen encoder once per prompt copy, NeuS once). Naive: one full forward per mode and
-prompt copy (NeuS and the frozen encoder again each time). The per-step figure averages guided and unguided
+prediction needed (NeuS and the frozen encoder again each time). The per-step figure averages guided and unguided
 steps at K = ``--ratio``. Target <= 1.35 shared, against about 2 naive. Random weights, true block widths.
 """
 
@@ -19,6 +20,8 @@ import platform
 import torch
 from denoiser_overhead import add_denoiser_arguments, build_from_args, timed
 
+from tunemv.sampling.samplers import ConsistencySampler
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -28,11 +31,15 @@ def main() -> None:
     denoiser, x, t, cameras, text = build_from_args(args)
     uncond = torch.zeros_like(text)
 
+    cond_only = ConsistencySampler.cond_only_modes  # what the samplers pass
+
     def shared(modes):
-        return lambda: denoiser.predict(x, t, cameras, text, modes=modes, uncond_encoder_hidden_states=uncond)
+        return lambda: denoiser.predict(x, t, cameras, text, modes=modes, uncond_encoder_hidden_states=uncond,
+                                        cond_only=cond_only)
 
     def naive(modes):
-        return lambda: [denoiser(x, t, cameras, hidden, mode=mode) for mode in modes for hidden in (text, uncond)]
+        return lambda: [denoiser(x, t, cameras, hidden, mode=mode) for mode in modes
+                        for hidden in ((text,) if mode in cond_only else (text, uncond))]
 
     with torch.no_grad():
         times = {(kind, name): timed(make(modes), args.repeats, args.device)

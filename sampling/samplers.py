@@ -32,6 +32,11 @@ class GuidedSampler:
         """The shared loop (``denoise``) with this sampler's guided ε."""
         return denoise(job, partial(self.epsilon, job), **kwargs)
 
+    # Modes whose unconditional (CFG) prediction ``combine`` never reads; the denoiser then skips their
+    # unconditional copy (a branch and a decoder pass). Empty here, so a plugin gets every prediction; the
+    # built-ins use ``COND_ONLY_INDEPENDENT``.
+    cond_only_modes: frozenset[str] = frozenset()
+
     def prepare(self, job: SamplingJob) -> None:
         ratio = self.default_consistency_ratio if job.consistency_ratio is None else job.consistency_ratio
         self.guided_steps = consistency_steps(job.steps * job.scheduler.order, ratio) \
@@ -71,7 +76,7 @@ class GuidedSampler:
                 out = job.denoiser.predict(
                     model_input, timesteps, job.cameras, job.text.hidden_states, own,
                     None if uncond_text is None else uncond_text.hidden_states, job.text.added_cond_kwargs,
-                    None if uncond_text is None else uncond_text.added_cond_kwargs)
+                    None if uncond_text is None else uncond_text.added_cond_kwargs, cond_only=self.cond_only_modes)
             to_eps = lambda p: to_epsilon(p, model_input, timesteps, job.alphas_cumprod, job.prediction_type)  # noqa: E731
             cond = {mode: to_eps(p) for mode, p in out.cond.items()}
             uncond = {mode: to_eps(p) for mode, p in out.uncond.items()}
@@ -83,14 +88,22 @@ class GuidedSampler:
         return cond, uncond
 
 
+# Consistency guidance takes ε_mv(c) − ε_ind(c) only: ε_ind(∅) is never needed.
+COND_ONLY_INDEPENDENT = frozenset({"independent"})
+
+
 @register_sampler("mv")
 class MultiviewSampler(GuidedSampler):
     """The adapter's multiview prediction with text CFG (consistency guidance only if a ratio is given)."""
+
+    cond_only_modes = COND_ONLY_INDEPENDENT
 
 
 @register_sampler("consistency")
 class ConsistencySampler(GuidedSampler):
     """"mv" plus consistency guidance on a fraction K (default 0.5) of the steps (seed 003 §3.3, eq. 4)."""
+
+    cond_only_modes = COND_ONLY_INDEPENDENT
 
     default_consistency_ratio = 0.5
 
@@ -98,6 +111,8 @@ class ConsistencySampler(GuidedSampler):
 @register_sampler("mixed")
 class MixedScoreSampler(GuidedSampler):
     """λ(t)·ε_mv + (1 − λ(t))·ε_2d, each with CFG (seed 002 eq. 2, §3.4), plus consistency guidance if asked."""
+
+    cond_only_modes = COND_ONLY_INDEPENDENT
 
     def modes(self, job: SamplingJob, timestep: float, step_index: int) -> tuple[str, ...]:
         weight = job.mix_schedule(timestep, job.num_train_timesteps)
@@ -134,6 +149,8 @@ class RefineSampler(GuidedSampler):
 
     The renders are consistent by construction (one field); denoising from t* restores detail.
     """
+
+    cond_only_modes = COND_ONLY_INDEPENDENT
 
     def __call__(self, job: SamplingJob) -> SamplingResult:
         self.prepare(job)

@@ -207,3 +207,24 @@ def test_the_readme_path_from_a_saved_pipeline(family, tmp_path):
     expected = backbone.split_prediction(backbone.unet(x_t[0], t[0], text[:1].expand(2, -1, -1)).sample)
     torch.testing.assert_close(guided.cond["mv"][0], expected, rtol=0, atol=1e-5)  # zero init: the frozen UNet
     assert guided.cond["mv"].shape == (1, 2, backbone.prediction_channels, 16, 16)
+
+
+@pytest.mark.parametrize("config", FAMILIES)
+@torch.no_grad()
+def test_cond_only_modes_skip_the_unconditional_copy_and_keep_the_rest_exact(config):
+    # Consistency guidance reads ε_ind(c) only: predict(cond_only=("independent",)) must give the same
+    # predictions as the full call for everything it returns, and no unconditional "independent".
+    denoiser = wake(tiny_denoiser(config)).eval()
+    x, t, cameras, text = inputs(config)
+    uncond = torch.zeros_like(text)
+    modes = ("mv", "independent", "2d")
+    full = denoiser.predict(x, t, cameras, text, modes=modes, uncond_encoder_hidden_states=uncond)
+    for chunk in (None, 3, 5):  # 6 rows per copy: chunks of 5 straddle the cond/uncond boundary
+        denoiser.view_chunk = chunk
+        part = denoiser.predict(x, t, cameras, text, modes=modes, uncond_encoder_hidden_states=uncond,
+                                cond_only=("independent",))
+        assert set(part.uncond) == {"mv", "2d"} and set(part.cond) == set(modes)
+        for mode in modes:
+            torch.testing.assert_close(part.cond[mode], full.cond[mode], atol=1e-5, rtol=0, msg=mode)
+        for mode in ("mv", "2d"):
+            torch.testing.assert_close(part.uncond[mode], full.uncond[mode], atol=1e-5, rtol=0, msg=mode)
