@@ -8,7 +8,8 @@ photo-consistency, ``tunemv evaluate``) and prompt fidelity (the attribute class
 procedural ground-truth renders as the ceiling:
 - prompts inside the 3D tuning set (chairs) and outside it (other categories, never seen in 3D);
 - (a) the frozen 2D backbone view by view (sampler "2d");
-- (b) the adapter: "mv", "consistency" at K in {0, 0.25, 0.5} and several α, "mixed" at several λ schedules;
+- (b) the adapter: "mv" (= "consistency" at K = 0), "consistency" at K in {0.25, 0.5} and α in {5, 10},
+  "mixed" with a constant and the seed-002 λ schedule;
 - (c) a baseline that fine-tuned the whole backbone UNet as a multiview model on the same set
   (``model.train_backbone_unet``), sampled with "mv".
 Writes OUT/<variant>/<split>/ (dataset-format samples with grids), OUT/results.json and OUT/results.md.
@@ -27,24 +28,20 @@ import torch
 IN_SET = ("a red chair", "a blue chair", "a green chair", "a yellow chair", "a purple chair", "a black chair")
 OUT_OF_SET = ("a red table", "a blue mug", "a green vase", "a yellow lamp", "a purple stool", "an orange torus")
 # (name, model, sampler options); "adapter" is the adapter on the frozen backbone, "full" the baseline.
+# K = 0 is not a row: with no guided step "consistency" is "mv" bit for bit (tests/test_sampling.py).
 VARIANTS: tuple[tuple[str, str, dict], ...] = (
     ("2d (frozen backbone)", "adapter", {"sampler": "2d"}),
     ("mv", "adapter", {"sampler": "mv"}),
-    ("consistency K=0 a=5", "adapter", {"sampler": "consistency", "consistency_ratio": 0.0, "consistency_scale": 5.0}),
     ("consistency K=0.25 a=5", "adapter", {"sampler": "consistency", "consistency_ratio": 0.25,
                                            "consistency_scale": 5.0}),
     ("consistency K=0.5 a=5", "adapter", {"sampler": "consistency", "consistency_ratio": 0.5,
                                           "consistency_scale": 5.0}),
-    ("consistency K=0.5 a=2", "adapter", {"sampler": "consistency", "consistency_ratio": 0.5,
-                                          "consistency_scale": 2.0}),
     ("consistency K=0.5 a=10", "adapter", {"sampler": "consistency", "consistency_ratio": 0.5,
                                            "consistency_scale": 10.0}),
     ("mixed constant λ=0.5", "adapter", {"sampler": "mixed", "mix_schedule": "constant", "mix_start": 0.5,
                                          "mix_end": 0.5}),
     ("mixed seed002 λ 0.2→1", "adapter", {"sampler": "mixed", "mix_schedule": "seed002", "mix_start": 0.2,
                                           "mix_end": 1.0}),
-    ("mixed linear λ 0→0.5", "adapter", {"sampler": "mixed", "mix_schedule": "linear", "mix_start": 0.0,
-                                         "mix_end": 0.5}),
     ("full fine-tune (baseline), mv", "full", {"sampler": "mv"}),
 )
 METRICS = ("hull_iou", "photo_psnr", "prompt_category", "prompt_colour")

@@ -219,3 +219,13 @@ def test_config_without_checkpoint_callback_gets_a_resumable_one(assets):
     assert snapshots.save_weights_only and not snapshots.save_last and snapshots.save_top_k == -1
     for callback in (last, snapshots):
         assert Path(callback.dirpath) == Path("outputs/tiny/checkpoints").resolve()
+
+
+def test_last_checkpoint_is_the_final_step_when_a_run_ends_between_intervals(assets, tmp_path):
+    # Lightning alone would leave last.ckpt at step 2 (its interval) after a 3-step run.
+    callbacks = json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                             "init_args": {"dirpath": str(tmp_path / "ckpts"), "save_last": True, "save_top_k": 0,
+                                           "every_n_train_steps": 2}}])
+    assert main(["fit", *fit_args("tiny.yaml", assets), *TINY_RUN, "--trainer.max_steps", "3",
+                 "--trainer.callbacks", callbacks]) == 0
+    assert torch.load(tmp_path / "ckpts/last.ckpt", weights_only=False)["global_step"] == 3

@@ -38,6 +38,8 @@ def add_demo_parser(commands) -> None:
     demo.add_argument("--num-views", type=int, default=8, help="views per sample (default: 8)")
     demo.add_argument("--steps", type=int, default=30, help="DDIM steps per sample (default: 30)")
     demo.add_argument("--sampler", default="mv", help="sampler (default: mv)")
+    demo.add_argument("--guidance-scale", type=float, default=4.0,
+                      help="text CFG scale (default: 4, where the tiny backbone's samples are cleanest)")
     demo.add_argument("--mesh-resolution", type=int, default=96, help="marching-cubes grid (default: 96)")
     demo.set_defaults(handler=run_demo)
 
@@ -60,7 +62,7 @@ def run_demo(args: argparse.Namespace) -> int:
         if not chairs.is_dir():
             chairs = prepare_chairs(chairs, 20)  # only a held-out chair for image→multiview is needed
     common = ["sample", "--adapter", str(adapter), "--num-views", str(args.num_views), "--steps", str(args.steps),
-              "--sampler", args.sampler, "--mesh", "--mesh-resolution", str(args.mesh_resolution), "--overwrite",
+              "--sampler", args.sampler, "--guidance-scale", str(args.guidance_scale), "--mesh", "--mesh-resolution", str(args.mesh_resolution), "--overwrite",
               "--quiet"]
     results = []
     for index, prompt in enumerate(args.prompt or DEFAULT_PROMPTS):

@@ -91,6 +91,19 @@ class TunemvCLI(LightningCLI):
     def before_fit(self) -> None:
         self._flush_denormals_on_cpu()
 
+    def after_fit(self) -> None:
+        """Make ``last.ckpt`` the final state.
+
+        Lightning writes it on its step interval only, so a run ending between intervals (``max_time``, or
+        ``max_steps`` off the interval) would leave an older ``last.ckpt`` behind, and resuming or exporting
+        it would silently lose the last steps.
+        """
+        trainer = self.trainer
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath \
+                    and callback._last_global_step_saved != trainer.global_step:
+                trainer.save_checkpoint(callback.format_checkpoint_name({}, callback.CHECKPOINT_NAME_LAST))
+
     def before_validate(self) -> None:
         self._flush_denormals_on_cpu()
 
