@@ -16,7 +16,7 @@ from tunemv.data.format import is_object_dir, list_objects, load_image, load_mas
 from tunemv.errors import DatasetError
 from tunemv.neus.cameras import Cameras
 
-MASK_SOURCES = ("auto", "alpha", "masks", "threshold")
+MASK_SOURCES = ("auto", "alpha", "masks", "threshold", "border")
 
 
 @dataclass
@@ -44,6 +44,16 @@ def object_dirs(root: str | Path) -> list[Path]:
     return [root / i for i in ids]
 
 
+BORDER_TOLERANCE = 0.15  # max channel distance from the border's median colour that still counts as background
+
+
+def border_mask(rgb: torch.Tensor, tolerance: float = BORDER_TOLERANCE) -> torch.Tensor:
+    """(3, H, W) in [0, 1] -> (1, H, W) foreground mask against the border's median colour."""
+    border = torch.cat([rgb[:, 0], rgb[:, -1], rgb[:, :, 0], rgb[:, :, -1]], dim=1)  # (3, 2W + 2H)
+    background = border.median(dim=1).values[:, None, None]
+    return ((rgb - background).abs() > tolerance).any(0, keepdim=True).float()
+
+
 def load_views(directory: str | Path, mask_source: str = "auto", white_threshold: float = WHITE_THRESHOLD
                ) -> ObjectViews:
     """Read one object folder. ``mask_source``:
@@ -52,7 +62,11 @@ def load_views(directory: str | Path, mask_source: str = "auto", white_threshold
       (the order ``MultiviewDataset`` uses);
     - ``"alpha"`` / ``"masks"``: only that source (a view without it is an error);
     - ``"threshold"``: a pixel is foreground when any channel is below ``white_threshold``. Use it for
-      generated views, which have neither alpha nor trustworthy masks.
+      generated views, which have neither alpha nor trustworthy masks;
+    - ``"border"``: the background is the median colour of the image border, and a pixel is foreground
+      when a channel differs from it by more than ``BORDER_TOLERANCE``. For generated views whose
+      background is uniform but not white (a small backbone's tinted backgrounds), where the white
+      threshold would call every pixel foreground and make the hull metrics meaningless.
     """
     if mask_source not in MASK_SOURCES:
         raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {mask_source!r}")
@@ -73,6 +87,8 @@ def load_views(directory: str | Path, mask_source: str = "auto", white_threshold
             mask = load_mask(mask_path)
         elif mask_source in ("auto", "threshold"):
             mask = (rgb < white_threshold).any(0, keepdim=True).float()
+        elif mask_source == "border":
+            mask = border_mask(rgb)
         else:
             raise DatasetError(path, f"has no {'alpha channel' if mask_source == 'alpha' else 'masks/ file'} "
                                      f"(mask_source={mask_source!r})")

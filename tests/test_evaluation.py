@@ -24,7 +24,7 @@ from tunemv.evaluation.availability import is_unavailable
 from tunemv.evaluation.distribution import DistributionMetrics
 from tunemv.evaluation.evaluate import evaluate_dataset
 from tunemv.evaluation.mvc import fit_and_reproject
-from tunemv.evaluation.views import load_views
+from tunemv.evaluation.views import load_views, object_dirs
 
 NUM_OBJECTS, NUM_VIEWS, RESOLUTION, GRID = 6, 12, 48, 96
 
@@ -419,3 +419,28 @@ def test_clean_reference_views_are_left_out_of_fidelity(truth, tmp_path):
     (one / "sampling.json").write_text(json.dumps({"references": [0, 99]}))
     with pytest.raises(DatasetError, match=r"sampling\.json: references must be"):
         evaluate_dataset(one, reference=truth, grid=32)
+
+
+def tinted_background(source: Path, out: Path, tint=(0.86, 0.84, 0.93)) -> Path:
+    """Ground truth flattened onto a uniform light-violet background, as the tiny backbone's samples come out."""
+    shutil.copytree(source, out)
+    for path in sorted(out.glob("*/images/*.png")):
+        rgba = np.asarray(Image.open(path).convert("RGBA")).astype(np.float32) / 255
+        alpha = rgba[..., 3:]
+        rgb = rgba[..., :3] * alpha + np.array(tint) * (1 - alpha)
+        Image.fromarray((rgb * 255).round().astype(np.uint8)).save(path)
+    return out
+
+
+def test_border_masks_keep_the_hull_metric_meaningful_on_tinted_backgrounds(truth, reports):
+    tinted = tinted_background(truth, truth.parent / "tinted")
+    border = evaluate_dataset(tinted, grid=GRID, mask_source="border")
+    shuffled = evaluate_dataset(tinted_background(truth.parent / "shuffled", truth.parent / "tinted-shuffled"),
+                                grid=GRID, mask_source="border")
+    # The white threshold calls every tinted pixel foreground: every view's mask is the full frame.
+    assert all(load_views(d, "threshold").masks.min() == 1 for d in object_dirs(tinted))
+    # Border masks recover the silhouettes: IoU within 0.03 of the alpha-masked truth, per object...
+    for got, want in zip(column(border, "hull_iou"), column(reports["truth"], "hull_iou"), strict=True):
+        assert abs(got - want) < 0.03
+    # ...and keep shuffled views clearly apart, which the full-frame masks cannot.
+    assert max(column(shuffled, "hull_iou")) < min(column(border, "hull_iou")) - 0.3

@@ -159,8 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="write the ids of objects whose mean hull IoU is >= MIN_IOU (data-engine quality filter)")
     evaluate.add_argument("--filter-out", default=None, metavar="FILE", help="where --filter writes (default: ROOT/passed.txt)")
     evaluate.add_argument("--grid", type=int, default=96, help="visual-hull voxels per axis (default: 96)")
-    evaluate.add_argument("--mask-source", default="auto", choices=("auto", "alpha", "masks", "threshold"),
-                          help="foreground masks: alpha, else masks/, else white threshold (auto, the default), or one only")
+    evaluate.add_argument("--mask-source", default="auto", choices=("auto", "alpha", "masks", "threshold", "border"),
+                          help="foreground masks: alpha, else masks/, else white threshold (auto, the default), or one only; "
+                               "border: against the border's median colour (generated views with tinted backgrounds)")
     evaluate.add_argument("--white-threshold", type=float, default=None,
                           help="threshold masks: a pixel with every channel above this is background (default: the "
                                "dataset loader's, 0.97)")
