@@ -439,8 +439,9 @@ def test_border_masks_keep_the_hull_metric_meaningful_on_tinted_backgrounds(trut
                                 grid=GRID, mask_source="border")
     # The white threshold calls every tinted pixel foreground: every view's mask is the full frame.
     assert all(load_views(d, "threshold").masks.min() == 1 for d in object_dirs(tinted))
-    # Border masks recover the silhouettes: IoU within 0.03 of the alpha-masked truth, per object...
+    # Border masks recover the silhouettes: per object, IoU no lower than the alpha-masked truth's (less
+    # 0.03) and above 0.9. (It can be higher: faint anti-aliased edge pixels fall inside the tolerance.)
     for got, want in zip(column(border, "hull_iou"), column(reports["truth"], "hull_iou"), strict=True):
-        assert abs(got - want) < 0.03
+        assert got > max(want - 0.03, 0.9)
     # ...and keep shuffled views clearly apart, which the full-frame masks cannot.
     assert max(column(shuffled, "hull_iou")) < min(column(border, "hull_iou")) - 0.3

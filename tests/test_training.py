@@ -128,7 +128,8 @@ def test_weights_only_snapshots_hold_one_copy_of_the_ema_and_load_as_it(workspac
     assert (tmp_path / "snapshot-step=4.ckpt").stat().st_size < 0.3 * (tmp_path / "last.ckpt").stat().st_size
 
     neus, branch = load_adapter_modules(snapshot)  # default: the EMA, which is all a snapshot has
-    assert all(torch.equal(v, full["state_dict"]["ema.module.1." + k]) for k, v in branch.state_dict().items())
+    for module, prefix in ((neus, "ema.module.0."), (branch, "ema.module.1.")):
+        assert all(torch.equal(v, full["state_dict"][prefix + k]) for k, v in module.state_dict().items())
     with pytest.raises(CheckpointError, match="only the EMA"):
         load_adapter_modules(snapshot, ema=False)
 
@@ -138,7 +139,7 @@ def test_weights_only_snapshots_hold_one_copy_of_the_ema_and_load_as_it(workspac
     state = validated.state_dict()
     for name, value in snapshot["state_dict"].items():
         assert torch.equal(state[name], value), name
-    assert all(torch.equal(state[e], state[l]) for e, l in validated.ema_key_pairs(state))
+    assert all(torch.equal(state[ema], state[live]) for ema, live in validated.ema_key_pairs(state))
 
 
 def test_full_fine_tune_baseline_trains_and_carries_the_unet(workspace, tmp_path):
