@@ -48,7 +48,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def _submodule(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+def submodule_state(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
 
 
@@ -83,7 +83,7 @@ def load_adapter_modules(checkpoint: dict[str, Any], ema: bool | None = None, so
                ControlBranch.from_config(_clean(meta["control_branch_config"])))
     prefixes = PREFIXES[ema and not snapshot_of_ema]
     for module, prefix, name in zip(modules, prefixes, ("neus", "control_branch"), strict=True):
-        weights = _submodule(state_dict, prefix)
+        weights = submodule_state(state_dict, prefix)
         if not weights:
             hint = " (the run had no EMA: set model.ema_decay, or export without --ema)" if ema else ""
             raise CheckpointError(f"{source}: no '{prefix}*' weights{hint}")
@@ -108,8 +108,8 @@ def export_adapter(checkpoint_path: str | Path, out_dir: str | Path, ema: bool |
     if any(key.startswith(UNET_PREFIX) for key in checkpoint["state_dict"]):
         raise CheckpointError(f"{checkpoint_path}: this run fine-tuned the backbone's UNet (train_backbone_unet), "
                               "which an adapter folder cannot carry; sample it with tunemv sample --ckpt")
-    neus, branch = load_adapter_modules(checkpoint, ema=ema, source=str(checkpoint_path))
     ema = has_ema(checkpoint) if ema is None else ema
+    neus, branch = load_adapter_modules(checkpoint, ema=ema, source=str(checkpoint_path))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:

@@ -273,12 +273,10 @@ class MultiviewAdapterSystem(pl.LightningModule):
         kept = TRAINABLE + ((UNET_PREFIX,) if self.hparams.get("train_backbone_unet") else ())
         state = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(kept)}
         weights = "live+ema" if self.ema is not None else "live"
-        if "optimizer_states" not in checkpoint:  # weights-only
-            if self.ema is not None:
-                state = {live: state[ema] for ema, live in self.ema_key_pairs(state)}
-                weights = "ema"
-            else:
-                state = {k: v for k, v in state.items() if not k.startswith("ema.")}
+        if "optimizer_states" not in checkpoint and self.ema is not None:  # weights-only: the EMA replaces the live
+            averaged = {live: state[ema] for ema, live in self.ema_key_pairs(state)}
+            state = {k: v for k, v in state.items() if not k.startswith("ema.")} | averaged  # (a trained UNet stays)
+            weights = "ema"
         checkpoint["state_dict"] = state
         checkpoint["tunemv"] = {
             "backbone": self.hparams.backbone,

@@ -87,11 +87,11 @@ class MultiviewPipeline:
                         **backbone_options) -> MultiviewPipeline:
         """Load a ``tunemv fit`` checkpoint directly: its EMA weights when the run kept them (``ema=None``),
         or as ``ema`` says."""
-        from tunemv.adapters.export import UNET_PREFIX, load_adapter_modules, read_checkpoint
+        from tunemv.adapters.export import UNET_PREFIX, load_adapter_modules, read_checkpoint, submodule_state
 
         data = read_checkpoint(checkpoint)
         neus, branch = load_adapter_modules(data, ema=ema, source=str(checkpoint))
-        unet = {k[len(UNET_PREFIX):]: v for k, v in data["state_dict"].items() if k.startswith(UNET_PREFIX)}
+        unet = submodule_state(data["state_dict"], UNET_PREFIX)
         if unet and isinstance(backbone, Backbone):
             raise AdapterError(f"{checkpoint}: carries a fine-tuned UNet (train_backbone_unet); pass the backbone "
                                "by name, not a loaded Backbone that loading would change")

@@ -147,7 +147,7 @@ def test_full_fine_tune_baseline_trains_and_carries_the_unet(workspace, tmp_path
     from tunemv.sampling.pipeline import MultiviewPipeline
 
     system = MultiviewAdapterSystem(str(workspace / "backbone"), neus=SMALL_NEUS, warmup_steps=0,
-                                    train_backbone_unet=True)
+                                    train_backbone_unet=True, ema_decay=0.9)
     before = {k: v.clone() for k, v in system.backbone.unet.state_dict().items()}
     checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=2)
     trainer(2, callbacks=[checkpoints], enable_checkpointing=True).fit(system, datamodule(workspace))
@@ -158,6 +158,13 @@ def test_full_fine_tune_baseline_trains_and_carries_the_unet(workspace, tmp_path
     assert len(unet_keys) == len(after) and not any(k.startswith("denoiser.unet.") for k in saved["state_dict"])
     pipe = MultiviewPipeline.from_checkpoint(tmp_path / "last.ckpt")
     assert all(torch.equal(v, after[k]) for k, v in pipe.backbone.unet.state_dict().items())
+    # A weights-only snapshot keeps the trained UNet next to the EMA adapter weights.
+    fit = pl.Trainer(accelerator="cpu", logger=False)
+    fit.strategy.connect(system)
+    fit.save_checkpoint(tmp_path / "snapshot.ckpt", weights_only=True)
+    snapshot = torch.load(tmp_path / "snapshot.ckpt", weights_only=False)
+    assert snapshot["tunemv"]["weights"] == "ema"
+    assert all(torch.equal(snapshot["state_dict"]["backbone.unet." + k], v) for k, v in after.items())
     with pytest.raises(CheckpointError, match="fine-tuned the backbone"):
         export_adapter(tmp_path / "last.ckpt", tmp_path / "adapter")
 
