@@ -8,11 +8,13 @@ photo-consistency, ``tunemv evaluate``) and prompt fidelity (the attribute class
 procedural ground-truth renders as the ceiling:
 - prompts inside the 3D tuning set (chairs) and outside it (other categories, never seen in 3D);
 - (a) the frozen 2D backbone view by view (sampler "2d");
-- (b) the adapter: "mv" (= "consistency" at K = 0), "consistency" at K in {0.25, 0.5} and α in {5, 10},
-  "mixed" with a constant and the seed-002 λ schedule;
+- (b) the adapter: "mv" (= "consistency" at K = 0), "consistency" at K in {0.25, 0.5} and α in {2, 5, 10},
+  "mixed" with a constant, a linear and the seed-002 λ schedule;
 - (c) a baseline that fine-tuned the whole backbone UNet as a multiview model on the same set
   (``model.train_backbone_unet``), sampled with "mv".
 Writes OUT/<variant>/<split>/ (dataset-format samples with grids), OUT/results.json and OUT/results.md.
+A run with ``--variant`` replaces those rows of an existing results.json made with the same settings and keeps
+the others, so the table can be built a few rows at a time.
 """
 
 from __future__ import annotations
@@ -34,12 +36,16 @@ VARIANTS: tuple[tuple[str, str, dict], ...] = (
     ("mv", "adapter", {"sampler": "mv"}),
     ("consistency K=0.25 a=5", "adapter", {"sampler": "consistency", "consistency_ratio": 0.25,
                                            "consistency_scale": 5.0}),
+    ("consistency K=0.5 a=2", "adapter", {"sampler": "consistency", "consistency_ratio": 0.5,
+                                          "consistency_scale": 2.0}),
     ("consistency K=0.5 a=5", "adapter", {"sampler": "consistency", "consistency_ratio": 0.5,
                                           "consistency_scale": 5.0}),
     ("consistency K=0.5 a=10", "adapter", {"sampler": "consistency", "consistency_ratio": 0.5,
                                            "consistency_scale": 10.0}),
     ("mixed constant λ=0.5", "adapter", {"sampler": "mixed", "mix_schedule": "constant", "mix_start": 0.5,
                                          "mix_end": 0.5}),
+    ("mixed linear λ 0→1", "adapter", {"sampler": "mixed", "mix_schedule": "linear", "mix_start": 0.0,
+                                       "mix_end": 1.0}),
     ("mixed seed002 λ 0.2→1", "adapter", {"sampler": "mixed", "mix_schedule": "seed002", "mix_start": 0.2,
                                           "mix_end": 1.0}),
     ("full fine-tune (baseline), mv", "full", {"sampler": "mv"}),
@@ -87,16 +93,19 @@ def run(adapter: str, full_finetune: str | None, out: Path, classifier_dir: str,
     models = {"adapter": lambda: MultiviewPipeline.from_pretrained(adapter)}
     if full_finetune:
         models["full"] = lambda: MultiviewPipeline.from_checkpoint(full_finetune)
-    results: dict = {"settings": {"adapter": adapter, "full_finetune": full_finetune, "views": views,
-                                  "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
-                                  "in_set": IN_SET, "out_of_set": OUT_OF_SET}, "rows": []}
+    settings = {"adapter": adapter, "full_finetune": full_finetune, "views": views, "steps": steps,
+                "guidance_scale": guidance_scale, "seed": seed, "in_set": list(IN_SET), "out_of_set": list(OUT_OF_SET)}
+    results: dict = {"settings": settings, "rows": []}
+    kept = {}  # rows of an earlier run with the same settings, replaced by any variant run now
+    if (out / "results.json").is_file():
+        earlier = json.loads((out / "results.json").read_text())
+        if earlier.get("settings") == settings:
+            kept = {row["variant"]: row for row in earlier["rows"]}
     truth = ground_truth(out, len(IN_SET), views)
     results["rows"].append({"variant": "ground truth (procedural renders)", "seconds": None,
                             **{split: evaluate(root, classifier) for split, root in truth.items()}})
     loaded: dict = {}
-    previous = {}  # sampling seconds of the run that wrote the samples, for --evaluate-only
-    if evaluate_only and (out / "results.json").is_file():
-        previous = {row["variant"]: row["seconds"] for row in json.loads((out / "results.json").read_text())["rows"]}
+    previous = {name: row["seconds"] for name, row in kept.items()}  # for --evaluate-only
     for name, model, options in VARIANTS:
         if (variants and name not in variants) or model not in models:
             continue
@@ -114,11 +123,20 @@ def run(adapter: str, full_finetune: str | None, out: Path, classifier_dir: str,
                               overwrite=True)
             row[split] = evaluate(root, classifier)
         row["seconds"] = previous.get(name) if evaluate_only else round(time.perf_counter() - start, 1)
-        results["rows"].append(row)
+        kept[name] = row
         print(json.dumps(row), flush=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(markdown(results))
-    return results
+        save(out, results, kept)  # after every variant: a run cut short keeps the rows it finished
+    return save(out, results, kept)
+
+
+def save(out: Path, results: dict, rows: dict) -> dict:
+    """Write results.json and results.md: ground truth, then the variants in VARIANTS order."""
+    from tunemv.atomic import write_text_atomic
+
+    table = {**results, "rows": results["rows"][:1] + [rows[name] for name, _, _ in VARIANTS if name in rows]}
+    write_text_atomic(out / "results.json", json.dumps(table, indent=2) + "\n")
+    write_text_atomic(out / "results.md", markdown(table))
+    return table
 
 
 def markdown(results: dict) -> str:

@@ -55,6 +55,7 @@ class BackboneTrainConfig:
     log_every: int = 25
     checkpoint_every: int = 500
     out: str = "models/tiny-if"
+    init_from: str | None = None  # continue from a saved pipeline folder of the same recipe (fresh optimizer)
     sample_prompts: list[str] = field(default_factory=list)  # the model card's sample grid (empty: none)
     sample_steps: int = 50
     guidance_scale: float = 4.0
@@ -117,6 +118,36 @@ def min_snr_weights(alphas_cumprod_t: torch.Tensor, gamma: float) -> torch.Tenso
     return snr.clamp(max=gamma) / snr
 
 
+def load_pipeline_weights(folder: str | Path, unet, text_encoder, tokenizer) -> None:
+    """Copy a saved pipeline's UNet and text-encoder weights into freshly built parts of the same recipe.
+
+    Continuing a run this way restarts AdamW and the LR schedule; the weights (an EMA when saved by this
+    recipe) are the starting point. A folder from another architecture or vocabulary is refused.
+    """
+    from safetensors.torch import load_file
+
+    root = Path(folder)
+    saved_vocab = root / "tokenizer" / "tokenizer.json"
+    if not saved_vocab.is_file():
+        raise ValueError(f"{root}: init_from is not a pipeline folder (no tokenizer/tokenizer.json)")
+    vocab = json.loads(saved_vocab.read_text())["model"]["vocab"]
+    if vocab != tokenizer.get_vocab():
+        raise ValueError(f"{saved_vocab}: vocabulary differs from this recipe's tokenizer")
+    for part, module in (("unet", unet), ("text_encoder", text_encoder)):
+        files = sorted((root / part).glob("*.safetensors"))
+        if len(files) != 1:
+            raise ValueError(f"{root / part}: expected one .safetensors file, found {len(files)}")
+        state, own = load_file(str(files[0])), module.state_dict()
+        # T5 saves its tied embedding once, under "shared"; encoder.embed_tokens may be absent
+        missing = [name for name in own if name not in state and not name.endswith("embed_tokens.weight")]
+        unexpected = [name for name in state if name not in own]
+        wrong = [name for name, value in state.items() if name in own and own[name].shape != value.shape]
+        if missing or unexpected or wrong:
+            raise ValueError(f"{files[0]}: does not match this recipe's {part} "
+                             f"(missing {len(missing)}, unexpected {len(unexpected)}, wrong shape {len(wrong)})")
+        module.load_state_dict(state, strict=False)
+
+
 def train_backbone(recipe: BackboneRecipe, out: str | None = None, progress: bool = True) -> dict:
     """Render (or load) the views, train, save the pipeline and figures into ``out``; returns the summary."""
     cfg = recipe.train
@@ -128,6 +159,8 @@ def train_backbone(recipe: BackboneRecipe, out: str | None = None, progress: boo
 
     views = render_views(recipe.data, progress=progress)
     unet, text_encoder, tokenizer, scheduler = build_parts(recipe.model, cfg.seed)
+    if cfg.init_from:
+        load_pipeline_weights(cfg.init_from, unet, text_encoder, tokenizer)
     ids, mask, per_view = caption_table(views, tokenizer)
     images = views.images.to(device)  # (N, 3, H, W) uint8: the whole set fits in memory
     ids, mask = ids.to(device), mask.to(device)

@@ -78,6 +78,9 @@ def test_bad_recipe_gives_one_line_error(tmp_path, capsys):
         load_config(bad, BackboneRecipe)
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "missing.yaml", BackboneRecipe)
+    bad.write_text("# only a comment\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: the config file is empty"):
+        load_config(bad, BackboneRecipe)
 
 
 def test_training_reduces_loss_on_a_fixed_batch():
@@ -123,6 +126,26 @@ def test_recipe_writes_a_folder_that_backbone_loads(micro_run):
     assert (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert (folder / "loss.png").is_file() and (folder / "samples.png").is_file()
     assert (folder / "loss.csv").read_text().splitlines()[0] == "step,loss,lr,elapsed_s"
+
+
+def test_init_from_continues_from_the_saved_weights_and_refuses_another_architecture(micro_run):
+    from tunemv.foundation.train_backbone import load_pipeline_weights
+
+    folder, _ = micro_run
+    saved = Backbone.from_pretrained(str(folder))
+    unet, text_encoder, tokenizer, _ = build_parts(TinyIFConfig(**MICRO_MODEL), seed=123)
+    assert not torch.equal(unet.conv_in.weight, saved.unet.conv_in.weight)  # a different seed: different start
+    load_pipeline_weights(folder, unet, text_encoder, tokenizer)
+    for ours, theirs in ((unet, saved.unet), (text_encoder, saved.text_encoder)):
+        theirs_state = theirs.state_dict()
+        assert all(torch.equal(value, theirs_state[name]) for name, value in ours.state_dict().items())
+
+    wider = TinyIFConfig(**{**MICRO_MODEL, "block_out_channels": [c * 2 for c in MICRO_MODEL["block_out_channels"]]})
+    unet, text_encoder, tokenizer, _ = build_parts(wider)
+    with pytest.raises(ValueError, match="does not match this recipe's unet"):
+        load_pipeline_weights(folder, unet, text_encoder, tokenizer)
+    with pytest.raises(ValueError, match="not a pipeline folder"):
+        load_pipeline_weights(folder / "unet", unet, text_encoder, tokenizer)
 
 
 def test_training_text_path_equals_backbone_encode_prompt(micro_run):
