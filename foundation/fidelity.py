@@ -29,10 +29,11 @@ def attribute_prompts(form: str = "plain") -> list[str]:
 
 @torch.no_grad()
 def prompt_fidelity(backbone, classifier: AttributeClassifier, prompts: Sequence[str], samples_per_prompt: int = 1,
-                    steps: int = 30, guidance_scale: float = 4.0, seed: int = 0) -> dict[str, float]:
+                    steps: int = 50, guidance_scale: float = 4.0, seed: int = 0,
+                    scheduler: str = "ddpm") -> dict[str, float]:
     """Fraction of samples whose classified category / colour match the ones their prompt names."""
     expanded = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
-    images = sample_images(backbone, expanded, steps, guidance_scale, torch.Generator().manual_seed(seed))
+    images = sample_images(backbone, expanded, steps, guidance_scale, torch.Generator().manual_seed(seed), scheduler)
     predicted = classifier.predict(images)
     wanted = [parse_caption(prompt) for prompt in expanded]
     category = [p == w[0] for p, w in zip(predicted["category"], wanted, strict=True) if w[0] is not None]
@@ -48,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("backbone", help="a pixel-space (IF-family) backbone folder, e.g. models/tiny-if")
     parser.add_argument("--classifier", default="models/attribute-classifier")
     parser.add_argument("--forms", nargs="+", default=["plain", "render"], choices=list(FORMS))
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--scheduler", default="ddpm", help="step rule (default ddpm, IF's own; ddim, euler, ...)")
     parser.add_argument("--guidance-scale", type=float, default=4.0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -57,8 +59,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     backbone, classifier = Backbone.from_pretrained(path), AttributeClassifier.from_pretrained(args.classifier)
     for form in args.forms:
         start = time.perf_counter()
-        result = prompt_fidelity(backbone, classifier, attribute_prompts(form), 1, args.steps, args.guidance_scale)
-        print(json.dumps(dict(form=form, **result, seconds=round(time.perf_counter() - start, 1))))
+        result = prompt_fidelity(backbone, classifier, attribute_prompts(form), 1, args.steps, args.guidance_scale,
+                                 scheduler=args.scheduler)
+        print(json.dumps(dict(form=form, scheduler=args.scheduler, steps=args.steps, **result, seconds=round(time.perf_counter() - start, 1))))
 
 
 if __name__ == "__main__":

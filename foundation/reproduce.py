@@ -82,7 +82,8 @@ def evaluate(root: Path, classifier) -> dict[str, float | str]:
 
 
 def run(adapter: str, full_finetune: str | None, out: Path, classifier_dir: str, views: int, steps: int,
-        guidance_scale: float, seed: int, variants: Sequence[str] | None, evaluate_only: bool = False) -> dict:
+        guidance_scale: float, seed: int, variants: Sequence[str] | None, evaluate_only: bool = False,
+        scheduler: str = "auto") -> dict:
     from tunemv.evaluation.prompt import load_classifier
     from tunemv.sampling.outputs import write_results
     from tunemv.sampling.pipeline import MultiviewPipeline
@@ -93,7 +94,7 @@ def run(adapter: str, full_finetune: str | None, out: Path, classifier_dir: str,
     models = {"adapter": lambda: MultiviewPipeline.from_pretrained(adapter)}
     if full_finetune:
         models["full"] = lambda: MultiviewPipeline.from_checkpoint(full_finetune)
-    settings = {"adapter": adapter, "full_finetune": full_finetune, "views": views, "steps": steps,
+    settings = {"adapter": adapter, "full_finetune": full_finetune, "views": views, "scheduler": scheduler, "steps": steps,
                 "guidance_scale": guidance_scale, "seed": seed, "in_set": list(IN_SET), "out_of_set": list(OUT_OF_SET)}
     results: dict = {"settings": settings, "rows": []}
     kept = {}  # rows of an earlier run with the same settings, replaced by any variant run now
@@ -117,7 +118,8 @@ def run(adapter: str, full_finetune: str | None, out: Path, classifier_dir: str,
         for split, prompts in (("in-set", IN_SET), ("out-of-set", OUT_OF_SET)):
             root = out / slug(name) / split
             if not evaluate_only:
-                output = loaded[model](list(prompts), num_views=views, steps=steps, guidance_scale=guidance_scale,
+                output = loaded[model](list(prompts), num_views=views, scheduler=scheduler, steps=steps,
+                                       guidance_scale=guidance_scale,
                                        seed=seed, progress=False, **options)
                 write_results(output, root, settings={"variant": name, **options}, turntable_frames=0,
                               overwrite=True)
@@ -159,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--classifier", default="models/attribute-classifier")
     parser.add_argument("--out", default="outputs/reproduction")
     parser.add_argument("--views", type=int, default=8)
+    parser.add_argument("--scheduler", default="auto", help="step rule (default auto: ddpm on the tiny backbone)")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance-scale", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -169,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = run(args.adapter, args.full_finetune, out, args.classifier, args.views, args.steps,
-                  args.guidance_scale, args.seed, args.variant, args.evaluate_only)
+                  args.guidance_scale, args.seed, args.variant, args.evaluate_only, args.scheduler)
     print(markdown(results))
 
 

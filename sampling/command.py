@@ -39,7 +39,8 @@ def add_sample_parser(commands) -> None:
     views.add_argument("--azimuth-start", type=float, default=0.0, help="azimuth of view 0 in degrees")
     how = sample.add_argument_group("sampling")
     how.add_argument("--sampler", default="mv", help="mv, consistency, mixed, 2d, refine or a plugin's (default: mv)")
-    how.add_argument("--scheduler", default="ddim", help="ddim, dpmsolver++, euler, ... (default: ddim)")
+    how.add_argument("--scheduler", default="auto", help="auto, ddim, ddpm, dpmsolver++, euler, ... (default: auto, "
+                     "the backbone family's own: ddpm for pixel-space IF-family models, ddim otherwise)")
     how.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
     how.add_argument("--guidance-scale", type=float, default=7.5, help="text CFG scale w (default: 7.5)")
     how.add_argument("--consistency-scale", type=float, default=7.5, help="consistency guidance α (default: 7.5)")
@@ -96,10 +97,11 @@ def check_names(args: argparse.Namespace) -> None:
     """Unknown sampler, scheduler or mix-schedule names fail here, with what is available."""
     from tunemv.sampling.guidance import MixSchedule
     from tunemv.sampling.registry import get_sampler
-    from tunemv.sampling.schedulers import make_scheduler
+    from tunemv.sampling.schedulers import AUTO, make_scheduler
 
     get_sampler(args.sampler)
-    make_scheduler(args.scheduler, {})
+    if args.scheduler != AUTO:
+        make_scheduler(args.scheduler, {})
     try:
         MixSchedule(args.mix_schedule, args.mix_start, args.mix_end)
     except ValueError as error:

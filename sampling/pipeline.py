@@ -30,7 +30,7 @@ from tunemv.sampling.guidance import MixSchedule
 from tunemv.sampling.job import SamplingJob
 from tunemv.sampling.references import prepare_references
 from tunemv.sampling.registry import get_sampler
-from tunemv.sampling.schedulers import make_scheduler
+from tunemv.sampling.schedulers import default_scheduler, make_scheduler
 
 ADAPTER_FILE = "adapter.json"
 
@@ -127,7 +127,7 @@ class MultiviewPipeline:
     def __call__(self, prompt: str | Sequence[str], num_views: int = 8, cameras: Cameras | str | Path | None = None,
                  reference_images: Any = None, reference_views: Sequence[int] | None = None,
                  elevation: float = 20.0, radius: float = 2.2, fov: float = 50.0, azimuth_start: float = 0.0,
-                 sampler: str = "mv", scheduler: str = "ddim", steps: int = 50, guidance_scale: float = 7.5,
+                 sampler: str = "mv", scheduler: str = "auto", steps: int = 50, guidance_scale: float = 7.5,
                  consistency_scale: float = 7.5, consistency_ratio: float | None = None,
                  mix_schedule: MixSchedule | str = "seed002", mix_start: float = 0.2, mix_end: float = 1.0,
                  two_d_model: str | Backbone | None = None, refine_rounds: int = 2, refine_strength: float = 0.5,
@@ -171,7 +171,9 @@ class MultiviewPipeline:
         self.denoiser.eval()
         try:
             job = SamplingJob(
-                denoiser=self.denoiser, scheduler=make_scheduler(scheduler, backbone.scheduler_config), noise=noise,
+                denoiser=self.denoiser, scheduler=make_scheduler(
+                    default_scheduler(backbone.family) if scheduler == "auto" else scheduler,
+                    backbone.scheduler_config), noise=noise,
                 cameras=model_cameras, text=_text(text), uncond_text=None if uncond is None else _text(uncond),
                 alphas_cumprod=backbone.noise_scheduler.alphas_cumprod, prediction_type=backbone.prediction_type,
                 steps=steps, guidance_scale=guidance_scale, consistency_scale=consistency_scale,

@@ -1,4 +1,4 @@
-"""Validation samples during training: a few fixed prompts, few DDIM steps, logged as image grids."""
+"""Validation samples during training: a few fixed prompts, few steps of the family's own step rule, logged as image grids."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def log_validation_samples(system, prompts: list[str]) -> Path:
     pipe = MultiviewPipeline(system.backbone, system.denoiser.neus, system.denoiser.control_branch,
                              view_chunk=h.view_chunk)
     with torch.random.fork_rng(devices=[]):
-        out = pipe(prompts, num_views=h.validation_views, sampler=h.validation_sampler, scheduler="ddim",
+        out = pipe(prompts, num_views=h.validation_views, sampler=h.validation_sampler, scheduler="auto",
                    steps=h.validation_steps, guidance_scale=h.validation_guidance_scale, seed=h.seed, progress=False)
         renders = out.field.render(out.field.cameras)
     rows = torch.stack([out.views, renders], dim=1).flatten(0, 1)  # (2B, V, 3, H, W): views, then renders

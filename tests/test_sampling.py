@@ -194,6 +194,15 @@ def test_pixel_space_if_backbone_samples_with_a_learned_variance_schedule(folder
     assert out.field.render(out.cameras[0].rescale(8, 8)).shape == (1, 3, 3, 8, 8)
 
 
+def test_auto_scheduler_is_ddpm_for_pixel_backbones_and_ddim_for_latent_ones(folders, zero_pipe):
+    options = dict(num_views=2, steps=3, seed=0, progress=False, sampler="mv")
+    pixel = adapter_pipeline(folders["if"], awake=True)
+    auto = pixel(PROMPT, **options).latents
+    assert torch.equal(auto, pixel(PROMPT, scheduler="ddpm", **options).latents)
+    assert not torch.equal(auto, pixel(PROMPT, scheduler="ddim", **options).latents)
+    assert torch.equal(zero_pipe(PROMPT, **options).latents, zero_pipe(PROMPT, scheduler="ddim", **options).latents)
+
+
 # ------------------------------------------------------------------------------- another 2D model
 def test_mixed_with_another_2d_model_at_lambda_0_is_that_model(folders, zero_pipe):
     latents = run(zero_pipe, sampler="mixed", mix_schedule="constant", mix_end=0.0,

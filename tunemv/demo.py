@@ -36,7 +36,7 @@ def add_demo_parser(commands) -> None:
     demo.add_argument("--prompt", action="append", default=None,
                       help=f"text→multiview prompt (repeatable; default: {' / '.join(DEFAULT_PROMPTS)})")
     demo.add_argument("--num-views", type=int, default=8, help="views per sample (default: 8)")
-    demo.add_argument("--steps", type=int, default=30, help="DDIM steps per sample (default: 30)")
+    demo.add_argument("--steps", type=int, default=30, help="denoising steps per sample (DDPM, the tiny backbone's own rule; default: 30)")
     demo.add_argument("--sampler", default="mv", help="sampler (default: mv)")
     demo.add_argument("--guidance-scale", type=float, default=4.0,
                       help="text CFG scale (default: 4, where the tiny backbone's samples are cleanest)")
