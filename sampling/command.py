@@ -97,11 +97,10 @@ def check_names(args: argparse.Namespace) -> None:
     """Unknown sampler, scheduler or mix-schedule names fail here, with what is available."""
     from tunemv.sampling.guidance import MixSchedule
     from tunemv.sampling.registry import get_sampler
-    from tunemv.sampling.schedulers import AUTO, make_scheduler
+    from tunemv.sampling.schedulers import make_scheduler
 
     get_sampler(args.sampler)
-    if args.scheduler != AUTO:
-        make_scheduler(args.scheduler, {})
+    make_scheduler(args.scheduler, {})
     try:
         MixSchedule(args.mix_schedule, args.mix_start, args.mix_end)
     except ValueError as error:

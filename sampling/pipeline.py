@@ -30,7 +30,7 @@ from tunemv.sampling.guidance import MixSchedule
 from tunemv.sampling.job import SamplingJob
 from tunemv.sampling.references import prepare_references
 from tunemv.sampling.registry import get_sampler
-from tunemv.sampling.schedulers import default_scheduler, make_scheduler
+from tunemv.sampling.schedulers import make_scheduler
 
 ADAPTER_FILE = "adapter.json"
 
@@ -171,9 +171,8 @@ class MultiviewPipeline:
         self.denoiser.eval()
         try:
             job = SamplingJob(
-                denoiser=self.denoiser, scheduler=make_scheduler(
-                    default_scheduler(backbone.family) if scheduler == "auto" else scheduler,
-                    backbone.scheduler_config), noise=noise,
+                denoiser=self.denoiser, scheduler=make_scheduler(scheduler, backbone.scheduler_config, backbone.family),
+                noise=noise,
                 cameras=model_cameras, text=_text(text), uncond_text=None if uncond is None else _text(uncond),
                 alphas_cumprod=backbone.noise_scheduler.alphas_cumprod, prediction_type=backbone.prediction_type,
                 steps=steps, guidance_scale=guidance_scale, consistency_scale=consistency_scale,

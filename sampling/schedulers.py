@@ -51,9 +51,13 @@ def available_schedulers() -> list[str]:
     return [AUTO, *SCHEDULERS]
 
 
-def make_scheduler(name: str | SchedulerMixin, scheduler_config: dict[str, Any], **overrides) -> SchedulerMixin:
-    """A fresh scheduler named ``name`` ("ddim", "dpmsolver++", "EulerDiscreteScheduler", ...) over the
-    backbone's noise schedule; an instance is rebuilt from its own config, so its state is never shared."""
+def make_scheduler(name: str | SchedulerMixin, scheduler_config: dict[str, Any], family: str | None = None,
+                   **overrides) -> SchedulerMixin:
+    """A fresh scheduler named ``name`` ("auto", "ddim", "dpmsolver++", "EulerDiscreteScheduler", ...) over the
+    backbone's noise schedule; "auto" is ``default_scheduler(family)``. An instance is rebuilt from its own
+    config, so its state is never shared."""
+    if name == AUTO:
+        name = default_scheduler(family)
     if isinstance(name, SchedulerMixin):
         cls, extra, base = type(name), {}, dict(name.config)
     else:
