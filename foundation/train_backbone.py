@@ -56,6 +56,9 @@ class BackboneTrainConfig:
     checkpoint_every: int = 500
     out: str = "models/tiny-if"
     init_from: str | None = None  # continue from a saved pipeline folder of the same recipe (fresh optimizer)
+    # resumable state (live weights, AdamW, EMA, step, RNG, elapsed time), rewritten every checkpoint_every
+    # steps; a run started again with the same state_path continues where the last one stopped
+    state_path: str | None = None
     sample_prompts: list[str] = field(default_factory=list)  # the model card's sample grid (empty: none)
     sample_steps: int = 50
     guidance_scale: float = 4.0
@@ -148,6 +151,28 @@ def load_pipeline_weights(folder: str | Path, unet, text_encoder, tokenizer) -> 
         module.load_state_dict(state, strict=False)
 
 
+def save_train_state(path: Path, step: int, elapsed: float, losses: list[float], unet, text_encoder,
+                     optimizer, ema, generator: torch.Generator) -> None:
+    """Everything a killed run needs to continue bit-for-bit: written to a side file, then swapped in."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = dict(step=step, elapsed=elapsed, losses=losses[-200:], unet=unet.state_dict(),
+                 text_encoder=text_encoder.state_dict(), optimizer=optimizer.state_dict(), ema=ema.state_dict(),
+                 generator=generator.get_state())
+    torch.save(state, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+
+
+def load_train_state(path: Path, unet, text_encoder, optimizer, ema, generator: torch.Generator):
+    """Restore ``save_train_state``'s file in place; returns (step, elapsed seconds, recent losses)."""
+    state = torch.load(path, weights_only=False, map_location="cpu")
+    unet.load_state_dict(state["unet"])
+    text_encoder.load_state_dict(state["text_encoder"])
+    optimizer.load_state_dict(state["optimizer"])
+    ema.load_state_dict(state["ema"])
+    generator.set_state(state["generator"])
+    return state["step"], state["elapsed"], list(state["losses"])
+
+
 def train_backbone(recipe: BackboneRecipe, out: str | None = None, progress: bool = True) -> dict:
     """Render (or load) the views, train, save the pipeline and figures into ``out``; returns the summary."""
     cfg = recipe.train
@@ -171,12 +196,19 @@ def train_backbone(recipe: BackboneRecipe, out: str | None = None, progress: boo
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     ema = EMAModel(params, decay=cfg.ema_max_decay, use_ema_warmup=True, power=cfg.ema_power)
     generator = torch.Generator().manual_seed(cfg.seed)
+    step, elapsed_before, losses = 0, 0.0, []
+    state_path = Path(cfg.state_path) if cfg.state_path else None
+    if state_path is not None and state_path.is_file():
+        step, elapsed_before, losses = load_train_state(state_path, unet, text_encoder, optimizer, ema, generator)
+        if progress:
+            print(f"resuming {state_path} at step {step}", flush=True)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "loss.csv"
-    log = open(log_path, "w", newline="")  # noqa: SIM115 (closed in the finally below)
+    log = open(log_path, "a" if step else "w", newline="")  # noqa: SIM115 (closed in the finally below)
     writer = csv.writer(log)
-    writer.writerow(["step", "loss", "lr", "elapsed_s"])
+    if not step:
+        writer.writerow(["step", "loss", "lr", "elapsed_s"])
 
     def checkpoint() -> None:  # the EMA weights, written to a side folder and then swapped in
         ema.store(params)
@@ -190,8 +222,11 @@ def train_backbone(recipe: BackboneRecipe, out: str | None = None, progress: boo
                 shutil.rmtree(target)
             child.replace(target)
         tmp.rmdir()
+        if state_path is not None:
+            save_train_state(state_path, step, time.perf_counter() - start, losses, unet, text_encoder,
+                             optimizer, ema, generator)
 
-    start, step, window, losses = time.perf_counter(), 0, [], []
+    start, window = time.perf_counter() - elapsed_before, []
     try:
         while step < cfg.max_steps:
             elapsed = time.perf_counter() - start
