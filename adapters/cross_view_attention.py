@@ -16,10 +16,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from tunemv.neus.aggregation import bilinear_sample, project_to_maps
-from tunemv.neus.cameras import Cameras
+from tunemv.geometry.cameras import Cameras
+from tunemv.geometry.projection import bilinear_sample, project_to_maps
+from tunemv.geometry.rays import near_far_from_sphere
 from tunemv.neus.field import PositionalEncoding
-from tunemv.neus.sampling import near_far_from_sphere, sample_along_rays
+from tunemv.neus.ray_samplers import sample_along_rays
 
 
 @dataclass

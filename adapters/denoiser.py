@@ -24,7 +24,7 @@ from torch import nn
 from tunemv.adapters.control_branch import ControlBranch, ControlResiduals
 from tunemv.adapters.cross_view_attention import CrossViewInputs
 from tunemv.adapters.unet_halves import decode, encode
-from tunemv.neus.cameras import Cameras
+from tunemv.geometry.cameras import Cameras
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS, LatentSparseNeuSOutput
 from tunemv.neus.latent_sparseneus import check_inputs as check_views
 

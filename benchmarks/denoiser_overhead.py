@@ -36,7 +36,7 @@ def build(config: str, latent: int, views: int, device: str, dtype: torch.dtype,
 
     from tunemv.adapters.control_branch import ControlBranch
     from tunemv.adapters.denoiser import MultiviewDenoiser
-    from tunemv.neus.cameras import Cameras, orbit
+    from tunemv.geometry.cameras import Cameras, orbit
     from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 
     torch.manual_seed(0)

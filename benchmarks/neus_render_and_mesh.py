@@ -22,7 +22,7 @@ from peak_memory import PeakResident  # benchmarks/ is on sys.path when run as a
 
 
 def build(views: int, size: int, device: str):
-    from tunemv.neus.cameras import Cameras, orbit
+    from tunemv.geometry.cameras import Cameras, orbit
     from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 
     torch.manual_seed(0)

@@ -57,7 +57,7 @@ def main() -> None:
     torch.set_flush_denormal(True)
 
     from tunemv.adapters.training import MultiviewAdapterSystem
-    from tunemv.neus.cameras import Cameras, orbit
+    from tunemv.geometry.cameras import Cameras, orbit
 
     objects = 1
     if args.config:

@@ -19,7 +19,7 @@ from torch.utils.data._utils.collate import collate, default_collate_fn_map
 
 from tunemv.data.format import ObjectRecord, Problem, list_objects, load_image, load_mask, read_object
 from tunemv.errors import DatasetError
-from tunemv.neus.cameras import Cameras
+from tunemv.geometry.cameras import Cameras
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from tunemv.errors import DatasetError
-from tunemv.neus.cameras import Cameras
+from tunemv.geometry.cameras import Cameras
 
 CAMERAS_FILE = "cameras.json"
 CAPTION_FILE = "caption.txt"

@@ -22,7 +22,7 @@ from tunemv.data.format import list_objects, write_object, write_split_files
 from tunemv.data.procedural import CATEGORIES, make_object
 from tunemv.data.render import render_sdf
 from tunemv.errors import TunemvError
-from tunemv.neus.cameras import orbit
+from tunemv.geometry.cameras import orbit
 
 CAMERA_RADIUS = 2.2  # with a 50 deg fov, an object of radius 0.8 fills ~75% of the frame from any elevation
 FOV_DEG = 50.0

@@ -20,7 +20,7 @@ import torch
 
 from tunemv.data.format import camera_problems, read_image_array, write_object
 from tunemv.errors import DatasetError
-from tunemv.neus.cameras import Cameras
+from tunemv.geometry.cameras import Cameras
 
 TRANSFORMS_FILES = ("transforms.json", "transforms_train.json", "transforms_val.json", "transforms_test.json")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")

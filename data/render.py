@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from tunemv.neus.cameras import Cameras
-from tunemv.neus.sampling import near_far_from_sphere
+from tunemv.geometry.cameras import Cameras
+from tunemv.geometry.rays import near_far_from_sphere
 
 KEY_LIGHT = (0.45, 0.3, 0.85)  # from above and in front: the world is z-up
 FILL_LIGHT = (-0.6, -0.5, 0.3)

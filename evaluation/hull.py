@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from tunemv.neus.aggregation import bilinear_sample
-from tunemv.neus.cameras import Cameras
-from tunemv.neus.sampling import near_far_from_sphere
+from tunemv.geometry.cameras import Cameras
+from tunemv.geometry.projection import bilinear_sample
+from tunemv.geometry.rays import near_far_from_sphere
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
-from tunemv.neus.cameras import Cameras
+from tunemv.geometry.cameras import Cameras
 
 
 @dataclass

@@ -24,8 +24,8 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 from torchmetrics.functional.regression import mean_squared_error
 
 from tunemv.evaluation.hull import HullRender
-from tunemv.neus.aggregation import bilinear_sample
-from tunemv.neus.cameras import Cameras
+from tunemv.geometry.cameras import Cameras
+from tunemv.geometry.projection import bilinear_sample
 
 
 @dataclass

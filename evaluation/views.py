@@ -14,7 +14,7 @@ import torch
 from tunemv.data.dataset import WHITE_THRESHOLD
 from tunemv.data.format import is_object_dir, list_objects, load_image, load_mask, read_object
 from tunemv.errors import DatasetError
-from tunemv.neus.cameras import Cameras
+from tunemv.geometry.cameras import Cameras
 
 MASK_SOURCES = ("auto", "alpha", "masks", "threshold", "border")
 

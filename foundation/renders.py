@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from tunemv.data.generate import CAMERA_RADIUS, FOV_DEG
 from tunemv.data.procedural import CATEGORIES, COLOURS, make_object
 from tunemv.data.render import render_sdf
-from tunemv.neus.cameras import orbit
+from tunemv.geometry.cameras import orbit
 
 
 @dataclass

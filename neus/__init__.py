@@ -1,10 +1,8 @@
-"""tunemv.neus: cameras and rays, the latent SparseNeuS field, the NeuS renderer and mesh extraction."""
+"""tunemv.neus: the latent SparseNeuS field, its ray samplers, the NeuS renderer and mesh extraction."""
 
 from tunemv._lazy import lazy_getattr
 
 _EXPORTS = {
-    "Cameras": "tunemv.neus.cameras",
-    "orbit": "tunemv.neus.cameras",
     "LatentSparseNeuS": "tunemv.neus.latent_sparseneus",
     "LatentSparseNeuSOutput": "tunemv.neus.latent_sparseneus",
     "ConditionedField": "tunemv.neus.latent_sparseneus",

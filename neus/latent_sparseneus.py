@@ -20,8 +20,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
 from torch import nn
 
+from tunemv.geometry.cameras import Cameras
 from tunemv.neus.aggregation import aggregate_mean_var, gather_view_features
-from tunemv.neus.cameras import Cameras
 from tunemv.neus.encoder import ViewEncoder
 from tunemv.neus.field import FeatureNetwork, InverseDeviation, SDFNetwork
 from tunemv.neus.mesh import colored_mesh, extract_mesh, vertex_colors

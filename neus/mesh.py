@@ -19,8 +19,8 @@ import torch.nn.functional as F
 import trimesh
 
 from tunemv.atomic import atomic_path
-from tunemv.neus.aggregation import bilinear_sample
-from tunemv.neus.cameras import Cameras
+from tunemv.geometry.cameras import Cameras
+from tunemv.geometry.projection import bilinear_sample
 
 SDFFunction = Callable[[torch.Tensor], torch.Tensor]  # (N, 3) world points -> (N,) signed distance
 MESH_FORMATS = (".ply", ".obj", ".glb")

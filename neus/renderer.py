@@ -15,13 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from tunemv.neus.cameras import Cameras
-from tunemv.neus.sampling import (
-    exclusive_transmittance,
-    near_far_from_sphere,
-    neus_upsample,
-    sample_along_rays,
-)
+from tunemv.geometry.cameras import Cameras
+from tunemv.geometry.rays import near_far_from_sphere
+from tunemv.neus.ray_samplers import exclusive_transmittance, neus_upsample, sample_along_rays
 
 
 @dataclass

@@ -8,7 +8,7 @@ import torch
 import trimesh
 
 from tunemv.adapters.backbones import Backbone
-from tunemv.neus.cameras import Cameras, orbit
+from tunemv.geometry.cameras import Cameras, orbit
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 
 

@@ -18,7 +18,7 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from tunemv.adapters.denoiser import MultiviewDenoiser, Text
-from tunemv.neus.cameras import Cameras
+from tunemv.geometry.cameras import Cameras
 from tunemv.sampling.guidance import MixSchedule
 
 # (model input x_t (B, V, C, h, w), timesteps (B, V)) -> (ε with the prompt, ε without it or None)

@@ -22,7 +22,7 @@ from tunemv.adapters.backbones import Backbone
 from tunemv.adapters.control_branch import ControlBranch
 from tunemv.adapters.denoiser import MultiviewDenoiser, Text
 from tunemv.errors import TunemvError
-from tunemv.neus.cameras import Cameras, orbit
+from tunemv.geometry.cameras import Cameras, orbit
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 from tunemv.sampling.external import ExternalTwoDScore, check_same_space
 from tunemv.sampling.field import MultiviewField, to_unit_range

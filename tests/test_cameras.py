@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tunemv.errors import CameraError
-from tunemv.neus.cameras import Cameras, orbit
+from tunemv.geometry.cameras import Cameras, orbit
 
 
 def random_cameras(batch=(2, 3)) -> Cameras:

@@ -7,7 +7,7 @@ from tiny_unets import IF_SHAPED, SD_SHAPED, TEXT_DIM, tiny_unet
 from tunemv.adapters.control_branch import ControlBranch, skip_channels
 from tunemv.adapters.cross_view_attention import CrossViewInputs
 from tunemv.adapters.unet_halves import decode, encode
-from tunemv.neus.cameras import Cameras, orbit
+from tunemv.geometry.cameras import Cameras, orbit
 
 
 def inputs(config, views=2):

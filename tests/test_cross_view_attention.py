@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from tunemv.adapters.cross_view_attention import CrossViewAttention, CrossViewInputs
-from tunemv.neus.cameras import Cameras, orbit
+from tunemv.geometry.cameras import Cameras, orbit
 
 
 def identity_attention(channels: int, num_points: int) -> CrossViewAttention:

@@ -11,7 +11,7 @@ from tunemv.data.datamodule import MultiviewDataModule
 from tunemv.data.dataset import EpochSampler, MultiviewDataset, collate_multiview, select_views
 from tunemv.data.format import load_mask
 from tunemv.errors import DatasetError
-from tunemv.neus.cameras import Cameras
+from tunemv.geometry.cameras import Cameras
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 

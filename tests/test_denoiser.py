@@ -8,7 +8,7 @@ from tiny_unets import IF_SHAPED, SD_SHAPED, TEXT_DIM, tiny_unet
 
 from tunemv.adapters.control_branch import ControlBranch
 from tunemv.adapters.denoiser import MODES, MultiviewDenoiser
-from tunemv.neus.cameras import Cameras, orbit
+from tunemv.geometry.cameras import Cameras, orbit
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 from tunemv.neus.losses import NeuSLoss
 

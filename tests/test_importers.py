@@ -12,7 +12,7 @@ from tunemv.data.check import check_dataset
 from tunemv.data.format import read_object
 from tunemv.data.importers import import_transforms
 from tunemv.errors import DatasetError
-from tunemv.neus.cameras import orbit
+from tunemv.geometry.cameras import orbit
 
 
 def opengl_project(point, c2w_gl, fx, fy, cx, cy):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tunemv.neus.cameras import Cameras, orbit
+from tunemv.geometry.cameras import Cameras, orbit
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 from tunemv.neus.losses import NeuSLoss
 

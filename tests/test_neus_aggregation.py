@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from tunemv.neus.aggregation import aggregate_mean_var, bilinear_sample, gather_view_features
-from tunemv.neus.cameras import orbit
+from tunemv.geometry.cameras import orbit
+from tunemv.geometry.projection import bilinear_sample
+from tunemv.neus.aggregation import aggregate_mean_var, gather_view_features
 
 
 def pixel_coordinate_maps(num_views: int, height: int, width: int) -> torch.Tensor:

@@ -7,7 +7,7 @@ import trimesh
 
 from tunemv.data.render import render_sdf
 from tunemv.data.sdf import Box, Sphere
-from tunemv.neus.cameras import orbit
+from tunemv.geometry.cameras import orbit
 from tunemv.neus.mesh import colored_mesh, export_mesh, extract_mesh, sdf_grid, vertex_colors
 
 

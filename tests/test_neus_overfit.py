@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from tunemv.data.procedural import make_object
 from tunemv.data.render import render_sdf
-from tunemv.neus.cameras import orbit
+from tunemv.geometry.cameras import orbit
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 from tunemv.neus.losses import NeuSLoss
 from tunemv.neus.mesh import extract_mesh

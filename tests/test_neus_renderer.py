@@ -5,9 +5,10 @@ import torch
 
 from tunemv.data.render import render_sdf
 from tunemv.data.sdf import Box, Sphere
-from tunemv.neus.cameras import orbit
+from tunemv.geometry.cameras import orbit
+from tunemv.geometry.rays import near_far_from_sphere
+from tunemv.neus.ray_samplers import neus_upsample, sample_along_rays, sample_pdf
 from tunemv.neus.renderer import AnalyticField, RaySamplingConfig, neus_alpha, render_rays, render_views
-from tunemv.neus.sampling import near_far_from_sphere, neus_upsample, sample_along_rays, sample_pdf
 
 WHITE = torch.ones(3)
 RED = (1.0, 0.0, 0.0)

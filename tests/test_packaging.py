@@ -11,7 +11,7 @@ import pytest
 from tunemv.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ("data", "neus", "adapters", "sampling", "evaluation", "foundation")
+SUBPACKAGES = ("geometry", "data", "neus", "adapters", "sampling", "evaluation", "foundation")
 
 
 def readme_quick_start() -> list[str]:
@@ -33,7 +33,7 @@ def test_editable_install_maps_folders_to_subpackages():
     for name in SUBPACKAGES:
         module = __import__(f"tunemv.{name}", fromlist=["_"])
         assert Path(module.__file__).parent == REPO / name
-    assert tunemv.Cameras.__module__ == "tunemv.neus.cameras"
+    assert tunemv.Cameras.__module__ == "tunemv.geometry.cameras"
 
 
 def test_built_wheel_contains_and_imports_every_subpackage(tmp_path):
@@ -43,11 +43,11 @@ def test_built_wheel_contains_and_imports_every_subpackage(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for name in SUBPACKAGES:
         assert f"tunemv/{name}/__init__.py" in names
-    assert "tunemv/data/format.py" in names and "tunemv/neus/cameras.py" in names
+    assert "tunemv/data/format.py" in names and "tunemv/geometry/cameras.py" in names
     assert not any(n.startswith(("tests/", "data/", "neus/")) for n in names)
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    code = ("import tunemv.data.format, tunemv.neus.cameras, tunemv.adapters, tunemv.sampling, tunemv.cli; "
+    code = ("import tunemv.data.format, tunemv.geometry.cameras, tunemv.adapters, tunemv.sampling, tunemv.cli; "
             "print(tunemv.data.format.__file__)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": ""},
                          capture_output=True, text=True, check=True)

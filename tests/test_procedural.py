@@ -10,7 +10,7 @@ from tunemv.data.generate import generate_procedural_dataset
 from tunemv.data.procedural import CATEGORIES, COLOURS, OBJECT_RADIUS, make_object
 from tunemv.data.render import render_sdf
 from tunemv.data.sdf import Box, Capsule, Cone, Cylinder, Sphere, Torus, bounding_box
-from tunemv.neus.cameras import orbit
+from tunemv.geometry.cameras import orbit
 
 
 @pytest.mark.parametrize("shape, point, expected", [

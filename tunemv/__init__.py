@@ -9,8 +9,8 @@ from tunemv._lazy import lazy_getattr
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Cameras": "tunemv.neus.cameras",
-    "orbit": "tunemv.neus.cameras",
+    "Cameras": "tunemv.geometry.cameras",
+    "orbit": "tunemv.geometry.cameras",
     "LatentSparseNeuS": "tunemv.neus.latent_sparseneus",
     "NeuSLoss": "tunemv.neus.losses",
     "extract_mesh": "tunemv.neus.mesh",

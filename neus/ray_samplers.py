@@ -1,4 +1,4 @@
-"""Where to put samples along rays: bounding-sphere near/far, stratified bins, NeuS importance sampling.
+"""Where to put samples along rays: stratified bins, NeuS importance sampling (near/far: ``geometry.rays``).
 
 All functions are batched over any leading ray dims and contain no Python loop over rays or samples.
 """
@@ -6,23 +6,6 @@ All functions are batched over any leading ray dims and contain no Python loop o
 from __future__ import annotations
 
 import torch
-
-
-def near_far_from_sphere(origins: torch.Tensor, directions: torch.Tensor, radius: float = 1.0,
-                         min_near: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Ray–sphere intersection for (..., 3) rays with unit ``directions``.
-
-    Returns ``near``, ``far`` (...) and ``hit`` (...), true where the ray crosses the sphere. A ray that misses
-    gets ``near == far`` at its closest approach, so its samples collapse to one point and it renders nothing.
-    A camera inside the sphere starts at ``min_near``.
-    """
-    b = (origins * directions).sum(-1)
-    c = (origins * origins).sum(-1) - radius**2
-    disc = b * b - c
-    root = disc.clamp(min=0).sqrt()
-    near = (-b - root).clamp(min=min_near)
-    far = torch.maximum((-b + root).clamp(min=min_near), near)
-    return near, far, disc > 0
 
 
 def sample_along_rays(near: torch.Tensor, far: torch.Tensor, num_samples: int, stratified: bool,
