@@ -4,7 +4,7 @@ from tunemv._lazy import lazy_getattr
 
 _EXPORTS = {
     "Backbone": "tunemv.adapters.backbones",
-    "PromptEmbeddings": "tunemv.adapters.backbones",
+    "Text": "tunemv.adapters.text",
     "ModelError": "tunemv.adapters.backbones",
     "ControlBranch": "tunemv.adapters.control_branch",
     "ControlResiduals": "tunemv.adapters.control_branch",

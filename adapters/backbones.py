@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from einops import rearrange
 from packaging.version import Version
 from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel
 
+from tunemv.adapters.text import Text
 from tunemv.errors import TunemvError
 
 FAMILIES = ("sd", "sdxl", "if")
@@ -36,12 +36,6 @@ _DTYPE_KWARG = "dtype" if Version(transformers.__version__) >= Version("4.56") e
 
 class ModelError(TunemvError, ValueError):
     """A backbone that cannot be loaded or does not fit together; the message starts with its path."""
-
-
-@dataclass
-class PromptEmbeddings:
-    hidden_states: torch.Tensor  # (N, L, D) the UNet's ``encoder_hidden_states``
-    added_cond_kwargs: dict[str, torch.Tensor] | None = None  # SDXL: text_embeds (N, P), time_ids (N, 6)
 
 
 class Backbone(torch.nn.Module):
@@ -173,7 +167,7 @@ class Backbone(torch.nn.Module):
     # ---- prompts -----------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompt(self, prompts: str | Sequence[str],
-                      image_size: tuple[int, int] | None = None) -> PromptEmbeddings:
+                      image_size: tuple[int, int] | None = None) -> Text:
         """Text embeddings in the UNet's dtype and device, each distinct prompt encoded once (cached).
 
         ``image_size`` (H, W) is SDXL's micro-conditioning (original and target size); default: the
@@ -197,11 +191,11 @@ class Backbone(torch.nn.Module):
         to_unet = dict(device=self.device, dtype=self.dtype)
         hidden_states = torch.stack([found[prompt][0] for prompt in prompts]).to(**to_unet)
         if self.family != "sdxl":
-            return PromptEmbeddings(hidden_states)
+            return Text(hidden_states)
         height, width = image_size or (self.image_resolution, self.image_resolution)
         time_ids = torch.tensor([[height, width, 0, 0, height, width]], **to_unet)  # original, crop, target
         text_embeds = torch.stack([found[prompt][1] for prompt in prompts]).to(**to_unet)
-        return PromptEmbeddings(hidden_states, {"text_embeds": text_embeds, "time_ids": time_ids.repeat(len(prompts), 1)})
+        return Text(hidden_states, {"text_embeds": text_embeds, "time_ids": time_ids.repeat(len(prompts), 1)})
 
     def clear_prompt_cache(self) -> None:
         self._prompt_cache.clear()

@@ -23,6 +23,7 @@ from torch import nn
 
 from tunemv.adapters.control_branch import ControlBranch, ControlResiduals
 from tunemv.adapters.cross_view_attention import CrossViewInputs
+from tunemv.adapters.text import Text
 from tunemv.adapters.unet_halves import decode, encode
 from tunemv.geometry.cameras import Cameras
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS, LatentSparseNeuSOutput
@@ -47,29 +48,6 @@ class GuidancePredictions:
     cond: dict[str, torch.Tensor]  # mode -> (B, V, Cp, h, w) with the prompt
     uncond: dict[str, torch.Tensor]  # mode -> the same with the unconditional prompt; empty without one
     neus: LatentSparseNeuSOutput | None  # the "mv" renders (text-free, so shared by cond and uncond)
-
-
-@dataclass
-class Text:
-    """Per-object text conditioning: (B, L, D) hidden states plus SDXL-style added kwargs of (B, ...)."""
-
-    hidden_states: torch.Tensor
-    added_cond_kwargs: dict[str, torch.Tensor] | None = None
-
-    def per_view(self, views: int) -> Text:
-        added = None if self.added_cond_kwargs is None else {
-            key: value.repeat_interleave(views, dim=0) for key, value in self.added_cond_kwargs.items()}
-        return Text(repeat(self.hidden_states, "b l d -> (b v) l d", v=views), added)
-
-    @staticmethod
-    def cat(texts: Sequence[Text]) -> Text:
-        added = None if texts[0].added_cond_kwargs is None else {
-            key: torch.cat([t.added_cond_kwargs[key] for t in texts]) for key in texts[0].added_cond_kwargs}
-        return Text(torch.cat([t.hidden_states for t in texts]), added)
-
-    def __getitem__(self, index: slice) -> Text:
-        added = None if self.added_cond_kwargs is None else {k: v[index] for k, v in self.added_cond_kwargs.items()}
-        return Text(self.hidden_states[index], added)
 
 
 class MultiviewDenoiser(nn.Module):
@@ -152,13 +130,10 @@ class MultiviewDenoiser(nn.Module):
         return DenoiserOutput(prediction[:, :, : self.prediction_channels], renders)
 
     # ------------------------------------------------------------------------------------ shared encoder
-    def predict(self, noisy_views: torch.Tensor, timesteps: torch.Tensor, cameras: Cameras,
-                encoder_hidden_states: torch.Tensor, modes: Sequence[str] = MODES,
-                uncond_encoder_hidden_states: torch.Tensor | None = None,
-                added_cond_kwargs: dict[str, torch.Tensor] | None = None,
-                uncond_added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+    def predict(self, noisy_views: torch.Tensor, timesteps: torch.Tensor, cameras: Cameras, text: Text,
+                modes: Sequence[str] = MODES, uncond: Text | None = None,
                 cond_only: Collection[str] = ()) -> GuidancePredictions:
-        """Every requested mode, with and (given ``uncond_*``) without the prompt, from one encoder pass.
+        """Every requested mode, with ``text`` and (given ``uncond``) without the prompt, from one encoder pass.
 
         The frozen encoder half runs once per distinct input (prompt and, for CFG, the empty prompt), the
         branch once per non-2d mode and NeuS once; the decoder half runs once per mode. Modes in
@@ -166,13 +141,11 @@ class MultiviewDenoiser(nn.Module):
         saves their branch and decoder passes on the unconditional copy.
         """
         for mode in modes:
-            check_inputs(noisy_views, timesteps, cameras, encoder_hidden_states, mode)
+            check_inputs(noisy_views, timesteps, cameras, text.hidden_states, mode)
         if len(set(modes)) != len(modes) or not modes:
             raise ValueError(f"modes must be distinct and non-empty, got {tuple(modes)}")
         batch, views = timesteps.shape
-        texts = [Text(encoder_hidden_states, added_cond_kwargs)]
-        if uncond_encoder_hidden_states is not None:
-            texts.append(Text(uncond_encoder_hidden_states, uncond_added_cond_kwargs))
+        texts = [text] if uncond is None else [text, uncond]
         copies = len(texts)
         # Inputs ordered (text, b, v): the same views under each prompt.
         text = Text.cat(texts).per_view(views)

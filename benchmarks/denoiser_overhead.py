@@ -90,6 +90,8 @@ def build_from_args(args: argparse.Namespace):
 
 
 def main() -> None:
+    from tunemv.adapters.text import Text
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_denoiser_arguments(parser)
     args = parser.parse_args()
@@ -103,7 +105,7 @@ def main() -> None:
         mv = timed(lambda: denoiser(x, t, cameras, text, mode="mv"), args.repeats, args.device)
         neus = timed(lambda: denoiser.render_condition(x, t, cameras), args.repeats, args.device)
         separate = timed(lambda: [denoiser(x, t, cameras, text, mode=m) for m in modes], args.repeats, args.device)
-        shared = timed(lambda: denoiser.predict(x, t, cameras, text, modes=modes), args.repeats, args.device)
+        shared = timed(lambda: denoiser.predict(x, t, cameras, Text(text), modes=modes), args.repeats, args.device)
 
     print(f"{args.config} UNet, {args.views} views of 4 x {args.latent} x {args.latent} latents, {args.dtype} on "
           f"{args.device} ({platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}); "

@@ -20,6 +20,7 @@ import platform
 import torch
 from denoiser_overhead import add_denoiser_arguments, build_from_args, timed
 
+from tunemv.adapters.text import Text
 from tunemv.sampling.samplers import ConsistencySampler
 
 
@@ -34,7 +35,7 @@ def main() -> None:
     cond_only = ConsistencySampler.cond_only_modes  # what the samplers pass
 
     def shared(modes):
-        return lambda: denoiser.predict(x, t, cameras, text, modes=modes, uncond_encoder_hidden_states=uncond,
+        return lambda: denoiser.predict(x, t, cameras, Text(text), modes=modes, uncond=Text(uncond),
                                         cond_only=cond_only)
 
     def naive(modes):

@@ -56,8 +56,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_flush_denormal(True)
 
-    from tunemv.adapters.training import MultiviewAdapterSystem
     from tunemv.geometry.cameras import Cameras, orbit
+    from tunemv.training.system import MultiviewAdapterSystem
 
     objects = 1
     if args.config:

@@ -29,25 +29,30 @@ import torch
 
 IN_SET = ("a red chair", "a blue chair", "a green chair", "a yellow chair", "a purple chair", "a black chair")
 OUT_OF_SET = ("a red table", "a blue mug", "a green vase", "a yellow lamp", "a purple stool", "an orange torus")
-# (name, model, sampler options); "adapter" is the adapter on the frozen backbone, "full" the baseline.
+
+
+def consistency(ratio: float, scale: float) -> dict:
+    return {"sampler": "consistency", "sampler_options": {"consistency_ratio": ratio, "consistency_scale": scale}}
+
+
+def mixed(kind: str, start: float, end: float) -> dict:
+    from tunemv.sampling.guidance import MixSchedule
+
+    return {"sampler": "mixed", "sampler_options": {"schedule": MixSchedule(kind, start, end)}}
+
+
+# (name, model, pipeline options); "adapter" is the adapter on the frozen backbone, "full" the baseline.
 # K = 0 is not a row: with no guided step "consistency" is "mv" bit for bit (tests/test_sampling.py).
 VARIANTS: tuple[tuple[str, str, dict], ...] = (
     ("2d (frozen backbone)", "adapter", {"sampler": "2d"}),
     ("mv", "adapter", {"sampler": "mv"}),
-    ("consistency K=0.25 a=5", "adapter", {"sampler": "consistency", "consistency_ratio": 0.25,
-                                           "consistency_scale": 5.0}),
-    ("consistency K=0.5 a=2", "adapter", {"sampler": "consistency", "consistency_ratio": 0.5,
-                                          "consistency_scale": 2.0}),
-    ("consistency K=0.5 a=5", "adapter", {"sampler": "consistency", "consistency_ratio": 0.5,
-                                          "consistency_scale": 5.0}),
-    ("consistency K=0.5 a=10", "adapter", {"sampler": "consistency", "consistency_ratio": 0.5,
-                                           "consistency_scale": 10.0}),
-    ("mixed constant λ=0.5", "adapter", {"sampler": "mixed", "mix_schedule": "constant", "mix_start": 0.5,
-                                         "mix_end": 0.5}),
-    ("mixed linear λ 0→1", "adapter", {"sampler": "mixed", "mix_schedule": "linear", "mix_start": 0.0,
-                                       "mix_end": 1.0}),
-    ("mixed seed002 λ 0.2→1", "adapter", {"sampler": "mixed", "mix_schedule": "seed002", "mix_start": 0.2,
-                                          "mix_end": 1.0}),
+    ("consistency K=0.25 a=5", "adapter", consistency(0.25, 5.0)),
+    ("consistency K=0.5 a=2", "adapter", consistency(0.5, 2.0)),
+    ("consistency K=0.5 a=5", "adapter", consistency(0.5, 5.0)),
+    ("consistency K=0.5 a=10", "adapter", consistency(0.5, 10.0)),
+    ("mixed constant λ=0.5", "adapter", mixed("constant", 0.5, 0.5)),
+    ("mixed linear λ 0→1", "adapter", mixed("linear", 0.0, 1.0)),
+    ("mixed quadratic λ 0.2→1", "adapter", mixed("quadratic", 0.2, 1.0)),
     ("full fine-tune (baseline), mv", "full", {"sampler": "mv"}),
 )
 METRICS = ("hull_iou", "photo_psnr", "prompt_category", "prompt_colour")

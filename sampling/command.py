@@ -43,16 +43,24 @@ def add_sample_parser(commands) -> None:
                      "the backbone family's own: ddpm for pixel-space IF-family models, ddim otherwise)")
     how.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
     how.add_argument("--guidance-scale", type=float, default=7.5, help="text CFG scale w (default: 7.5)")
-    how.add_argument("--consistency-scale", type=float, default=7.5, help="consistency guidance α (default: 7.5)")
-    how.add_argument("--consistency-ratio", type=float, default=None,
-                     help="fraction K of steps with consistency guidance (default: the sampler's)")
-    how.add_argument("--mix-schedule", default="seed002", help="λ(t) of the mixed sampler: constant, linear, "
-                     "cosine, seed002 (default: seed002)")
-    how.add_argument("--mix-start", type=float, default=0.2, help="λ at pure noise (default: 0.2)")
-    how.add_argument("--mix-end", type=float, default=1.0, help="λ at the clean image (default: 1.0)")
-    how.add_argument("--two-d-model", help="another 2D backbone for the mixed sampler's ε_2d")
-    how.add_argument("--refine-rounds", type=int, default=2, help="refine sampler rounds (default: 2)")
-    how.add_argument("--refine-strength", type=float, default=0.5, help="refine re-noising strength (default: 0.5)")
+    options = sample.add_argument_group(
+        "sampler options", "each maps onto the chosen sampler's own option; a sampler without it refuses it")
+    options.add_argument("--consistency-scale", type=float, default=None,
+                         help="consistency guidance α: consistency_scale (default: the sampler's, 7.5)")
+    options.add_argument("--consistency-ratio", type=float, default=None,
+                         help="fraction K of steps with consistency guidance: consistency_ratio (default: the "
+                              "sampler's, 0.5 for consistency, 0 otherwise)")
+    options.add_argument("--mix-schedule", default=None, help="λ(t) of the mixed sampler: constant, linear, "
+                         "cosine, quadratic (alias seed002) (default: quadratic)")
+    options.add_argument("--mix-start", type=float, default=None, help="λ at pure noise (default: 0.2)")
+    options.add_argument("--mix-end", type=float, default=None, help="λ at the clean image (default: 1.0)")
+    options.add_argument("--two-d-model", default=None, help="another 2D backbone for ε_2d (mixed, 2d): two_d_model")
+    options.add_argument("--refine-rounds", type=int, default=None, help="refine rounds: rounds (default: 2)")
+    options.add_argument("--refine-strength", type=float, default=None,
+                         help="refine re-noising strength: strength (default: 0.5)")
+    options.add_argument("--sampler-option", action="append", default=[], metavar="KEY=VALUE",
+                         help="any option of the sampler, typed by its signature (repeatable), e.g. a plugin's "
+                              "--sampler-option decay=0.8")
     how.add_argument("--seed", type=int, default=0, help="the result is a function of the seed (default: 0)")
     how.add_argument("--batch-size", type=int, default=1, help="prompts per sampling call (default: 1)")
     how.add_argument("--view-chunk", type=int, default=None, help="images per UNet call (bounds memory)")
@@ -93,18 +101,38 @@ def _backbone_from_config(path: str) -> str | None:
     return backbone
 
 
-def check_names(args: argparse.Namespace) -> None:
-    """Unknown sampler, scheduler or mix-schedule names fail here, with what is available."""
+FLAG_OPTIONS = {"consistency_scale": "consistency_scale", "consistency_ratio": "consistency_ratio",
+                "two_d_model": "two_d_model", "refine_rounds": "rounds", "refine_strength": "strength"}
+
+
+def sampler_options(args: argparse.Namespace) -> dict:
+    """The sampler's options from the flags the user set (unset flags leave the sampler's own defaults) and
+    ``--sampler-option``; checked against the sampler's signature."""
     from tunemv.sampling.guidance import MixSchedule
+    from tunemv.sampling.options import check_options, parse_option_strings
     from tunemv.sampling.registry import get_sampler
+
+    options = {option: getattr(args, flag) for flag, option in FLAG_OPTIONS.items() if getattr(args, flag) is not None}
+    mix = {"kind": args.mix_schedule, "start": args.mix_start, "end": args.mix_end}
+    if any(value is not None for value in mix.values()):
+        try:
+            options["schedule"] = MixSchedule(**{key: value for key, value in mix.items() if value is not None})
+        except ValueError as error:
+            raise TunemvError(str(error)) from error
+    check_options(args.sampler, get_sampler(args.sampler), options)
+    return options | parse_option_strings(args.sampler, args.sampler_option)
+
+
+def check_names(args: argparse.Namespace) -> dict:
+    """Unknown sampler, scheduler or option names and bad option values fail here, with what is available;
+    returns the sampler's options."""
+    from tunemv.sampling.options import build_sampler
     from tunemv.sampling.schedulers import make_scheduler
 
-    get_sampler(args.sampler)
+    options = sampler_options(args)
+    build_sampler(args.sampler, options)  # cheap: models an option names load when it runs
     make_scheduler(args.scheduler, {})
-    try:
-        MixSchedule(args.mix_schedule, args.mix_start, args.mix_end)
-    except ValueError as error:
-        raise TunemvError(str(error)) from error
+    return options
 
 
 def load_pipeline(args: argparse.Namespace):
@@ -126,7 +154,7 @@ def run_sample(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     if args.batch_size < 1 or args.steps < 1 or args.num_views < 1:
         raise TunemvError("--batch-size, --steps and --num-views must be >= 1")
-    check_names(args)  # before minutes of model loading
+    chosen = check_names(args)  # before minutes of model loading
     if args.quiet:
         import diffusers
         import transformers
@@ -138,13 +166,10 @@ def run_sample(args: argparse.Namespace) -> int:
     pipe.to(device)
     options = dict(num_views=args.num_views, cameras=args.cameras, reference_images=args.image or None,
                    elevation=args.elevation, radius=args.radius, fov=args.fov, azimuth_start=args.azimuth_start,
-                   sampler=args.sampler, scheduler=args.scheduler, steps=args.steps,
-                   guidance_scale=args.guidance_scale, consistency_scale=args.consistency_scale,
-                   consistency_ratio=args.consistency_ratio, mix_schedule=args.mix_schedule,
-                   mix_start=args.mix_start, mix_end=args.mix_end, two_d_model=args.two_d_model,
-                   refine_rounds=args.refine_rounds, refine_strength=args.refine_strength,
-                   negative_prompt=args.negative_prompt, view_chunk_size=args.view_chunk)
-    settings = {key: value for key, value in options.items() if key not in ("reference_images",)}
+                   sampler=args.sampler, sampler_options=chosen, scheduler=args.scheduler, steps=args.steps,
+                   guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt,
+                   view_chunk_size=args.view_chunk)
+    settings = {key: value for key, value in options.items() if key != "reference_images"}  # JSON: repr of others
     settings.update(images=args.image, seed=args.seed, backbone=pipe.backbone.name_or_path)
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
     for start in range(0, len(prompts), args.batch_size):

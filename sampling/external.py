@@ -1,4 +1,5 @@
-"""ε_2d from another 2D model for the mixed sampler (seed 002 eq. 2): e.g. a stronger or fine-tuned sibling.
+"""ε_2d from another 2D model for the mixed and 2d samplers (Distillation-free Text-to-3D, eq. 2): e.g. a stronger
+or fine-tuned sibling.
 
 Mixing scores only makes sense in one space and one noise process, so the other model must share the
 backbone's latent space (family, channels, VAE scaling), resolution and noise schedule; anything else is
@@ -7,11 +8,14 @@ refused with the mismatch named. Its own text encoder and parameterisation are u
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
+
 import torch
 from einops import rearrange
 
 from tunemv.adapters.backbones import Backbone, ModelError
 from tunemv.sampling.algebra import to_epsilon
+from tunemv.sampling.score import Epsilons
 
 
 def check_same_space(backbone: Backbone, other: Backbone) -> None:
@@ -39,7 +43,10 @@ def check_same_space(backbone: Backbone, other: Backbone) -> None:
 
 
 class ExternalTwoDScore:
-    """``(x_t (B, V, C, h, w), timesteps (B, V)) -> (ε(c), ε(∅) or None)`` from another backbone's UNet."""
+    """ε of another backbone's UNet, mode "2d" only, for one job's prompts: the same interface as
+    ``MultiviewScore``."""
+
+    modes = ("2d",)
 
     def __init__(self, model: Backbone, prompts: list[str], negative_prompts: list[str] | None,
                  view_chunk: int | None = None):
@@ -48,24 +55,37 @@ class ExternalTwoDScore:
         self.uncond = None if negative_prompts is None else model.encode_prompt(negative_prompts)
 
     @torch.no_grad()
-    def __call__(self, sample: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __call__(self, sample: torch.Tensor, timesteps: torch.Tensor, modes: Sequence[str] = ("2d",),
+                 guided: bool = True, cond_only: Collection[str] = ()) -> Epsilons:
+        if tuple(modes) != self.modes:
+            raise ValueError(f"{self.model.name_or_path}: another 2D model only predicts mode '2d', not {tuple(modes)}")
         _batch, views = timesteps.shape
-        outputs = [self._epsilon(sample, timesteps, text, views) for text in (self.cond, self.uncond) if text]
-        return outputs[0], outputs[1] if len(outputs) > 1 else None
+        cond = {"2d": self._epsilon(sample, timesteps, self.cond, views)}
+        uncond = {"2d": self._epsilon(sample, timesteps, self.uncond, views)} \
+            if guided and self.uncond is not None and "2d" not in cond_only else {}
+        return Epsilons(cond, uncond)
+
+    @classmethod
+    def for_job(cls, model: str | Backbone, backbone: Backbone, prompts: list[str],
+                negative_prompts: list[str] | None, view_chunk: int | None = None) -> ExternalTwoDScore:
+        """Load ``model`` (a hub id, a folder or a loaded ``Backbone``) beside ``backbone``, refusing one from
+        another space."""
+        other = model if isinstance(model, Backbone) else Backbone.from_pretrained(
+            model, torch_dtype=backbone.dtype, device=backbone.device)
+        check_same_space(backbone, other)
+        return cls(other, prompts, negative_prompts, view_chunk)
 
     def _epsilon(self, sample, timesteps, text, views: int) -> torch.Tensor:
         model = self.model
         flat = rearrange(sample, "b v c h w -> (b v) c h w").to(model.dtype)
         flat_t = rearrange(timesteps, "b v -> (b v)")
-        hidden = text.hidden_states.repeat_interleave(views, 0)
-        added = None if text.added_cond_kwargs is None else {
-            k: v.repeat_interleave(views, 0) for k, v in text.added_cond_kwargs.items()}
+        per_view = text.per_view(views)
         step = self.view_chunk or len(flat)
         parts = []
         for start in range(0, len(flat), step):
             part = slice(start, start + step)
-            part_added = None if added is None else {k: v[part] for k, v in added.items()}
-            parts.append(model.split_prediction(model.unet(flat[part], flat_t[part], hidden[part],
-                                                            added_cond_kwargs=part_added).sample))
+            part_text = per_view[part]
+            parts.append(model.split_prediction(model.unet(flat[part], flat_t[part], part_text.hidden_states,
+                                                            added_cond_kwargs=part_text.added_cond_kwargs).sample))
         prediction = rearrange(torch.cat(parts), "(b v) c h w -> b v c h w", v=views).to(sample.dtype)
         return to_epsilon(prediction, sample, timesteps, model.noise_scheduler.alphas_cumprod, model.prediction_type)

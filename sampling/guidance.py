@@ -1,10 +1,10 @@
-"""Guidance pieces, per step and per view, all in ε (seed 003 §3.3, seed 002 §3.3–3.4).
+"""Guidance pieces, per step and per view, all in ε (TuneMV3D §3.3; Distillation-free Text-to-3D §3.3–3.4).
 
 - text CFG:            ε_m = ε_m(∅) + w·(ε_m(c) − ε_m(∅))
-- mixed score:         ε = λ(t)·ε_mv + (1 − λ(t))·ε_2d                    (seed 002 eq. 2)
+- mixed score:         ε = λ(t)·ε_mv + (1 − λ(t))·ε_2d                    (Distillation-free Text-to-3D eq. 2)
 - consistency guidance ε ← ε + α·(ε_mv(c) − ε_ind(c)) on a fraction K of the steps, spread uniformly.
   For a DDIM step, x_{t−1} is affine in ε with the same coefficient for every ε, so this is exactly
-  seed 003 eq. 4, x̂ = x + α(x − x̄), with x and x̄ the steps taken with ε_mv(c) and ε_ind(c).
+  TuneMV3D eq. 4, x̂ = x + α(x − x̄), with x and x̄ the steps taken with ε_mv(c) and ε_ind(c).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-MIX_SCHEDULES = ("constant", "linear", "cosine", "seed002")
+MIX_SCHEDULES = ("constant", "linear", "cosine", "quadratic")
+MIX_SCHEDULE_ALIASES = {"seed002": "quadratic"}  # the name it had before the papers were cited by name
 
 
 @dataclass(frozen=True)
@@ -25,15 +26,17 @@ class MixSchedule:
     - "constant": λ = end, whatever t;
     - "linear":   λ = end + (start − end)·τ;
     - "cosine":   λ = end + (start − end)·(1 − cos(πτ))/2, flat at both ends;
-    - "seed002":  λ = start + (end − start)·(1 − τ)², small for the high-noise steps and growing fast as t → 0,
-      our reading of seed 002 §3.4 ("a relatively smaller value, gradually increasing as T decreases").
+    - "quadratic": λ = start + (end − start)·(1 − τ)², small for the high-noise steps and growing fast as
+      t → 0, our reading of Distillation-free Text-to-3D §3.4 ("a relatively smaller value, gradually
+      increasing as T decreases"); "seed002" is an alias.
     """
 
-    kind: str = "seed002"
+    kind: str = "quadratic"
     start: float = 0.2
     end: float = 1.0
 
     def __post_init__(self):
+        object.__setattr__(self, "kind", MIX_SCHEDULE_ALIASES.get(self.kind, self.kind))
         if self.kind not in MIX_SCHEDULES:
             raise ValueError(f"unknown mix schedule {self.kind!r}; choose one of {', '.join(MIX_SCHEDULES)}")
         for name in ("start", "end"):
@@ -46,14 +49,19 @@ class MixSchedule:
 
     def __call__(self, timestep: float, num_train_timesteps: int) -> float:
         tau = min(max(float(timestep) / num_train_timesteps, 0.0), 1.0)
-        ramp = {"constant": 0.0, "linear": tau, "cosine": (1 - math.cos(math.pi * tau)) / 2, "seed002": 1 - (1 - tau) ** 2}
+        ramp = {"constant": 0.0, "linear": tau, "cosine": (1 - math.cos(math.pi * tau)) / 2,
+                "quadratic": 1 - (1 - tau) ** 2}
         return self.end + (self.start - self.end) * ramp[self.kind]
+
+
+def check_ratio(ratio: float) -> None:
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"consistency_ratio must be in [0, 1], got {ratio}")
 
 
 def consistency_steps(num_steps: int, ratio: float) -> frozenset[int]:
     """The indices of round(ratio·n) of n steps, spread uniformly: K = 0.5 of 10 -> {1, 3, 5, 7, 9}."""
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"consistency_ratio must be in [0, 1], got {ratio}")
+    check_ratio(ratio)
     count = round(ratio * num_steps)
     return frozenset(int((j + 0.5) * num_steps / count) for j in range(count)) if count else frozenset()
 

@@ -1,7 +1,8 @@
 """What a sampler is given (``SamplingJob``) and the denoising loop every built-in sampler shares.
 
-A sampler is registered as a factory (usually its class): ``get_sampler(name)()`` is an object whose
-``__call__(job) -> SamplingResult`` turns the job's noise into clean views. Plugin authors usually subclass
+A sampler is registered as a factory (usually its class) whose keyword arguments are its own options:
+``get_sampler(name)(**options)`` is an object whose ``__call__(job) -> SamplingResult`` turns the job's noise
+into clean views. The job holds only what every sampler needs; plugin authors usually subclass
 ``GuidedSampler`` (in ``samplers``) and override ``modes`` and ``combine``; the loop below handles the
 scheduler, clean reference views, progress and callbacks.
 """
@@ -10,49 +11,37 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from diffusers import SchedulerMixin
 from einops import rearrange
 from tqdm.auto import tqdm
 
-from tunemv.adapters.denoiser import MultiviewDenoiser, Text
+from tunemv.adapters.text import Text
 from tunemv.geometry.cameras import Cameras
-from tunemv.sampling.guidance import MixSchedule
-
-# (model input x_t (B, V, C, h, w), timesteps (B, V)) -> (ε with the prompt, ε without it or None)
-TwoDScore = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+from tunemv.sampling.score import MultiviewScore
 
 
 @dataclass
 class SamplingJob:
     """Everything one sampling run needs. Shapes: B objects, V views, C channels, h x w model-space size.
 
-    ``noise`` is x_T before ``init_noise_sigma``; ``references`` (B, V) marks clean reference views whose
-    ``reference_latents`` enter every step at t = 0 and come back unchanged; ``two_d`` replaces the frozen
-    backbone's own "2d" score with another 2D model's (the mixed sampler); ``consistency_ratio`` None means
-    the sampler's own default.
+    ``score`` is the multiview denoiser's ε for this job's cameras and text; ``noise`` is x_T before
+    ``init_noise_sigma``; ``references`` (B, V) marks clean reference views whose ``reference_latents`` enter
+    every step at t = 0 and come back unchanged. ``prompts`` and ``negative_prompts`` (None: no classifier-free
+    guidance) are the text as strings, for samplers that bring a model with its own text encoder.
     """
 
-    denoiser: MultiviewDenoiser
+    score: MultiviewScore
     scheduler: SchedulerMixin  # built with prediction_type="epsilon" (see ``schedulers``)
     noise: torch.Tensor  # (B, V, C, h, w)
-    cameras: Cameras  # [B, V]
-    text: Text  # (B, L, D) with the prompt
-    uncond_text: Text | None  # the empty prompt; None: no classifier-free guidance
-    alphas_cumprod: torch.Tensor  # (T,) the backbone's training schedule, for the ε algebra
-    prediction_type: str  # the backbone's parameterisation
+    prompts: list[str]
+    negative_prompts: list[str] | None = None
     steps: int = 50
     guidance_scale: float = 7.5
-    consistency_scale: float = 7.5
-    consistency_ratio: float | None = None
-    mix_schedule: MixSchedule = field(default_factory=MixSchedule)
     references: torch.Tensor | None = None  # (B, V) bool
     reference_latents: torch.Tensor | None = None  # (B, V, C, h, w), used where ``references``
-    two_d: TwoDScore | None = None
-    refine_rounds: int = 2
-    refine_strength: float = 0.5
     eta: float = 0.0  # DDIM's stochasticity
     generator: torch.Generator | None = None
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None  # (step, t, latents)
@@ -64,14 +53,29 @@ class SamplingJob:
         if self.noise.dim() != 5 or tuple(self.noise.shape[:2]) != tuple(self.cameras.shape):
             raise ValueError(f"noise must be (B, V, C, h, w) matching cameras {list(self.cameras.shape)}, "
                              f"got {list(self.noise.shape)}")
+        if len(self.prompts) != self.noise.shape[0]:
+            raise ValueError(f"{len(self.prompts)} prompts for {self.noise.shape[0]} objects")
         if (self.references is None) != (self.reference_latents is None):
             raise ValueError("references and reference_latents go together")
         if self.references is not None and self.references.all(dim=1).any():
             raise ValueError("every object needs at least one view to generate; all of its views are references")
 
     @property
+    def cameras(self) -> Cameras:  # [B, V] at model resolution
+        return self.score.cameras
+
+    @property
+    def text(self) -> Text:
+        return self.score.text
+
+    @property
+    def guided(self) -> bool:
+        """Whether steps use classifier-free guidance (and so predict without the prompt too)."""
+        return self.guidance_scale > 1.0 and self.negative_prompts is not None
+
+    @property
     def num_train_timesteps(self) -> int:
-        return len(self.alphas_cumprod)
+        return self.score.num_train_timesteps
 
     def keep_references(self, latents: torch.Tensor) -> torch.Tensor:
         """``latents`` with the reference views replaced by their clean latents (bit-exact)."""
@@ -81,7 +85,7 @@ class SamplingJob:
         return torch.where(mask, self.reference_latents.to(latents.dtype), latents)
 
     def view_timesteps(self, t: torch.Tensor) -> torch.Tensor:
-        """(B, V) timesteps: ``t`` for every view, 0 for the clean references (seed 003 §3.4)."""
+        """(B, V) timesteps: ``t`` for every view, 0 for the clean references (TuneMV3D §3.4)."""
         timesteps = t.to(self.noise.device).expand(self.noise.shape[:2]).clone()
         if self.references is not None:
             timesteps[self.references] = 0
@@ -108,7 +112,7 @@ def denoise(job: SamplingJob, epsilon_fn: Callable[[torch.Tensor, torch.Tensor, 
     if start_index and hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start_index * scheduler.order)
     x = job.keep_references(job.noise * scheduler.init_noise_sigma if latents is None else latents)
-    step_kwargs = _step_kwargs(scheduler, job)
+    step_kwargs = step_arguments(scheduler, job.eta, job.generator)
     for index, t in enumerate(tqdm(timesteps, desc=desc, disable=not job.progress, leave=False)):
         model_input = job.keep_references(unflat(scheduler.scale_model_input(flat(x), t)))
         epsilon = epsilon_fn(model_input, job.view_timesteps(t), index, len(timesteps))
@@ -118,12 +122,12 @@ def denoise(job: SamplingJob, epsilon_fn: Callable[[torch.Tensor, torch.Tensor, 
     return x
 
 
-def _step_kwargs(scheduler: SchedulerMixin, job: SamplingJob) -> dict:
+def step_arguments(scheduler: SchedulerMixin, eta: float, generator: torch.Generator | None) -> dict:
     """diffusers' prepare_extra_step_kwargs: eta and the generator, where the scheduler's step takes them."""
     accepted = inspect.signature(scheduler.step).parameters
     kwargs = {}
     if "eta" in accepted:
-        kwargs["eta"] = job.eta
+        kwargs["eta"] = eta
     if "generator" in accepted:
-        kwargs["generator"] = job.generator
+        kwargs["generator"] = generator
     return kwargs

@@ -8,8 +8,7 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,23 +19,24 @@ from einops import rearrange
 
 from tunemv.adapters.backbones import Backbone
 from tunemv.adapters.control_branch import ControlBranch
-from tunemv.adapters.denoiser import MultiviewDenoiser, Text
-from tunemv.errors import TunemvError
+from tunemv.adapters.denoiser import MultiviewDenoiser
+from tunemv.adapters.formats import (
+    ADAPTER_FILE,
+    UNET_PREFIX,
+    AdapterError,
+    load_adapter_modules,
+    read_adapter_folder,
+    read_checkpoint,
+    submodule_state,
+)
 from tunemv.geometry.cameras import Cameras, orbit
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
-from tunemv.sampling.external import ExternalTwoDScore, check_same_space
 from tunemv.sampling.field import MultiviewField, to_unit_range
-from tunemv.sampling.guidance import MixSchedule
 from tunemv.sampling.job import SamplingJob
+from tunemv.sampling.options import build_sampler
 from tunemv.sampling.references import prepare_references
-from tunemv.sampling.registry import get_sampler
 from tunemv.sampling.schedulers import make_scheduler
-
-ADAPTER_FILE = "adapter.json"
-
-
-class AdapterError(TunemvError, ValueError):
-    """An adapter folder that is missing or incomplete."""
+from tunemv.sampling.score import MultiviewScore
 
 
 @dataclass
@@ -65,21 +65,9 @@ class MultiviewPipeline:
                         **backbone_options) -> MultiviewPipeline:
         """Load an adapter folder (``neus/``, ``control_branch/``, ``adapter.json``) and the backbone it names
         (or ``backbone``: a hub id, a folder or a loaded ``Backbone``)."""
-        adapter_dir = Path(adapter_dir)
-        info_path = adapter_dir / ADAPTER_FILE
-        if not info_path.is_file():
-            raise AdapterError(f"{info_path}: missing; an adapter folder is what `tunemv export` writes")
-        try:
-            info = json.loads(info_path.read_text())
-        except json.JSONDecodeError as error:
-            raise AdapterError(f"{info_path}: not valid JSON ({error})") from error
-        for part in ("neus", "control_branch"):
-            if not (adapter_dir / part).is_dir():
-                raise AdapterError(f"{adapter_dir / part}: missing; an adapter folder is what `tunemv export` writes")
-        neus = LatentSparseNeuS.from_pretrained(adapter_dir / "neus").eval()
-        branch = ControlBranch.from_pretrained(adapter_dir / "control_branch").eval()
-        return cls._assemble(backbone or info.get("backbone"), neus, branch, torch_dtype, device, info_path,
-                             **backbone_options)
+        neus, branch, info = read_adapter_folder(adapter_dir)
+        return cls._assemble(backbone or info.get("backbone"), neus, branch, torch_dtype, device,
+                             Path(adapter_dir) / ADAPTER_FILE, **backbone_options)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, backbone: str | Backbone | None = None, ema: bool | None = None,
@@ -87,8 +75,6 @@ class MultiviewPipeline:
                         **backbone_options) -> MultiviewPipeline:
         """Load a ``tunemv fit`` checkpoint directly: its EMA weights when the run kept them (``ema=None``),
         or as ``ema`` says."""
-        from tunemv.adapters.export import UNET_PREFIX, load_adapter_modules, read_checkpoint, submodule_state
-
         data = read_checkpoint(checkpoint)
         neus, branch = load_adapter_modules(data, ema=ema, source=str(checkpoint))
         unet = submodule_state(data["state_dict"], UNET_PREFIX)
@@ -127,20 +113,22 @@ class MultiviewPipeline:
     def __call__(self, prompt: str | Sequence[str], num_views: int = 8, cameras: Cameras | str | Path | None = None,
                  reference_images: Any = None, reference_views: Sequence[int] | None = None,
                  elevation: float = 20.0, radius: float = 2.2, fov: float = 50.0, azimuth_start: float = 0.0,
-                 sampler: str = "mv", scheduler: str = "auto", steps: int = 50, guidance_scale: float = 7.5,
-                 consistency_scale: float = 7.5, consistency_ratio: float | None = None,
-                 mix_schedule: MixSchedule | str = "seed002", mix_start: float = 0.2, mix_end: float = 1.0,
-                 two_d_model: str | Backbone | None = None, refine_rounds: int = 2, refine_strength: float = 0.5,
+                 sampler: str | Any = "mv", sampler_options: Mapping[str, Any] | None = None,
+                 scheduler: str = "auto", steps: int = 50, guidance_scale: float = 7.5,
                  negative_prompt: str = "", eta: float = 0.0, seed: int | None = None,
                  generator: torch.Generator | None = None, view_chunk_size: int | None = None,
                  callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
                  progress: bool = True) -> MultiviewPipelineOutput:
-        """Generate ``num_views`` views of each prompt (see ``SamplingJob`` and the samplers for the options).
+        """Generate ``num_views`` views of each prompt.
 
-        ``cameras``: Cameras ``[V]`` or ``[B, V]``, or a cameras.json path; default: an orbit at ``elevation``,
-        ``radius``, ``fov`` starting at ``azimuth_start``. ``reference_images``: (R, 3, H, W) or (B, R, 3, H, W)
-        in [0, 1], PIL images or paths, placed at ``reference_views`` (default 0..R−1) as clean views.
+        ``sampler``: a registered name (``available_samplers()``), built with ``sampler_options``, its own
+        keyword arguments (e.g. ``{"consistency_ratio": 0.5}``, see ``tunemv.sampling.samplers``), or a
+        sampler instance. ``cameras``: Cameras ``[V]`` or ``[B, V]``, or a cameras.json path; default: an
+        orbit at ``elevation``, ``radius``, ``fov`` starting at ``azimuth_start``. ``reference_images``:
+        (R, 3, H, W) or (B, R, 3, H, W) in [0, 1], PIL images or paths, placed at ``reference_views``
+        (default 0..R−1) as clean views.
         """
+        sampler = build_sampler(sampler, sampler_options)  # a bad option fails before any work
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         backbone, device = self.backbone, self.device
         cameras = self._cameras(cameras, num_views, len(prompts), elevation, radius, fov, azimuth_start)
@@ -153,17 +141,9 @@ class MultiviewPipeline:
         noise = rearrange(randn_tensor(shape, generator=generator, device=device, dtype=torch.float32),
                           "(b v) c h w -> b v c h w", b=batch)
         references = prepare_references(backbone, reference_images, reference_views, batch, views, size)
-        text = backbone.encode_prompt(prompts)
-        uncond = backbone.encode_prompt([negative_prompt] * batch) if guidance_scale > 1.0 else None
-        if isinstance(mix_schedule, str):
-            mix_schedule = MixSchedule(mix_schedule, mix_start, mix_end)
-        two_d = None
-        if two_d_model is not None:
-            other = two_d_model if isinstance(two_d_model, Backbone) else Backbone.from_pretrained(
-                two_d_model, torch_dtype=backbone.dtype, device=device)
-            check_same_space(backbone, other)
-            two_d = ExternalTwoDScore(other, prompts, [negative_prompt] * batch if uncond is not None else None,
-                                      view_chunk_size)
+        negative_prompts = [negative_prompt] * batch if guidance_scale > 1.0 else None
+        text = backbone.encode_prompt(prompts).float()
+        uncond = None if negative_prompts is None else backbone.encode_prompt(negative_prompts).float()
         previous_chunk, self.denoiser.view_chunk = self.denoiser.view_chunk, view_chunk_size or self.denoiser.view_chunk
         # Sampling is inference: NeuS samples rays uniformly (not stratified) in eval mode, so a seed fixes
         # the result. The caller's mode (training validates through here) is restored afterwards.
@@ -171,19 +151,15 @@ class MultiviewPipeline:
         self.denoiser.eval()
         try:
             job = SamplingJob(
-                denoiser=self.denoiser, scheduler=make_scheduler(scheduler, backbone.scheduler_config, backbone.family),
-                noise=noise,
-                cameras=model_cameras, text=_text(text), uncond_text=None if uncond is None else _text(uncond),
-                alphas_cumprod=backbone.noise_scheduler.alphas_cumprod, prediction_type=backbone.prediction_type,
-                steps=steps, guidance_scale=guidance_scale, consistency_scale=consistency_scale,
-                consistency_ratio=consistency_ratio, mix_schedule=mix_schedule,
+                score=MultiviewScore(self.denoiser, backbone, model_cameras, text, uncond),
+                scheduler=make_scheduler(scheduler, backbone.scheduler_config, backbone.family), noise=noise,
+                prompts=prompts, negative_prompts=negative_prompts, steps=steps, guidance_scale=guidance_scale,
                 references=None if references is None else references.mask,
                 reference_latents=None if references is None else references.latents,
-                two_d=two_d, refine_rounds=refine_rounds, refine_strength=refine_strength, eta=eta,
-                generator=generator, callback=callback, progress=progress)
+                eta=eta, generator=generator, callback=callback, progress=progress)
             # A half-precision backbone next to fp32 adapters: autocast gives every matmul one dtype.
             with torch.autocast(device.type, dtype=backbone.dtype, enabled=backbone.dtype != torch.float32):
-                latents = get_sampler(sampler)()(job).latents.float()
+                latents = sampler(job).latents.float()
         finally:
             self.denoiser.view_chunk = previous_chunk
             self.denoiser.train(was_training)
@@ -214,6 +190,3 @@ class MultiviewPipeline:
                              f"{size}x{size} views")
         return cameras.rescale(size, size) if (cameras.height, cameras.width) != (size, size) else cameras
 
-
-def _text(embeddings) -> Text:
-    return Text(embeddings.hidden_states.float(), embeddings.added_cond_kwargs)

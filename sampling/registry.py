@@ -1,12 +1,16 @@
 """Samplers by name: ``@register_sampler("name")``, ``get_sampler(name)``, ``available_samplers()``.
 
-Third-party packages add samplers through the entry-point group ``tunemv.samplers``; each entry point names
-a sampler class (or factory) and is registered under the entry point's name. They are loaded lazily, on the
-first lookup, and a plugin that fails to import is logged and skipped, so one broken package never breaks
-sampling. In the plugin's ``pyproject.toml``::
+Samplers come from the entry-point group ``tunemv.samplers``; each entry point names a sampler class (or
+factory) and is registered under the entry point's name. tunemv's own built-ins are entry points too (see
+its ``pyproject.toml``), so they register exactly as a plugin does and this module imports none of them.
+Entry points are loaded lazily, on the first lookup, tunemv's first (a plugin cannot take a built-in's
+name); one that fails to import is logged and skipped, so one broken package never breaks sampling. In a
+plugin's ``pyproject.toml``::
 
     [project.entry-points."tunemv.samplers"]
     my-sampler = "my_package.samplers:MySampler"
+
+Code that is not installed as a package can ``@register_sampler("name")`` a class instead.
 """
 
 from __future__ import annotations
@@ -45,28 +49,27 @@ def register_sampler(name: str) -> Callable[[T], T]:
 
 
 def get_sampler(name: str) -> Callable:
-    """The sampler registered as ``name`` (built-ins, then plugins); an unknown name lists the available."""
-    _ensure_builtins()
-    if name not in _SAMPLERS:
-        load_plugins()
+    """The sampler registered as ``name``; an unknown name lists the available."""
+    load_plugins()
     if name not in _SAMPLERS:
         raise SamplerError(f"unknown sampler {name!r}; available: {', '.join(available_samplers())}")
     return _SAMPLERS[name]
 
 
 def available_samplers() -> list[str]:
-    _ensure_builtins()
     load_plugins()
     return sorted(_SAMPLERS)
 
 
 def load_plugins(force: bool = False) -> None:
-    """Register every ``tunemv.samplers`` entry point once; broken ones are logged and skipped."""
+    """Register every ``tunemv.samplers`` entry point once (built-ins first); broken ones are logged and skipped."""
     global _plugins_loaded
     if _plugins_loaded and not force:
         return
     _plugins_loaded = True
-    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+    # tunemv's own entry points first: the first registration of a name wins
+    ours = lambda point: not point.value.startswith("tunemv.")  # noqa: E731 - False sorts first
+    for entry_point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=ours):
         if entry_point.name in _SAMPLERS:
             continue  # a clash with a built-in or an earlier plugin: the first registration wins
         try:
@@ -79,10 +82,6 @@ def load_plugins(force: bool = False) -> None:
             logger.warning("skipping sampler plugin %r (%s): not callable", entry_point.name, entry_point.value)
             continue
         _SAMPLERS[entry_point.name] = sampler
-
-
-def _ensure_builtins() -> None:
-    import tunemv.sampling.samplers  # noqa: F401 - registers "mv", "consistency", "mixed", "2d", "refine"
 
 
 def _qualname(obj) -> str:

@@ -1,8 +1,14 @@
-"""The built-in samplers: "mv", "consistency", "mixed", "2d" and "refine" (IM-3D, seed 000 §3.4).
+"""The built-in samplers: "mv", "consistency", "mixed", "2d" and "refine" (IM-3D §3.4).
 
-Each step makes one shared-encoder ``MultiviewDenoiser.predict`` call for every mode the step needs (with and
-without the prompt), converts each prediction to ε and combines them (see ``guidance``). A plugin sampler
-subclasses ``GuidedSampler`` and overrides ``modes`` (what to predict at a step) and ``combine``.
+A sampler's keyword arguments are its options: ``ConsistencySampler(consistency_scale=7.5,
+consistency_ratio=0.5)``, ``MixedScoreSampler(schedule=MixSchedule("linear", 0.3, 0.9))``,
+``RefineSampler(rounds=2, strength=0.5)``; each option's default is written once, here. Bad values fail when
+the sampler is built, before any model loads.
+
+Each step makes one shared-encoder call of the job's ``MultiviewScore`` for every mode the step needs (with
+and without the prompt), already in ε, and combines them (see ``guidance``). A plugin sampler subclasses
+``GuidedSampler`` and overrides ``modes`` (what to predict at a step) and ``combine``. The built-ins are
+registered through the ``tunemv.samplers`` entry points, the mechanism plugins use.
 """
 
 from __future__ import annotations
@@ -11,18 +17,34 @@ from functools import partial
 
 import torch
 
-from tunemv.sampling.algebra import to_epsilon
-from tunemv.sampling.guidance import classifier_free, consistency_guidance, consistency_steps, mixed_score
+from tunemv.adapters.backbones import Backbone
+from tunemv.sampling.external import ExternalTwoDScore
+from tunemv.sampling.guidance import (
+    MixSchedule,
+    check_ratio,
+    classifier_free,
+    consistency_guidance,
+    consistency_steps,
+    mixed_score,
+)
 from tunemv.sampling.job import SamplingJob, SamplingResult, denoise
-from tunemv.sampling.registry import register_sampler
 
 Predictions = dict[str, torch.Tensor]  # mode -> (B, V, C, h, w) ε
 
 
 class GuidedSampler:
-    """One ``predict`` call per step, predictions in ε, combined by ``combine``; the base is plain "mv"."""
+    """One score call per step, predictions in ε, combined by ``combine``; the base is plain "mv".
+
+    Options: ``consistency_scale`` α and ``consistency_ratio`` K of consistency guidance (TuneMV3D §3.3,
+    eq. 4), on a fraction K of the steps; K = 0 (this class's default) turns it off.
+    """
 
     default_consistency_ratio = 0.0
+
+    def __init__(self, consistency_scale: float = 7.5, consistency_ratio: float | None = None):
+        self.consistency_scale = float(consistency_scale)
+        self.consistency_ratio = self.default_consistency_ratio if consistency_ratio is None else float(consistency_ratio)
+        check_ratio(self.consistency_ratio)
 
     def __call__(self, job: SamplingJob) -> SamplingResult:
         self.prepare(job)
@@ -36,11 +58,11 @@ class GuidedSampler:
     # unconditional copy (a branch and a decoder pass). Empty here, so a plugin gets every prediction; the
     # built-ins use ``COND_ONLY_INDEPENDENT``.
     cond_only_modes: frozenset[str] = frozenset()
+    two_d: ExternalTwoDScore | None = None  # another model's "2d" score, where a sampler takes one
 
     def prepare(self, job: SamplingJob) -> None:
-        ratio = self.default_consistency_ratio if job.consistency_ratio is None else job.consistency_ratio
-        self.guided_steps = consistency_steps(job.steps * job.scheduler.order, ratio) \
-            if job.consistency_scale != 0.0 else frozenset()
+        self.guided_steps = consistency_steps(job.steps * job.scheduler.order, self.consistency_ratio) \
+            if self.consistency_scale != 0.0 else frozenset()
 
     def modes(self, job: SamplingJob, timestep: float, step_index: int) -> tuple[str, ...]:
         return ("mv", "independent") if step_index in self.guided_steps else ("mv",)
@@ -48,13 +70,12 @@ class GuidedSampler:
     def combine(self, job: SamplingJob, cond: Predictions, uncond: Predictions, timestep: float,
                 step_index: int) -> torch.Tensor:
         epsilon = classifier_free(cond["mv"], uncond.get("mv"), job.guidance_scale)
-        return self.consistency(job, epsilon, cond)
+        return self.consistency(epsilon, cond)
 
-    @staticmethod
-    def consistency(job: SamplingJob, epsilon: torch.Tensor, cond: Predictions) -> torch.Tensor:
+    def consistency(self, epsilon: torch.Tensor, cond: Predictions) -> torch.Tensor:
         if "independent" not in cond:
             return epsilon
-        return consistency_guidance(epsilon, cond["mv"], cond["independent"], job.consistency_scale)
+        return consistency_guidance(epsilon, cond["mv"], cond["independent"], self.consistency_scale)
 
     # ---------------------------------------------------------------------------------------------- step
     def epsilon(self, job: SamplingJob, model_input: torch.Tensor, timesteps: torch.Tensor, step_index: int,
@@ -66,25 +87,15 @@ class GuidedSampler:
 
     def predict(self, job: SamplingJob, model_input: torch.Tensor, timesteps: torch.Tensor,
                 modes: tuple[str, ...]) -> tuple[Predictions, Predictions]:
-        """ε for each mode, with the prompt and (under CFG) without; an external "2d" model runs on its own."""
-        external = job.two_d is not None and "2d" in modes
+        """ε for each mode, with the prompt and (under CFG) without; "2d" from ``two_d`` when there is one."""
+        external = self.two_d is not None and "2d" in modes
         own = tuple(mode for mode in modes if not (external and mode == "2d"))
         cond, uncond = {}, {}
-        if own:
-            uncond_text = job.uncond_text if job.guidance_scale > 1.0 else None
-            with torch.no_grad():
-                out = job.denoiser.predict(
-                    model_input, timesteps, job.cameras, job.text.hidden_states, own,
-                    None if uncond_text is None else uncond_text.hidden_states, job.text.added_cond_kwargs,
-                    None if uncond_text is None else uncond_text.added_cond_kwargs, cond_only=self.cond_only_modes)
-            to_eps = lambda p: to_epsilon(p, model_input, timesteps, job.alphas_cumprod, job.prediction_type)  # noqa: E731
-            cond = {mode: to_eps(p) for mode, p in out.cond.items()}
-            uncond = {mode: to_eps(p) for mode, p in out.uncond.items()}
-        if external:
-            with torch.no_grad():
-                cond["2d"], two_d_uncond = job.two_d(model_input, timesteps)
-            if two_d_uncond is not None and job.guidance_scale > 1.0:
-                uncond["2d"] = two_d_uncond
+        for score, wanted in ((job.score, own), (self.two_d, ("2d",) if external else ())):
+            if wanted:
+                out = score(model_input, timesteps, wanted, guided=job.guided, cond_only=self.cond_only_modes)
+                cond.update(out.cond)
+                uncond.update(out.uncond)
         return cond, uncond
 
 
@@ -92,30 +103,51 @@ class GuidedSampler:
 COND_ONLY_INDEPENDENT = frozenset({"independent"})
 
 
-@register_sampler("mv")
+class TwoDModelOption:
+    """Mixin for samplers with a ``two_d_model`` option: another 2D backbone whose ε replaces the frozen
+    backbone's "2d" score (a hub id, a folder or a loaded ``Backbone``, in the same space)."""
+
+    def _load_two_d(self, job: SamplingJob) -> None:
+        self.two_d = None if self.two_d_model is None else ExternalTwoDScore.for_job(
+            self.two_d_model, job.score.backbone, job.prompts, job.negative_prompts if job.guided else None,
+            job.score.denoiser.view_chunk)
+
+
 class MultiviewSampler(GuidedSampler):
     """The adapter's multiview prediction with text CFG (consistency guidance only if a ratio is given)."""
 
     cond_only_modes = COND_ONLY_INDEPENDENT
 
 
-@register_sampler("consistency")
 class ConsistencySampler(GuidedSampler):
-    """"mv" plus consistency guidance on a fraction K (default 0.5) of the steps (seed 003 §3.3, eq. 4)."""
+    """"mv" plus consistency guidance on a fraction K (default 0.5) of the steps (TuneMV3D §3.3, eq. 4)."""
 
     cond_only_modes = COND_ONLY_INDEPENDENT
-
     default_consistency_ratio = 0.5
 
 
-@register_sampler("mixed")
-class MixedScoreSampler(GuidedSampler):
-    """λ(t)·ε_mv + (1 − λ(t))·ε_2d, each with CFG (seed 002 eq. 2, §3.4), plus consistency guidance if asked."""
+class MixedScoreSampler(TwoDModelOption, GuidedSampler):
+    """λ(t)·ε_mv + (1 − λ(t))·ε_2d, each with CFG (Distillation-free Text-to-3D eq. 2, §3.4), plus
+    consistency guidance if a ratio is given.
+
+    Options: ``schedule`` λ(t), a ``MixSchedule`` or the name of its kind (start 0.2, end 1); ``two_d_model``
+    for ε_2d.
+    """
 
     cond_only_modes = COND_ONLY_INDEPENDENT
 
+    def __init__(self, schedule: MixSchedule | str = "quadratic", two_d_model: str | Backbone | None = None,
+                 consistency_scale: float = 7.5, consistency_ratio: float | None = None):
+        super().__init__(consistency_scale, consistency_ratio)
+        self.schedule = MixSchedule(schedule) if isinstance(schedule, str) else schedule
+        self.two_d_model = two_d_model
+
+    def prepare(self, job: SamplingJob) -> None:
+        super().prepare(job)
+        self._load_two_d(job)
+
     def modes(self, job: SamplingJob, timestep: float, step_index: int) -> tuple[str, ...]:
-        weight = job.mix_schedule(timestep, job.num_train_timesteps)
+        weight = self.schedule(timestep, job.num_train_timesteps)
         # λ = 0 needs no multiview score, except where consistency guidance takes ε_mv(c) − ε_ind(c).
         guided = step_index in self.guided_steps
         modes = super().modes(job, timestep, step_index) if weight > 0 or guided else ()
@@ -123,16 +155,23 @@ class MixedScoreSampler(GuidedSampler):
 
     def combine(self, job: SamplingJob, cond: Predictions, uncond: Predictions, timestep: float,
                 step_index: int) -> torch.Tensor:
-        weight = job.mix_schedule(timestep, job.num_train_timesteps)
+        weight = self.schedule(timestep, job.num_train_timesteps)
         two_d = classifier_free(cond["2d"], uncond.get("2d"), job.guidance_scale) if "2d" in cond else None
         multiview = classifier_free(cond["mv"], uncond.get("mv"), job.guidance_scale) if "mv" in cond else None
         epsilon = mixed_score(multiview, two_d, weight)
-        return self.consistency(job, epsilon, cond)
+        return self.consistency(epsilon, cond)
 
 
-@register_sampler("2d")
-class TwoDSampler(GuidedSampler):
-    """The frozen backbone (or the job's other 2D model) view by view: the baseline."""
+class TwoDSampler(TwoDModelOption, GuidedSampler):
+    """The frozen backbone (or the ``two_d_model``) view by view: the baseline."""
+
+    def __init__(self, two_d_model: str | Backbone | None = None):
+        super().__init__(consistency_scale=0.0)
+        self.two_d_model = two_d_model
+
+    def prepare(self, job: SamplingJob) -> None:
+        super().prepare(job)
+        self._load_two_d(job)
 
     def modes(self, job: SamplingJob, timestep: float, step_index: int) -> tuple[str, ...]:
         return ("2d",)
@@ -142,21 +181,29 @@ class TwoDSampler(GuidedSampler):
         return classifier_free(cond["2d"], uncond.get("2d"), job.guidance_scale)
 
 
-@register_sampler("refine")
 class RefineSampler(GuidedSampler):
-    """IM-3D's loop (seed 000 §3.4): sample, render the NeuS field fused from the clean views at the same
-    cameras, re-noise the renders to t* = ``refine_strength``·T and denoise again, ``refine_rounds`` times.
+    """IM-3D's loop (IM-3D §3.4): sample, render the NeuS field fused from the clean views at the same
+    cameras, re-noise the renders to t* = ``strength``·T and denoise again, ``rounds`` times.
 
     The renders are consistent by construction (one field); denoising from t* restores detail.
     """
 
     cond_only_modes = COND_ONLY_INDEPENDENT
 
+    def __init__(self, rounds: int = 2, strength: float = 0.5, consistency_scale: float = 7.5,
+                 consistency_ratio: float | None = None):
+        super().__init__(consistency_scale, consistency_ratio)
+        if rounds < 0 or int(rounds) != rounds:
+            raise ValueError(f"rounds must be a whole number >= 0, got {rounds}")
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        self.rounds, self.strength = int(rounds), float(strength)
+
     def __call__(self, job: SamplingJob) -> SamplingResult:
         self.prepare(job)
         latents = self.run(job, desc="refine 0")
-        start = _start_index(job.steps, job.refine_strength)
-        for round_index in range(job.refine_rounds):
+        start = _start_index(job.steps, self.strength)
+        for round_index in range(self.rounds):
             renders = render_field(job, latents)
             timesteps = job.scheduler.timesteps  # set by the first run; the same for every round
             t_start = timesteps[start * job.scheduler.order: start * job.scheduler.order + 1]
@@ -172,8 +219,6 @@ class RefineSampler(GuidedSampler):
 
 def _start_index(steps: int, strength: float) -> int:
     """The first step of a re-noised run, as diffusers' img2img: strength 1 starts from pure noise."""
-    if not 0.0 < strength <= 1.0:
-        raise ValueError(f"refine_strength must be in (0, 1], got {strength}")
     return steps - max(1, min(steps, round(steps * strength)))
 
 
@@ -181,5 +226,5 @@ def _start_index(steps: int, strength: float) -> int:
 def render_field(job: SamplingJob, latents: torch.Tensor) -> torch.Tensor:
     """The NeuS field fused from clean ``latents`` (t = 0), rendered at the job's cameras; references kept."""
     zeros = torch.zeros(latents.shape[:2], dtype=torch.long, device=latents.device)
-    renders = job.denoiser.render_condition(latents, zeros, job.cameras).image
+    renders = job.score.denoiser.render_condition(latents, zeros, job.cameras).image
     return job.keep_references(renders.to(latents.dtype))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import torch
@@ -12,6 +11,7 @@ from tiny_pipelines import tiny_if, tiny_sd
 
 from tunemv.adapters.backbones import Backbone
 from tunemv.adapters.control_branch import ControlBranch
+from tunemv.adapters.formats import write_adapter_folder
 from tunemv.sampling.pipeline import MultiviewPipeline
 
 PROMPT = "a red chair"
@@ -40,11 +40,9 @@ def adapter_pipeline(backbone_folder: Path, awake: bool = False) -> MultiviewPip
 
 
 def save_adapter(pipe: MultiviewPipeline, folder: Path) -> Path:
-    """The folder layout `tunemv export` writes."""
-    pipe.denoiser.neus.save_pretrained(folder / "neus")
-    pipe.denoiser.control_branch.save_pretrained(folder / "control_branch")
-    (folder / "adapter.json").write_text(json.dumps({"backbone": pipe.backbone.name_or_path}))
-    return folder
+    """The folder layout `tunemv export` writes, through its own writer."""
+    return write_adapter_folder(folder, pipe.denoiser.neus, pipe.denoiser.control_branch,
+                                {"backbone": pipe.backbone.name_or_path}, overwrite=True)
 
 
 def clone(pipe: MultiviewPipeline) -> MultiviewPipeline:

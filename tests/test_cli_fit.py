@@ -84,7 +84,7 @@ def test_every_config_prints(config, capsys):
     written = yaml.safe_load((CONFIGS / config).read_text())
     assert printed["model"]["backbone"] == written["model"]["backbone"]
     assert printed["data"]["init_args"]["root"] == written["data"]["init_args"]["root"]
-    assert printed["trainer"]["plugins"] == [{"class_path": "tunemv.lightning_cli.AtomicCheckpointIO"}]
+    assert printed["trainer"]["plugins"] == [{"class_path": "tunemv.training.lightning_cli.AtomicCheckpointIO"}]
 
 
 def test_data_section_config_prints(capsys):
@@ -95,7 +95,7 @@ def test_data_section_config_prints(capsys):
 
 @pytest.mark.parametrize("config", sorted(LARGE))
 def test_large_configs_instantiate_on_tiny_backbones(config, assets):
-    from tunemv.lightning_cli import AtomicCheckpointIO
+    from tunemv.training.lightning_cli import AtomicCheckpointIO
 
     cli = _instantiate(config, assets)
     model, trainer = cli.model, cli.trainer
@@ -108,7 +108,7 @@ def test_large_configs_instantiate_on_tiny_backbones(config, assets):
 
 
 def _instantiate(config: str, assets: Path):
-    from tunemv.lightning_cli import run_lightning
+    from tunemv.training.lightning_cli import run_lightning
 
     return run_lightning([*fit_args(f"{config}.yaml", assets, f"tiny-{LARGE[config]}"),
                           "--trainer.accelerator", "cpu", "--trainer.precision", "32-true"], run=False)
@@ -186,7 +186,7 @@ def test_export_rejects_foreign_and_corrupt_checkpoints(tmp_path, capsys):
 
 
 def test_atomic_checkpoint_io_leaves_no_partial_file(tmp_path):
-    from tunemv.lightning_cli import AtomicCheckpointIO
+    from tunemv.training.lightning_cli import AtomicCheckpointIO
 
     class Unpicklable:
         def __reduce__(self):
@@ -201,7 +201,7 @@ def test_atomic_checkpoint_io_leaves_no_partial_file(tmp_path):
 
 
 def test_wandb_logger_is_offline_unless_wandb_mode_says_otherwise(tmp_path, monkeypatch):
-    from tunemv.lightning_cli import WandbLogger
+    from tunemv.training.lightning_cli import WandbLogger
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     assert WandbLogger(project="p", save_dir=str(tmp_path))._offline
@@ -211,7 +211,7 @@ def test_wandb_logger_is_offline_unless_wandb_mode_says_otherwise(tmp_path, monk
 
 
 def test_config_without_checkpoint_callback_gets_a_resumable_one(assets):
-    from tunemv.lightning_cli import run_lightning
+    from tunemv.training.lightning_cli import run_lightning
 
     cli = run_lightning([*fit_args("tiny.yaml", assets), *TINY_RUN, "--trainer.callbacks", "[]"], run=False)
     last, snapshots = cli.trainer.checkpoint_callbacks

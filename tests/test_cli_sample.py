@@ -59,6 +59,9 @@ def test_image_to_multiview_keeps_the_reference_pixels(tmp_path, adapter):
     (["--scheduler", "warp"], "unknown scheduler 'warp'"),
     (["--mix-schedule", "exp", "--sampler", "mixed"], "unknown mix schedule 'exp'"),
     (["--cameras", "missing.json"], "missing.json: missing"),
+    (["--sampler", "2d", "--consistency-scale", "3"], "sampler '2d' has no option 'consistency_scale'"),
+    (["--sampler", "refine", "--refine-strength", "1.5"], "sampler 'refine': strength must be in (0, 1]"),
+    (["--sampler-option", "wobble=1"], "sampler 'mv' has no option 'wobble'; its options: consistency_scale"),
 ])
 def test_bad_options_get_one_line_and_exit_2(tmp_path, adapter, capsys, arguments, message):
     code = main(["sample", "--adapter", str(adapter), "--prompt", "a red chair", "--num-views", "2", "--steps", "1",
@@ -85,3 +88,29 @@ def test_existing_output_is_not_overwritten_without_the_flag(tmp_path, adapter, 
     assert main(arguments) == 2 and "already exists" in capsys.readouterr().err
     assert main([*arguments, "--overwrite", "--seed", "3"]) == 0
     assert (tmp_path / "0000_a-red-chair" / "images" / "000.png").read_bytes() != before
+
+
+def test_a_plugin_option_reaches_the_sampler_and_an_unknown_one_fails_before_loading(tmp_path, adapter, capsys,
+                                                                                      monkeypatch):
+    from tunemv.sampling import registry
+    from tunemv.sampling.samplers import GuidedSampler
+
+    monkeypatch.setattr(registry, "_SAMPLERS", dict(registry._SAMPLERS))
+    received = []
+
+    @registry.register_sampler("decaying")
+    class Decaying(GuidedSampler):
+        def __init__(self, decay: float = 0.5):
+            super().__init__()
+            received.append(decay)
+
+    arguments = ["sample", "--prompt", "a red chair", "--num-views", "2", "--steps", "1", "--sampler", "decaying",
+                 "--out", str(tmp_path / "out"), "--turntable-frames", "0", "--quiet"]
+    assert main([*arguments, "--adapter", str(adapter), "--sampler-option", "decay=0.8"]) == 0
+    assert received and set(received) == {0.8}  # checked before loading, then built for the run
+    assert json.loads(next((tmp_path / "out").glob("*/sampling.json")).read_text())["sampler_options"] == {"decay": 0.8}
+    # an adapter that does not exist: the option error comes first, so nothing was loaded
+    assert main([*arguments, "--adapter", str(tmp_path / "nowhere"), "--sampler-option", "decai=0.8"]) == 2
+    assert "sampler 'decaying' has no option 'decai'; its options: decay" in capsys.readouterr().err
+    assert main([*arguments, "--adapter", str(tmp_path / "nowhere"), "--sampler-option", "decay=fast"]) == 2
+    assert "option 'decay' expects float, got 'fast'" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from tiny_unets import IF_SHAPED, SD_SHAPED, TEXT_DIM, tiny_unet
 
 from tunemv.adapters.control_branch import ControlBranch
 from tunemv.adapters.denoiser import MODES, MultiviewDenoiser
+from tunemv.adapters.text import Text
 from tunemv.geometry.cameras import Cameras, orbit
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 from tunemv.neus.losses import NeuSLoss
@@ -65,7 +66,7 @@ def test_shared_encoder_predict_equals_separate_calls(config, view_chunk):
     denoiser = wake(tiny_denoiser(config, view_chunk=view_chunk)).eval()
     x, t, cameras, text = inputs(config)
     uncond = torch.zeros_like(text)
-    shared = denoiser.predict(x, t, cameras, text, modes=MODES, uncond_encoder_hidden_states=uncond)
+    shared = denoiser.predict(x, t, cameras, Text(text), modes=MODES, uncond=Text(uncond))
     for mode in MODES:
         for hidden, predictions in ((text, shared.cond), (uncond, shared.uncond)):
             separate = denoiser(x, t, cameras, hidden, mode=mode).prediction
@@ -80,7 +81,7 @@ def test_predict_with_a_subset_of_modes_and_no_uncond():
     denoiser = wake(tiny_denoiser(SD_SHAPED)).eval()
     x, t, cameras, text = inputs(SD_SHAPED)
     with torch.no_grad():
-        shared = denoiser.predict(x, t, cameras, text, modes=("independent", "2d"))
+        shared = denoiser.predict(x, t, cameras, Text(text), modes=("independent", "2d"))
         torch.testing.assert_close(shared.cond["independent"], denoiser(x, t, cameras, text, "independent").prediction,
                                    rtol=0, atol=1e-5)
     assert shared.uncond == {} and shared.neus is None and set(shared.cond) == {"independent", "2d"}
@@ -177,8 +178,7 @@ def test_sdxl_added_embeddings_reach_every_mode():
     text = torch.randn(2, 5, SDXL_SHAPED["cross_attention_dim"])
     added = {"text_embeds": torch.randn(2, SDXL_PROJECTION_DIM), "time_ids": torch.tensor([[16.0, 16, 0, 0, 16, 16]] * 2)}
     uncond = {key: torch.zeros_like(value) for key, value in added.items()}
-    shared = denoiser.predict(x, t, cameras, text, uncond_encoder_hidden_states=0 * text, added_cond_kwargs=added,
-                              uncond_added_cond_kwargs=uncond)
+    shared = denoiser.predict(x, t, cameras, Text(text, added), uncond=Text(0 * text, uncond))
     for mode in MODES:
         separate = denoiser(x, t, cameras, 0 * text, mode=mode, added_cond_kwargs=uncond).prediction
         torch.testing.assert_close(shared.uncond[mode], separate, rtol=0, atol=1e-5, msg=mode)
@@ -203,7 +203,7 @@ def test_the_readme_path_from_a_saved_pipeline(family, tmp_path):
     t = torch.tensor([[0, 500]])
     cameras = Cameras.stack([orbit(2, 20.0, resolution=16)])
     text = backbone.encode_prompt(["a red chair", ""]).hidden_states
-    guided = denoiser.predict(x_t, t, cameras, text[:1], uncond_encoder_hidden_states=text[1:])
+    guided = denoiser.predict(x_t, t, cameras, Text(text[:1]), uncond=Text(text[1:]))
     expected = backbone.split_prediction(backbone.unet(x_t[0], t[0], text[:1].expand(2, -1, -1)).sample)
     torch.testing.assert_close(guided.cond["mv"][0], expected, rtol=0, atol=1e-5)  # zero init: the frozen UNet
     assert guided.cond["mv"].shape == (1, 2, backbone.prediction_channels, 16, 16)
@@ -218,10 +218,10 @@ def test_cond_only_modes_skip_the_unconditional_copy_and_keep_the_rest_exact(con
     x, t, cameras, text = inputs(config)
     uncond = torch.zeros_like(text)
     modes = ("mv", "independent", "2d")
-    full = denoiser.predict(x, t, cameras, text, modes=modes, uncond_encoder_hidden_states=uncond)
+    full = denoiser.predict(x, t, cameras, Text(text), modes=modes, uncond=Text(uncond))
     for chunk in (None, 3, 5):  # 6 rows per copy: chunks of 5 straddle the cond/uncond boundary
         denoiser.view_chunk = chunk
-        part = denoiser.predict(x, t, cameras, text, modes=modes, uncond_encoder_hidden_states=uncond,
+        part = denoiser.predict(x, t, cameras, Text(text), modes=modes, uncond=Text(uncond),
                                 cond_only=("independent",))
         assert set(part.uncond) == {"mv", "2d"} and set(part.cond) == set(modes)
         for mode in modes:

@@ -4,8 +4,8 @@ import torch
 from tiny_pipelines import tiny_sd
 
 from tunemv.adapters.backbones import Backbone
-from tunemv.adapters.latent_cache import LatentCache
-from tunemv.adapters.training import MultiviewAdapterSystem
+from tunemv.training.latent_cache import LatentCache
+from tunemv.training.system import MultiviewAdapterSystem
 
 
 def test_cached_latents_equal_fresh_ones_and_are_encoded_once(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 
 import diffusers
@@ -91,12 +92,13 @@ def test_consistency_guidance_is_seed003_eq4_for_ddim():
 
 
 def test_mix_schedules_hit_their_ends_and_grow_towards_clean():
-    for kind in ("linear", "cosine", "seed002"):
+    for kind in ("linear", "cosine", "quadratic"):
         schedule = MixSchedule(kind, start=0.2, end=0.9)
         assert schedule(1000, 1000) == pytest.approx(0.2) and schedule(0, 1000) == pytest.approx(0.9)
         values = [schedule(t, 1000) for t in range(1000, -1, -100)]
-        assert values == sorted(values), kind  # λ grows as t -> 0 (seed 002 §3.4)
-    assert MixSchedule("seed002")(500, 1000) < MixSchedule("linear")(500, 1000)  # stays small for longer
+        assert values == sorted(values), kind  # λ grows as t -> 0 (Distillation-free Text-to-3D §3.4)
+    assert MixSchedule("quadratic")(500, 1000) < MixSchedule("linear")(500, 1000)  # stays small for longer
+    assert MixSchedule("seed002") == MixSchedule("quadratic")  # the old name is an alias
     assert MixSchedule.constant(0.3)(700, 1000) == pytest.approx(0.3)
     with pytest.raises(ValueError, match="unknown mix schedule 'exp'"):
         MixSchedule("exp")
@@ -117,7 +119,7 @@ def test_consistency_steps_are_spread_uniformly():
 @pytest.mark.parametrize("scheduler", ["ddim", "dpmsolver++", "euler"])
 def test_2d_and_mixed_at_lambda_0_reproduce_diffusers(folders, zero_pipe, scheduler):
     expected = diffusers_latents(folders["sd"], scheduler)
-    for options in ({"sampler": "2d"}, {"sampler": "mixed", "mix_schedule": "constant", "mix_end": 0.0}):
+    for options in ({"sampler": "2d"}, {"sampler": "mixed", "sampler_options": {"schedule": MixSchedule.constant(0.0)}}):
         latents = run(zero_pipe, scheduler=scheduler, **options).latents[0]
         torch.testing.assert_close(latents, expected, atol=1e-4, rtol=0, msg=str(options))
 
@@ -131,7 +133,7 @@ def test_2d_reproduces_diffusers_for_a_v_prediction_backbone(folders):
 
 def test_zero_initialised_adapters_give_the_2d_result_with_every_sampler(zero_pipe):
     baseline = run(zero_pipe, sampler="2d").latents
-    for sampler, extra in (("mv", {}), ("consistency", {}), ("mixed", {}), ("refine", {"refine_rounds": 0})):
+    for sampler, extra in (("mv", {}), ("consistency", {}), ("mixed", {}), ("refine", {"sampler_options": {"rounds": 0}})):
         torch.testing.assert_close(run(zero_pipe, sampler=sampler, **extra).latents, baseline, atol=1e-4, rtol=0,
                                    msg=sampler)
 
@@ -139,16 +141,16 @@ def test_zero_initialised_adapters_give_the_2d_result_with_every_sampler(zero_pi
 def test_consistency_with_alpha_0_equals_mv_and_alpha_moves_it(awake_pipe):
     mv = run(awake_pipe, sampler="mv").latents
     assert (mv - run(awake_pipe, sampler="2d").latents).abs().max() > 1e-3  # awake: the adapter matters
-    torch.testing.assert_close(run(awake_pipe, sampler="consistency", consistency_scale=0.0).latents, mv,
+    torch.testing.assert_close(run(awake_pipe, sampler="consistency", sampler_options={"consistency_scale": 0.0}).latents, mv,
                                atol=0, rtol=0)
-    guided = run(awake_pipe, sampler="consistency", consistency_ratio=1.0).latents
+    guided = run(awake_pipe, sampler="consistency", sampler_options={"consistency_ratio": 1.0}).latents
     assert (guided - mv).abs().max() > 1e-3
 
 
 def test_refine_rounds_change_the_views_and_stay_deterministic(awake_pipe):
-    first = run(awake_pipe, sampler="refine", refine_rounds=1).latents
-    assert (first - run(awake_pipe, sampler="refine", refine_rounds=0).latents).abs().max() > 1e-3
-    torch.testing.assert_close(run(awake_pipe, sampler="refine", refine_rounds=1).latents, first, atol=0, rtol=0)
+    first = run(awake_pipe, sampler="refine", sampler_options={"rounds": 1}).latents
+    assert (first - run(awake_pipe, sampler="refine", sampler_options={"rounds": 0}).latents).abs().max() > 1e-3
+    torch.testing.assert_close(run(awake_pipe, sampler="refine", sampler_options={"rounds": 1}).latents, first, atol=0, rtol=0)
 
 
 # --------------------------------------------------------------------------- references and view counts
@@ -205,18 +207,18 @@ def test_auto_scheduler_is_ddpm_for_pixel_backbones_and_ddim_for_latent_ones(fol
 
 # ------------------------------------------------------------------------------- another 2D model
 def test_mixed_with_another_2d_model_at_lambda_0_is_that_model(folders, zero_pipe):
-    latents = run(zero_pipe, sampler="mixed", mix_schedule="constant", mix_end=0.0,
-                  two_d_model=str(folders["sd_other"])).latents[0]
+    options = {"schedule": MixSchedule.constant(0.0), "two_d_model": str(folders["sd_other"])}
+    latents = run(zero_pipe, sampler="mixed", sampler_options=options).latents[0]
     torch.testing.assert_close(latents, diffusers_latents(folders["sd_other"], "ddim"), atol=1e-4, rtol=0)
 
 
 def test_a_2d_model_from_another_space_is_refused(folders, zero_pipe):
     with pytest.raises(ModelError, match=r"if: cannot mix its 2D score .* space \(pixels vs VAE latents\)"):
-        run(zero_pipe, sampler="mixed", two_d_model=str(folders["if"]))
+        run(zero_pipe, sampler="mixed", sampler_options={"two_d_model": str(folders["if"])})
     other = Backbone.from_pretrained(folders["sd_other"])
     other.noise_scheduler = DDPMScheduler(beta_schedule="linear")
     with pytest.raises(ModelError, match="noise schedule"):
-        run(zero_pipe, sampler="mixed", two_d_model=other)
+        run(zero_pipe, sampler="mixed", sampler_options={"two_d_model": other})
 
 
 # ------------------------------------------------------------------------------- registry, schedulers
@@ -236,18 +238,28 @@ def test_plugins_load_lazily_and_broken_ones_are_skipped(monkeypatch, caplog):
     def broken():
         raise ImportError("missing dependency")
 
-    points = [SimpleNamespace(name="plugin-sampler", value="pkg:PluginSampler", load=lambda: PluginSampler),
-              SimpleNamespace(name="broken-sampler", value="bad:Sampler", load=broken)]
+    builtins = list(registry.entry_points(group=registry.ENTRY_POINT_GROUP))  # tunemv's own, from pyproject.toml
+    assert {point.name for point in builtins} >= {"mv", "consistency", "mixed", "2d", "refine"}
+    clash = SimpleNamespace(name="mv", value="pkg:FakeMV", load=lambda: PluginSampler)
+    points = [clash, SimpleNamespace(name="plugin-sampler", value="pkg:PluginSampler", load=lambda: PluginSampler),
+              SimpleNamespace(name="broken-sampler", value="bad:Sampler", load=broken), *builtins]
     calls = []
     monkeypatch.setattr(registry, "entry_points", lambda group: calls.append(group) or points)
-    monkeypatch.setattr(registry, "_SAMPLERS", dict(registry._SAMPLERS))
+    monkeypatch.setattr(registry, "_SAMPLERS", {})
     monkeypatch.setattr(registry, "_plugins_loaded", False)
-    assert registry.get_sampler("mv") is not None and calls == []  # built-ins need no plugin scan
+    assert calls == []  # nothing is scanned before the first lookup
     with caplog.at_level(logging.WARNING, logger=registry.__name__):
+        assert registry.get_sampler("mv").__name__ == "MultiviewSampler"  # a built-in's name stays the built-in's
         assert registry.get_sampler("plugin-sampler") is PluginSampler
     assert calls == ["tunemv.samplers"]
     assert "skipping sampler plugin 'broken-sampler'" in caplog.text and "missing dependency" in caplog.text
     assert "broken-sampler" not in registry.available_samplers() and calls == ["tunemv.samplers"]  # scanned once
+
+
+def test_the_registry_imports_no_sampler():
+    """The built-ins register through entry points: registry.py imports nothing of samplers.py."""
+    source = Path(registry.__file__).read_text()
+    assert "tunemv.sampling.samplers" not in source and "import samplers" not in source
 
 
 def test_a_plugin_sampler_runs_through_the_pipeline(monkeypatch, awake_pipe):
@@ -265,6 +277,46 @@ def test_a_plugin_sampler_runs_through_the_pipeline(monkeypatch, awake_pipe):
 
     out = run(awake_pipe, sampler="independent-only").latents
     assert (out - run(awake_pipe, sampler="mv").latents).abs().max() > 1e-4
+
+
+def test_a_plugin_sampler_gets_an_option_of_its_own(monkeypatch, awake_pipe):
+    from tunemv.sampling.samplers import GuidedSampler
+
+    monkeypatch.setattr(registry, "_SAMPLERS", dict(registry._SAMPLERS))
+    received = []
+
+    @registry.register_sampler("decaying")
+    class Decaying(GuidedSampler):  # scales consistency guidance down by its own option
+        def __init__(self, decay: float = 0.5):
+            super().__init__(consistency_ratio=1.0)
+            self.decay = decay
+            received.append(decay)
+
+        def combine(self, job, cond, uncond, timestep, step_index):
+            return classifier_free(cond["mv"], uncond.get("mv"), job.guidance_scale) * (1 - 0.01 * self.decay)
+
+    out = run(awake_pipe, sampler="decaying", sampler_options={"decay": 0.8}).latents
+    assert received == [0.8]
+    assert (out - run(awake_pipe, sampler="decaying").latents).abs().max() > 1e-6 and received == [0.8, 0.5]
+    with pytest.raises(registry.SamplerError, match="sampler 'decaying' has no option 'decai'; its options: decay"):
+        run(awake_pipe, sampler="decaying", sampler_options={"decai": 0.8})
+    with pytest.raises(registry.SamplerError, match="sampler 'refine': strength must be in"):
+        run(awake_pipe, sampler="refine", sampler_options={"strength": 2.0})
+
+
+def test_sampler_options_from_strings_are_typed_by_the_signature():
+    from tunemv.sampling.options import parse_option_strings
+
+    assert parse_option_strings("consistency", ["consistency_ratio=1", "consistency-scale=3"]) == \
+        {"consistency_ratio": 1.0, "consistency_scale": 3.0}
+    assert parse_option_strings("mixed", ["schedule=linear", "two_d_model=123"]) == \
+        {"schedule": "linear", "two_d_model": "123"}  # str-typed: the text as written
+    assert parse_option_strings("refine", ["rounds=3"]) == {"rounds": 3}
+    for pairs, message in ((["rounds=many"], "option 'rounds' expects int, got 'many'"),
+                           (["consistency_ratio=true"], "expects float or None, got 'true'"),
+                           (["rounds"], "expects KEY=VALUE"), (["wobble=1"], "has no option 'wobble'")):
+        with pytest.raises(registry.SamplerError, match=message):
+            parse_option_strings("refine", pairs)
 
 
 def test_unknown_scheduler_lists_the_known_ones(zero_pipe):

@@ -8,10 +8,11 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from tiny_pipelines import tiny_if
 
-from tunemv.adapters.training import TRAINABLE, MultiviewAdapterSystem, NonFiniteLossError
+from tunemv.adapters.formats import TRAINABLE
 from tunemv.data.datamodule import MultiviewDataModule
 from tunemv.data.dataset import collate_multiview
 from tunemv.data.generate import generate_procedural_dataset
+from tunemv.training.system import MultiviewAdapterSystem, NonFiniteLossError
 
 SMALL_NEUS = {"num_coarse": 16, "num_importance": 16, "upsample_steps": 1}
 
@@ -106,7 +107,7 @@ def test_resuming_a_killed_run_gives_the_same_weights(workspace, tmp_path):
 
 
 def test_weights_only_snapshots_hold_one_copy_of_the_ema_and_load_as_it(workspace, tmp_path):
-    from tunemv.adapters.export import CheckpointError, load_adapter_modules
+    from tunemv.adapters.formats import CheckpointError, load_adapter_modules
 
     last = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0, every_n_train_steps=2)
     snapshots = ModelCheckpoint(dirpath=tmp_path, save_weights_only=True, save_top_k=-1, every_n_train_steps=4,
@@ -143,8 +144,9 @@ def test_weights_only_snapshots_hold_one_copy_of_the_ema_and_load_as_it(workspac
 
 
 def test_full_fine_tune_baseline_trains_and_carries_the_unet(workspace, tmp_path):
-    from tunemv.adapters.export import CheckpointError, export_adapter
+    from tunemv.adapters.formats import CheckpointError
     from tunemv.sampling.pipeline import MultiviewPipeline
+    from tunemv.training.export import export_adapter
 
     system = MultiviewAdapterSystem(str(workspace / "backbone"), neus=SMALL_NEUS, warmup_steps=0,
                                     train_backbone_unet=True, ema_decay=0.9)

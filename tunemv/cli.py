@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 
@@ -77,10 +76,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from tunemv.adapters.export import export_adapter
+    from tunemv.adapters.formats import read_adapter_info
+    from tunemv.training.export import export_adapter
 
     out = export_adapter(args.checkpoint, args.out_dir, ema=args.ema, overwrite=args.overwrite)
-    ema = json.loads((out / "adapter.json").read_text())["ema"]
+    ema = read_adapter_info(out)["ema"]
     print(f"exported {'EMA' if ema else 'live'} adapter weights to {out}")
     return 0
 
@@ -106,7 +106,7 @@ def _lightning(argv: list[str]) -> int:
     """``tunemv fit|validate ...`` through LightningCLI; config errors become one line and exit code 2."""
     from jsonargparse import ArgumentError
 
-    from tunemv.lightning_cli import run_lightning
+    from tunemv.training.lightning_cli import run_lightning
 
     try:
         run_lightning(argv)

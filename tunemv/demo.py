@@ -6,8 +6,9 @@
 3. sample: text→multiview for each ``--prompt`` and image→multiview from a held-out chair's view, each with
    views, grid.png, turntable.gif and a mesh, under OUT/text-to-multiview and OUT/image-to-multiview.
 
-Every stage goes through the same code as its own command (``data procedural``, ``fit``, ``export``,
-``sample``); the demo only chains them and times them. ``--adapter DIR`` skips stages 1-2.
+Every stage calls the library functions its own command calls (``generate_procedural_dataset``,
+``run_lightning``, ``export_adapter``, ``MultiviewPipeline`` and ``write_results``); the demo only chains them
+and times them. ``--adapter DIR`` skips stages 1-2.
 """
 
 from __future__ import annotations
@@ -45,8 +46,6 @@ def add_demo_parser(commands) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from tunemv.cli import main
-
     out = Path(args.out)
     timings: dict[str, float] = {}
     if args.adapter is None:
@@ -61,30 +60,43 @@ def run_demo(args: argparse.Namespace) -> int:
         adapter, chairs = Path(args.adapter), out / "chairs"
         if not chairs.is_dir():
             chairs = prepare_chairs(chairs, 20)  # only a held-out chair for image→multiview is needed
-    common = ["sample", "--adapter", str(adapter), "--num-views", str(args.num_views), "--steps", str(args.steps),
-              "--sampler", args.sampler, "--guidance-scale", str(args.guidance_scale), "--mesh", "--mesh-resolution", str(args.mesh_resolution), "--overwrite",
-              "--quiet"]
-    results = []
-    for index, prompt in enumerate(args.prompt or DEFAULT_PROMPTS):
-        start = time.perf_counter()
-        code = main([*common, "--prompt", prompt, "--seed", str(index), "--out", str(out / "text-to-multiview")])
-        results.append(("text→multiview", prompt, time.perf_counter() - start, out / "text-to-multiview"))
-        if code:
-            return code
     reference, caption, elevation = held_out_view(chairs)
-    start = time.perf_counter()
-    code = main([*common, "--prompt", caption, "--image", str(reference), "--elevation", f"{elevation:.3f}",
-                 "--out", str(out / "image-to-multiview")])
-    results.append((f"image→multiview from {reference}", caption, time.perf_counter() - start,
-                    out / "image-to-multiview"))
-    if code:
-        return code
-    for kind, prompt, seconds, root in results:
+    jobs = [("text→multiview", prompt, {}, out / "text-to-multiview") for prompt in args.prompt or DEFAULT_PROMPTS]
+    jobs.append((f"image→multiview from {reference}", caption, {"reference_images": [str(reference)],
+                 "elevation": elevation}, out / "image-to-multiview"))
+    results = sample_jobs(adapter, jobs, args)
+    for (kind, prompt, _, root), seconds in zip(jobs, results, strict=True):
         folder = next(p for p in sorted(root.iterdir()) if p.is_dir() and p.name.endswith(slug(prompt)))
         print(f"[demo] {kind}: '{prompt}' in {seconds:.1f} s (target <= {SAMPLE_TARGET_S} s, including loading)")
         for name in ("grid.png", "turntable.gif", "mesh.glb", "mesh.ply", "images"):
             print(f"         {folder / name}")
     return 0
+
+
+def sample_jobs(adapter: Path, jobs: list[tuple[str, str, dict, Path]], args: argparse.Namespace) -> list[float]:
+    """Each (kind, prompt, extra pipeline options, output root) sampled and written as ``tunemv sample`` does;
+    returns the seconds each took, the pipeline's loading counted in every one (as a fresh command would)."""
+    import torch
+
+    from tunemv.sampling.options import build_sampler
+    from tunemv.sampling.outputs import write_results
+    from tunemv.sampling.pipeline import MultiviewPipeline
+
+    build_sampler(args.sampler)  # an unknown name fails before the model loads
+    start = time.perf_counter()
+    pipe = MultiviewPipeline.from_pretrained(adapter).to("cuda" if torch.cuda.is_available() else "cpu")
+    loading = time.perf_counter() - start
+    seconds = []
+    for index, (_, prompt, extra, root) in enumerate(jobs):
+        start = time.perf_counter()
+        options = dict(num_views=args.num_views, steps=args.steps, sampler=args.sampler,
+                       guidance_scale=args.guidance_scale, **extra)
+        output = pipe(prompt, seed=index if not extra else 0, progress=False, **options)
+        settings = {**options, "seed": index if not extra else 0, "backbone": pipe.backbone.name_or_path}
+        write_results(output, root, settings=settings, mesh_resolution=args.mesh_resolution, overwrite=True,
+                      log=print)
+        seconds.append(loading + time.perf_counter() - start)
+    return seconds
 
 
 def slug(prompt: str) -> str:
@@ -114,8 +126,9 @@ def prepare_chairs(root: Path, objects: int) -> Path:
 def fit_adapter(config: Path, chairs: Path, out: Path, minutes: float, max_steps: int | None
                 ) -> tuple[Path, int, float]:
     """``tunemv fit`` under a time budget, then ``tunemv export`` of the final (EMA) weights."""
-    from tunemv.adapters.export import export_adapter
-    from tunemv.lightning_cli import run_lightning
+    from tunemv.adapters.formats import read_adapter_info
+    from tunemv.training.export import export_adapter
+    from tunemv.training.lightning_cli import run_lightning
 
     if minutes <= 0:
         raise TunemvError(f"--fit-minutes must be > 0, got {minutes}")
@@ -132,7 +145,7 @@ def fit_adapter(config: Path, chairs: Path, out: Path, minutes: float, max_steps
     final = fit_dir / "checkpoints" / "final.ckpt"
     cli.trainer.save_checkpoint(final, weights_only=True)
     adapter = export_adapter(final, out / "adapter", overwrite=True)
-    info = json.loads((adapter / "adapter.json").read_text())
+    info = read_adapter_info(adapter)
     return adapter, int(info["global_step"]), elapsed
 
 

@@ -24,14 +24,12 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tunemv.adapters.backbones import Backbone
 from tunemv.adapters.control_branch import ControlBranch
 from tunemv.adapters.denoiser import MultiviewDenoiser
-from tunemv.adapters.export import PREFIXES, UNET_PREFIX
-from tunemv.adapters.latent_cache import LatentCache
+from tunemv.adapters.formats import PREFIXES, TRAINABLE, UNET_PREFIX, checkpoint_metadata
 from tunemv.errors import TunemvError
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 from tunemv.neus.losses import NeuSLoss
-from tunemv.sampling.validation import log_validation_samples
-
-TRAINABLE = ("denoiser.neus.", "denoiser.control_branch.", "ema.")  # the only weights a checkpoint keeps
+from tunemv.training.latent_cache import LatentCache
+from tunemv.training.validation import log_validation_samples
 
 
 class NonFiniteLossError(TunemvError):
@@ -278,13 +276,9 @@ class MultiviewAdapterSystem(pl.LightningModule):
             state = {k: v for k, v in state.items() if not k.startswith("ema.")} | averaged  # (a trained UNet stays)
             weights = "ema"
         checkpoint["state_dict"] = state
-        checkpoint["tunemv"] = {
-            "backbone": self.hparams.backbone,
-            "neus_config": dict(self.denoiser.neus.config),
-            "control_branch_config": dict(self.denoiser.control_branch.config),
-            "skipped_steps": self.skipped_steps,
-            "weights": weights,
-        }
+        checkpoint["tunemv"] = checkpoint_metadata(self.hparams.backbone, self.denoiser.neus,
+                                                   self.denoiser.control_branch, weights,
+                                                   skipped_steps=self.skipped_steps)
 
     @staticmethod
     def ema_key_pairs(state: dict) -> list[tuple[str, str]]:

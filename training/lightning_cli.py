@@ -21,9 +21,9 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from tunemv.adapters.training import MultiviewAdapterSystem
 from tunemv.atomic import atomic_path
 from tunemv.data.datamodule import MultiviewDataModule
+from tunemv.training.system import MultiviewAdapterSystem
 
 SUBCOMMANDS = ("fit", "validate")
 # Training steps between checkpoints when a config names no ModelCheckpoint: the resumable last.ckpt is

@@ -1,0 +1,182 @@
+"""The adapter's two on-disk formats, each with its writer and its reader in one place.
+
+An **adapter folder** (``tunemv export`` writes it, ``MultiviewPipeline.from_pretrained`` reads it)::
+
+    FOLDER/neus/            LatentSparseNeuS.save_pretrained
+    FOLDER/control_branch/  ControlBranch.save_pretrained
+    FOLDER/adapter.json     {"backbone": hub id or folder, "tunemv_version", "ema", "global_step", "checkpoint"}
+
+A **training checkpoint** (``tunemv fit``'s Lightning ``.ckpt``) keeps only the trainable weights, under the
+``state_dict`` prefixes below, and a ``"tunemv"`` entry with both modules' configs and the backbone's name,
+so neither reading it nor exporting it needs the backbone.
+
+This lives in ``adapters/`` (not in ``training/``) because sampling reads both formats and may not import
+training.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunemv.adapters.control_branch import ControlBranch
+from tunemv.errors import TunemvError
+from tunemv.neus.latent_sparseneus import LatentSparseNeuS
+
+ADAPTER_FILE = "adapter.json"
+NEUS_FOLDER, BRANCH_FOLDER = "neus", "control_branch"
+
+# state_dict prefixes of the two trainable modules; EMA weights live in an AveragedModel over ModuleList([neus, branch])
+PREFIXES = {False: ("denoiser.neus.", "denoiser.control_branch."), True: ("ema.module.0.", "ema.module.1.")}
+TRAINABLE = ("denoiser.neus.", "denoiser.control_branch.", "ema.")  # the only weights a checkpoint keeps
+UNET_PREFIX = "backbone.unet."  # only in checkpoints of the train_backbone_unet baseline
+
+
+class AdapterError(TunemvError, ValueError):
+    """An adapter folder that is missing or incomplete."""
+
+
+class CheckpointError(TunemvError):
+    """A checkpoint that is unreadable, not from ``tunemv fit``, or lacks the requested weights."""
+
+
+# ------------------------------------------------------------------------------------------ adapter folder
+def write_adapter_folder(out_dir: str | Path, neus: LatentSparseNeuS, control_branch: ControlBranch,
+                         info: dict[str, Any], overwrite: bool = False) -> Path:
+    """Write an adapter folder atomically: a temporary sibling folder renamed into place.
+
+    ``info`` must name the ``backbone``; the tunemv version is added. With ``overwrite`` the old folder is
+    moved aside first, so a failure never loses both.
+    """
+    from tunemv import __version__
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise AdapterError(f"{out_dir}: already exists; pass --overwrite to replace it")
+    if not info.get("backbone"):
+        raise AdapterError(f"{out_dir}: an adapter folder must name its backbone")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        neus.save_pretrained(staging / NEUS_FOLDER)
+        control_branch.save_pretrained(staging / BRANCH_FOLDER)
+        (staging / ADAPTER_FILE).write_text(json.dumps({**info, "tunemv_version": __version__}, indent=2) + "\n")
+        if out_dir.exists():
+            trash = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".old"))
+            out_dir.rename(trash / out_dir.name)
+            staging.rename(out_dir)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            staging.rename(out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def read_adapter_info(adapter_dir: str | Path) -> dict[str, Any]:
+    """``adapter.json`` of a complete adapter folder; a missing part or bad JSON is an ``AdapterError``."""
+    adapter_dir = Path(adapter_dir)
+    info_path = adapter_dir / ADAPTER_FILE
+    if not info_path.is_file():
+        raise AdapterError(f"{info_path}: missing; an adapter folder is what `tunemv export` writes")
+    try:
+        info = json.loads(info_path.read_text())
+    except json.JSONDecodeError as error:
+        raise AdapterError(f"{info_path}: not valid JSON ({error})") from error
+    for part in (NEUS_FOLDER, BRANCH_FOLDER):
+        if not (adapter_dir / part).is_dir():
+            raise AdapterError(f"{adapter_dir / part}: missing; an adapter folder is what `tunemv export` writes")
+    return info
+
+
+def read_adapter_folder(adapter_dir: str | Path) -> tuple[LatentSparseNeuS, ControlBranch, dict[str, Any]]:
+    """(NeuS, control branch, adapter.json) of an adapter folder, the modules in eval mode."""
+    adapter_dir = Path(adapter_dir)
+    info = read_adapter_info(adapter_dir)
+    neus = LatentSparseNeuS.from_pretrained(adapter_dir / NEUS_FOLDER).eval()
+    branch = ControlBranch.from_pretrained(adapter_dir / BRANCH_FOLDER).eval()
+    return neus, branch, info
+
+
+# -------------------------------------------------------------------------------------------- checkpoints
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        # weights_only=False: Lightning checkpoints hold plain Python objects (hparams, loop state); only load
+        # checkpoints you trust.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises pickle, zip and runtime errors alike for a bad file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''})") from error
+    if not isinstance(checkpoint, dict) or "tunemv" not in checkpoint or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path}: not a tunemv checkpoint (no 'tunemv' and 'state_dict' entries); "
+                              "export checkpoints written by `tunemv fit`")
+    return checkpoint
+
+
+def checkpoint_metadata(backbone: str, neus: LatentSparseNeuS, control_branch: ControlBranch,
+                        weights: str, **extra) -> dict[str, Any]:
+    """The checkpoint's ``"tunemv"`` entry, which ``load_adapter_modules`` reads back."""
+    return {"backbone": backbone, "neus_config": dict(neus.config),
+            "control_branch_config": dict(control_branch.config), "weights": weights, **extra}
+
+
+def submodule_state(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+
+
+def _clean(config: dict[str, Any]) -> dict[str, Any]:
+    # diffusers records positionally passed arguments in "_use_default_values" and from_config then drops
+    # them as if they had been defaults; checkpoints written before from_unet passed them by name have this.
+    return {key: value for key, value in config.items() if key != "_use_default_values"}
+
+
+def has_ema(checkpoint: dict[str, Any]) -> bool:
+    """Whether the checkpoint's weights to sample from are an EMA (a full checkpoint or an EMA snapshot)."""
+    if checkpoint["tunemv"].get("weights") == "ema":
+        return True
+    return any(key.startswith(PREFIXES[True]) for key in checkpoint["state_dict"])
+
+
+def carries_unet(checkpoint: dict[str, Any]) -> bool:
+    """Whether the run fine-tuned the backbone's UNet (the train_backbone_unet baseline)."""
+    return any(key.startswith(UNET_PREFIX) for key in checkpoint["state_dict"])
+
+
+def load_adapter_modules(checkpoint: dict[str, Any], ema: bool | None = None, source: str = "checkpoint"
+                         ) -> tuple[LatentSparseNeuS, ControlBranch]:
+    """Rebuild NeuS and the control branch from a ``tunemv fit`` checkpoint dict.
+
+    ``ema``: True for the EMA weights, False for the live ones, None for the EMA when the run kept one.
+    A weights-only snapshot of an EMA run holds only the EMA, under the live names.
+    """
+    meta, state_dict = checkpoint["tunemv"], checkpoint["state_dict"]
+    if ema is None:
+        ema = has_ema(checkpoint)
+    snapshot_of_ema = meta.get("weights") == "ema"
+    if snapshot_of_ema and not ema:
+        raise CheckpointError(f"{source}: a weights-only snapshot that holds only the EMA weights; drop --no-ema, "
+                              "or use last.ckpt for the live weights")
+    modules = (LatentSparseNeuS.from_config(_clean(meta["neus_config"])),
+               ControlBranch.from_config(_clean(meta["control_branch_config"])))
+    prefixes = PREFIXES[ema and not snapshot_of_ema]
+    for module, prefix, name in zip(modules, prefixes, ("neus", "control_branch"), strict=True):
+        weights = submodule_state(state_dict, prefix)
+        if not weights:
+            hint = " (the run had no EMA: set model.ema_decay, or export without --ema)" if ema else ""
+            raise CheckpointError(f"{source}: no '{prefix}*' weights{hint}")
+        try:
+            module.load_state_dict(weights, strict=True)
+        except RuntimeError as error:
+            raise CheckpointError(f"{source}: {name} weights do not fit its config "
+                                  f"({str(error).splitlines()[0]})") from error
+        module.eval()
+    return modules

@@ -1,0 +1,34 @@
+"""``tunemv export``: turn a training checkpoint into an adapter folder that needs neither Lightning nor the
+checkpoint's optimizer state. Both formats are ``adapters.formats``'; this only picks the weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunemv.adapters.formats import (
+    CheckpointError,
+    carries_unet,
+    has_ema,
+    load_adapter_modules,
+    read_checkpoint,
+    write_adapter_folder,
+)
+
+
+def export_adapter(checkpoint_path: str | Path, out_dir: str | Path, ema: bool | None = None,
+                   overwrite: bool = False) -> Path:
+    """Write the adapter folder of ``checkpoint_path`` (its EMA weights when the run kept one, or as
+    ``ema`` says) to ``out_dir``, atomically."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:  # before reading a checkpoint of gigabytes
+        raise CheckpointError(f"{out_dir}: already exists; pass --overwrite to replace it")
+    checkpoint = read_checkpoint(checkpoint_path)
+    if carries_unet(checkpoint):
+        raise CheckpointError(f"{checkpoint_path}: this run fine-tuned the backbone's UNet (train_backbone_unet), "
+                              "which an adapter folder cannot carry; sample it with tunemv sample --ckpt")
+    ema = has_ema(checkpoint) if ema is None else ema
+    neus, branch = load_adapter_modules(checkpoint, ema=ema, source=str(checkpoint_path))
+    info = {"backbone": checkpoint["tunemv"]["backbone"], "ema": ema, "global_step": checkpoint.get("global_step"),
+            "checkpoint": str(Path(checkpoint_path).resolve())}
+    return write_adapter_folder(out_dir, neus, branch, info, overwrite=overwrite)
