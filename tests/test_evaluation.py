@@ -308,7 +308,7 @@ def test_prompt_fidelity_compares_predictions_with_the_caption(truth):
 
 
 def test_prompt_fidelity_with_a_saved_attribute_classifier(truth, tmp_path):
-    classifier_module = pytest.importorskip("tunemv.foundation.attribute_classifier")
+    classifier_module = pytest.importorskip("tunemv.evaluation.attribute_classifier")
     classifier_module.AttributeClassifier().save_pretrained(tmp_path / "classifier")  # random weights
     metrics = evaluate_dataset(truth / "00005_vase", grid=32, classifier=tmp_path / "classifier").objects[0].metrics
     assert 0.0 <= metrics["prompt_category"] <= 1.0 and 0.0 <= metrics["prompt_colour"] <= 1.0

@@ -33,7 +33,7 @@ _EXPORTS = {
     "DatasetError": "tunemv.errors",
     "CameraError": "tunemv.errors",
     "ModelError": "tunemv.adapters.backbones",
-    "AttributeClassifier": "tunemv.foundation.attribute_classifier",
+    "AttributeClassifier": "tunemv.evaluation.attribute_classifier",
 }
 
 __all__ = ["__version__", *_EXPORTS]

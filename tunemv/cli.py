@@ -86,7 +86,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _foundation_train_backbone(args: argparse.Namespace) -> int:
-    from tunemv.foundation.train_backbone import train_backbone_from_file
+    from tunemv.tinyif.train import train_backbone_from_file
 
     summary = train_backbone_from_file(args.config, out=args.out, device=args.device, threads=args.threads)
     print(f"trained {summary['steps']} steps in {summary['wall_seconds']:.0f} s; backbone written to {summary['out']}")
@@ -94,7 +94,7 @@ def _foundation_train_backbone(args: argparse.Namespace) -> int:
 
 
 def _foundation_train_classifier(args: argparse.Namespace) -> int:
-    from tunemv.foundation.train_classifier import train_classifier_from_file
+    from tunemv.evaluation.train_classifier import train_classifier_from_file
 
     summary = train_classifier_from_file(args.config, out=args.out, device=args.device, threads=args.threads)
     print(f"held-out accuracy: category {summary['heldout_category_accuracy']:.3f}, "

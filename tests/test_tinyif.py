@@ -12,12 +12,12 @@ import torch
 from tunemv.adapters.backbones import Backbone
 from tunemv.cli import main
 from tunemv.data.procedural import BUILDERS, CATEGORIES, COLOURS, make_captions
-from tunemv.foundation.attribute_classifier import AttributeClassifier, parse_caption
-from tunemv.foundation.config import ConfigError, load_config
-from tunemv.foundation.renders import RenderConfig, render_views
-from tunemv.foundation.tiny_if import TinyIFConfig, build_parts, encode_tokens, tokenize
-from tunemv.foundation.tokenizer import build_tokenizer, caption_words
-from tunemv.foundation.train_backbone import BackboneRecipe, diffusion_loss, train_backbone
+from tunemv.data.single_views import RenderConfig, render_views
+from tunemv.evaluation.attribute_classifier import AttributeClassifier, parse_caption
+from tunemv.tinyif.config import ConfigError, load_config
+from tunemv.tinyif.model import TinyIFConfig, build_parts, encode_tokens, tokenize
+from tunemv.tinyif.tokenizer import build_tokenizer, caption_words
+from tunemv.tinyif.train import BackboneRecipe, diffusion_loss, train_backbone
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_BACKBONE = REPO / "models" / "tiny-if"
@@ -129,7 +129,7 @@ def test_recipe_writes_a_folder_that_backbone_loads(micro_run):
 
 
 def test_init_from_continues_from_the_saved_weights_and_refuses_another_architecture(micro_run):
-    from tunemv.foundation.train_backbone import load_pipeline_weights
+    from tunemv.tinyif.train import load_pipeline_weights
 
     folder, _ = micro_run
     saved = Backbone.from_pretrained(str(folder))
@@ -209,7 +209,7 @@ def test_shipped_classifier_beats_its_threshold_on_fresh_renders(tmp_path):
 def test_shipped_backbone_follows_colour_prompts():
     """Red prompts give redder samples than blue ones (measured margin: every red sample had R - B >= 0.024
     and every blue one <= 0.003 over 4 seeds at 8 and 12 DDIM steps)."""
-    from tunemv.foundation.sampling import sample_images
+    from tunemv.tinyif.sampling import sample_images
 
     torch.set_num_threads(1)
     backbone = Backbone.from_pretrained(str(SHIPPED_BACKBONE))

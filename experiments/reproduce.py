@@ -1,6 +1,6 @@
 """A small-scale reproduction of seed 003's claims on the project's tiny backbone (issue 8).
 
-    python -m tunemv.foundation.reproduce --adapter outputs/demo/adapter \
+    python experiments/reproduce.py --adapter outputs/demo/adapter \
         --full-finetune outputs/baseline/fit/checkpoints/final.ckpt --out outputs/reproduction
 
 It samples the same prompts with every variant, then measures multiview consistency (visual-hull IoU and

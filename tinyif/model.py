@@ -16,7 +16,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
-from tunemv.foundation.tokenizer import build_tokenizer
+from tunemv.tinyif.tokenizer import build_tokenizer
 
 MAX_TEXT_TOKENS = 77  # what Backbone (and IFPipeline) pad prompts to
 

@@ -5,7 +5,8 @@ DDIM at CFG 4 draws noisy, tinted, mostly legged shapes whatever the prompt (cat
 at the same CFG draws the prompted category (see the model card): DDIM's errors at high guidance accumulate
 on a small pixel model, and DDPM's fresh noise each step washes them out.
 
-Used for the model card's sample grid and the tests; the multiview samplers live in ``tunemv.sampling``.
+Used for the model card's sample grid, the fidelity experiments and the tests; the multiview samplers (whose
+``denoise`` loop needs cameras and views) live in ``tunemv.sampling``, whose CFG rule this reuses.
 IFPipeline itself also works on the saved folder, but it needs the Backbone's prompt handling to match
 training exactly, so this loop encodes prompts through ``Backbone.encode_prompt``.
 """
@@ -21,6 +22,7 @@ import torch
 def sample_images(backbone, prompts: Sequence[str], steps: int = 50, guidance_scale: float = 4.0,
                   generator: torch.Generator | None = None, scheduler: str = "ddpm") -> torch.Tensor:
     """Prompts -> (N, 3, H, W) images in [0, 1] from a pixel-space (IF-family) backbone."""
+    from tunemv.sampling.guidance import classifier_free
     from tunemv.sampling.schedulers import make_scheduler
 
     if backbone.family != "if":
@@ -35,7 +37,7 @@ def sample_images(backbone, prompts: Sequence[str], steps: int = 50, guidance_sc
     for t in rule.timesteps:
         out = backbone.unet(torch.cat([x, x]), t, encoder_hidden_states=text).sample
         eps_uncond, eps_cond = backbone.split_prediction(out).chunk(2)
-        eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        eps = classifier_free(eps_cond, eps_uncond, guidance_scale)
         x = rule.step(eps, t, x, generator=generator).prev_sample
     return (x.float().clamp(-1, 1) + 1) / 2
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from diffusers.training_utils import EMAModel
 
-from tunemv.foundation.config import load_config, resolve_device
-from tunemv.foundation.renders import RenderConfig, RenderedViews, render_views
-from tunemv.foundation.tiny_if import (
+from tunemv.data.single_views import RenderConfig, RenderedViews, render_views
+from tunemv.tinyif.config import load_config, resolve_device
+from tunemv.tinyif.model import (
     TinyIFConfig,
     build_parts,
     count_parameters,
@@ -277,7 +277,7 @@ def train_backbone(recipe: BackboneRecipe, out: str | None = None, progress: boo
         recipe=json.loads(json.dumps(asdict(recipe))),
     )
     (out_dir / "training.json").write_text(json.dumps(summary, indent=1))
-    from tunemv.foundation.report import write_backbone_figures  # loads the saved model back
+    from tunemv.tinyif.model_card import write_backbone_figures  # loads the saved model back
 
     write_backbone_figures(out_dir, cfg.sample_prompts, cfg.sample_steps, cfg.guidance_scale)
     return summary

@@ -1,6 +1,6 @@
 """Prompt fidelity of a text-to-image backbone, read by the attribute classifier.
 
-``python -m tunemv.foundation.fidelity models/tiny-if`` samples one image per category × colour prompt and prints
+``python experiments/backbone_fidelity.py models/tiny-if`` samples one image per category × colour prompt and prints
 the fraction whose classified category and colour match the prompt's (chance: 1/12 and 1/14).
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import torch
 
 from tunemv.data.procedural import CATEGORIES, COLOURS
-from tunemv.foundation.attribute_classifier import AttributeClassifier, parse_caption
-from tunemv.foundation.sampling import sample_images
+from tunemv.evaluation.attribute_classifier import AttributeClassifier, parse_caption
+from tunemv.tinyif.sampling import sample_images
 
 FORMS = {"plain": "{article} {colour} {category}", "render": "a 3D render of {article} {colour} {category}"}
 
@@ -28,7 +28,7 @@ def attribute_prompts(form: str = "plain") -> list[str]:
 
 
 @torch.no_grad()
-def prompt_fidelity(backbone, classifier: AttributeClassifier, prompts: Sequence[str], samples_per_prompt: int = 1,
+def backbone_fidelity(backbone, classifier: AttributeClassifier, prompts: Sequence[str], samples_per_prompt: int = 1,
                     steps: int = 50, guidance_scale: float = 4.0, seed: int = 0,
                     scheduler: str = "ddpm") -> dict[str, float]:
     """Fraction of samples whose classified category / colour match the ones their prompt names."""
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     backbone, classifier = Backbone.from_pretrained(path), AttributeClassifier.from_pretrained(args.classifier)
     for form in args.forms:
         start = time.perf_counter()
-        result = prompt_fidelity(backbone, classifier, attribute_prompts(form), 1, args.steps, args.guidance_scale,
+        result = backbone_fidelity(backbone, classifier, attribute_prompts(form), 1, args.steps, args.guidance_scale,
                                  scheduler=args.scheduler)
         print(json.dumps(dict(form=form, scheduler=args.scheduler, steps=args.steps, **result, seconds=round(time.perf_counter() - start, 1))))
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tunemv.foundation.attribute_classifier import AttributeClassifier
-from tunemv.foundation.config import load_config, resolve_device
-from tunemv.foundation.renders import RenderConfig, RenderedViews, render_views
+from tunemv.data.single_views import RenderConfig, RenderedViews, render_views
+from tunemv.evaluation.attribute_classifier import AttributeClassifier
+from tunemv.tinyif.config import load_config, resolve_device
 
 
 @dataclass

@@ -74,7 +74,7 @@ def write_backbone_figures(out_dir: str | Path, prompts: Sequence[str], steps: i
                            guidance_scale: float = 4.0) -> None:
     """loss.png from loss.csv, and samples.png (4 seeds per prompt) from the backbone saved in ``out_dir``."""
     from tunemv.adapters.backbones import Backbone
-    from tunemv.foundation.sampling import sample_images
+    from tunemv.tinyif.sampling import sample_images
 
     out_dir = Path(out_dir)
     steps_logged, values = read_loss_csv(out_dir / "loss.csv")
