@@ -1,4 +1,4 @@
-"""O in seed 003: a ControlNet-style trainable copy of the frozen UNet's encoder, for any diffusers UNet.
+"""O in TuneMV3D: a ControlNet-style trainable copy of the frozen UNet's encoder, for any diffusers UNet.
 
 It copies ``conv_in``, the time/class/added embeddings, ``encoder_hid_proj``, every down block and the mid
 block (whatever their type: diffusers' own ``ControlNetModel`` rejects IF's SimpleCrossAttn blocks). It adds

@@ -1,4 +1,4 @@
-"""Geometry-aware cross-view attention: the pairwise geometric condition of seed 003 §3.1.2 / §3.2.
+"""Geometry-aware cross-view attention: the pairwise geometric condition of TuneMV3D §3.1.2 / §3.2.
 
 For each query pixel of view i, points along its ray (the NeuS importance samples when given, otherwise
 uniform in the bounding sphere), optionally from a k x k patch frustum of rays, are projected into every

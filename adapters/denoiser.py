@@ -1,9 +1,9 @@
-"""MultiviewDenoiser: the frozen UNet, steered by the latent SparseNeuS and the control branch (seed 003 §3.1–3.3).
+"""MultiviewDenoiser: the frozen UNet, steered by the latent SparseNeuS and the control branch (TuneMV3D §3.1–3.3).
 
 Modes:
 - ``"mv"``: NeuS renders g_i at the input cameras -> control branch(g_i) with cross-view attention ->
   zero-conv residuals -> frozen UNet;
-- ``"independent"``: the control branch on x_t itself, no NeuS, no cross-view attention (x̄ of seed 003 §3.3);
+- ``"independent"``: the control branch on x_t itself, no NeuS, no cross-view attention (x̄ of TuneMV3D §3.3);
 - ``"2d"``: the frozen UNet alone.
 
 ``forward`` runs one mode through diffusers' own UNet forward; ``predict`` serves every mode a sampler needs

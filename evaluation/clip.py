@@ -1,4 +1,4 @@
-"""CLIP text-image and image-image similarity (seed 000, Table 1), when a CLIP model can be loaded.
+"""CLIP text-image and image-image similarity (IM-3D, Table 1), when a CLIP model can be loaded.
 
 The score is torchmetrics' CLIPScore definition, ``100 * max(cos(a, b), 0)``, computed here directly because
 torchmetrics 1.9's ``CLIPScore`` breaks with transformers >= 5 (``get_image_features`` now returns a

@@ -1,6 +1,6 @@
 """Seed-002-style MVC: fit a 3D representation to the views and report how well it re-renders them.
 
-Seed 002 (Table 1) "quantifies the multiview consistency by constructing a 3D asset and calculating the
+Distillation-free Text-to-3D (Table 1) "quantifies the multiview consistency by constructing a 3D asset and calculating the
 reprojection error". Here the asset is the project's own ``LatentSparseNeuS`` (pixel space, views as clean
 t = 0 inputs), fitted per object for 100 Adam steps as in ``tests/test_neus_overfit.py``. A consistent set
 can be explained by one surface and re-renders well; views that disagree cannot all be matched by one

@@ -51,7 +51,7 @@ class EvaluationReport:
         return means
 
     def passing(self, min_iou: float) -> list[str]:
-        """Object ids whose mean hull IoU is >= ``min_iou`` (seed 001 §3.2: the data engine's quality filter)."""
+        """Object ids whose mean hull IoU is >= ``min_iou`` (VFusion3D §3.2: the data engine's quality filter)."""
         return [r.object_id for r in self.objects if r.metrics["hull_iou"] >= min_iou]
 
     def to_dict(self) -> dict:

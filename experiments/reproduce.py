@@ -1,4 +1,4 @@
-"""A small-scale reproduction of seed 003's claims on the project's tiny backbone (issue 8).
+"""A small-scale reproduction of TuneMV3D's claims on the project's tiny backbone (issue 8).
 
     python experiments/reproduce.py --adapter outputs/demo/adapter \
         --full-finetune outputs/baseline/fit/checkpoints/final.ckpt --out outputs/reproduction
@@ -9,7 +9,7 @@ procedural ground-truth renders as the ceiling:
 - prompts inside the 3D tuning set (chairs) and outside it (other categories, never seen in 3D);
 - (a) the frozen 2D backbone view by view (sampler "2d");
 - (b) the adapter: "mv" (= "consistency" at K = 0), "consistency" at K in {0.25, 0.5} and α in {2, 5, 10},
-  "mixed" with a constant, a linear and the seed-002 λ schedule;
+  "mixed" with a constant, a linear and the quadratic λ schedule (Distillation-free Text-to-3D §3.4);
 - (c) a baseline that fine-tuned the whole backbone UNet as a multiview model on the same set
   (``model.train_backbone_unet``), sampled with "mv".
 Writes OUT/<variant>/<split>/ (dataset-format samples with grids), OUT/results.json and OUT/results.md.

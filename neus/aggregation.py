@@ -1,4 +1,4 @@
-"""Eq. 2 of seed 003: project 3D points into every source view, gather its features, aggregate over views.
+"""Eq. 2 of TuneMV3D: project 3D points into every source view, gather its features, aggregate over views.
 
 Pixel convention as in ``Cameras``: pixel (i, j) covers [j, j+1) x [i, i+1) and its centre is (j+0.5, i+0.5).
 A point is valid for a view when it is in front of the camera and projects inside the image rectangle.

@@ -1,4 +1,4 @@
-"""E in seed 003 §3.1.1: a small timestep-conditioned CNN from each noisy view to a feature map f_i."""
+"""E in TuneMV3D §3.1.1: a small timestep-conditioned CNN from each noisy view to a feature map f_i."""
 
 from __future__ import annotations
 

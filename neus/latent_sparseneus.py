@@ -1,4 +1,4 @@
-"""The latent SparseNeuS of seed 003 §3.1.1 (eq. 1–3): noisy views -> one surface field -> g_i ≈ x0_i.
+"""The latent SparseNeuS of TuneMV3D §3.1.1 (eq. 1–3): noisy views -> one surface field -> g_i ≈ x0_i.
 
     x_t (B, V, C, h, w), t (B, V) --E--> f (B, V, F, h, w)
     rays of each target view -> points -> projected into every view -> mean/var of f (eq. 2)

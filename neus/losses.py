@@ -12,7 +12,7 @@ from tunemv.neus.latent_sparseneus import LatentSparseNeuSOutput
 class NeuSLoss(nn.Module):
     """``total = render_weight * render + eikonal_weight * eikonal + opacity_weight * opacity``.
 
-    - render: MSE (or L1) of the rendered views against the clean views x0 (seed 003: g_i ≈ x0_i);
+    - render: MSE (or L1) of the rendered views against the clean views x0 (TuneMV3D: g_i ≈ x0_i);
     - eikonal: ``(|grad s| - 1)^2`` at ``eikonal_samples`` random ray samples per object, which keeps s a
       distance (NeuS);
     - opacity: BCE of the rendered opacity against object masks (VFusion3D's opacity loss), optional.

@@ -1,4 +1,4 @@
-"""Writing sampling results: one dataset-format object folder per prompt (seed 001's data engine), plus a
+"""Writing sampling results: one dataset-format object folder per prompt (VFusion3D's data engine), plus a
 grid PNG, a turntable GIF of NeuS renders and, on request, meshes.
 
     OUT/<index>_<prompt-slug>/images/NNN.png, cameras.json, caption.txt   (passes `tunemv data check`)

@@ -1,4 +1,4 @@
-"""Reference views for image→multiview and multiview→multiview (seed 003 §3.4): clean views at t = 0."""
+"""Reference views for image→multiview and multiview→multiview (TuneMV3D §3.4): clean views at t = 0."""
 
 from __future__ import annotations
 

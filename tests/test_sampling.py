@@ -76,7 +76,7 @@ def test_unknown_prediction_type_is_refused():
 
 
 # -------------------------------------------------------------------------------------------- guidance
-def test_consistency_guidance_is_seed003_eq4_for_ddim():
+def test_consistency_guidance_is_tunemv3d_eq4_for_ddim():
     """x̂ = x + α(x − x̄) with x, x̄ the DDIM steps of ε_mv(c) and ε_ind(c), for the CFG'd step x."""
     scheduler = DDIMScheduler(beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False)
     scheduler.set_timesteps(10)

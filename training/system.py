@@ -1,4 +1,4 @@
-"""The Lightning training system: a frozen backbone, a trainable latent SparseNeuS and control branch (seed 003 §3, §4.1).
+"""The Lightning training system: a frozen backbone, a trainable latent SparseNeuS and control branch (TuneMV3D §3, §4.1).
 
 One training step: encode the clean views; one timestep per object, shared by its views; noise; some views
 made clean references (t = 0, out of the diffusion loss); NeuS dropped (mode "independent") or the prompt
@@ -64,7 +64,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
             ``LatentCache``), so each view is encoded once over the whole run.
         train_backbone_unet: a baseline, not the method: also fine-tune the backbone's UNet (at
             ``learning_rate``), so that a run measures what full fine-tuning on a small 3D set costs the
-            2D model (seed 003's comparison). Its checkpoints then carry the UNet too (``backbone.unet.*``).
+            2D model (TuneMV3D's comparison). Its checkpoints then carry the UNet too (``backbone.unet.*``).
     """
 
     def __init__(self, backbone: str, backbone_dtype: str | None = None, neus: dict[str, Any] | None = None,
