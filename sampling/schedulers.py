@@ -36,9 +36,8 @@ AUTO = "auto"  # the family's own step rule: see ``default_scheduler``
 def default_scheduler(family: str) -> str:
     """What "auto" means: DDPM for pixel-space (IF-family) backbones, as IF's own pipelines sample, DDIM otherwise.
 
-    Deterministic DDIM at the guidance scales pixel models need lets a small model's errors pile up: on
-    ``models/tiny-if`` at CFG 4 it draws noisy, tinted, legged blobs whatever the prompt, while DDPM's fresh
-    noise every step keeps samples on the data (the model card has both figures).
+    DDIM works on pixel backbones too: its steps use the ε of the clipped x̂0 there (``job.step_arguments``),
+    without which it drained ``models/tiny-if``'s samples to tinted blobs (the model card has the figures).
     """
     return "ddpm" if family == "if" else "ddim"
 

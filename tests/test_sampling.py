@@ -196,6 +196,27 @@ def test_pixel_space_if_backbone_samples_with_a_learned_variance_schedule(folder
     assert out.field.render(out.cameras[0].rescale(8, 8)).shape == (1, 3, 3, 8, 8)
 
 
+def test_pixel_space_ddim_steps_use_the_epsilon_of_the_clipped_x0():
+    """x_{t-1} = √ᾱ'·clip(x̂0) + √(1−ᾱ')·ε̂ with ε̂ recomputed from clip(x̂0) in pixel space; latent backbones
+    keep diffusers' default (the unclipped ε), so they still match diffusers' own pipelines."""
+    from tunemv.sampling.job import step_arguments
+
+    scheduler = make_scheduler("ddim", {"beta_schedule": "squaredcos_cap_v2", "clip_sample": True})
+    scheduler.set_timesteps(10)
+    t, previous = scheduler.timesteps[0], scheduler.timesteps[1]
+    a, a_prev = scheduler.alphas_cumprod[t], scheduler.alphas_cumprod[previous]
+    x, eps = torch.full((1, 3, 4, 4), 0.9), torch.full((1, 3, 4, 4), -0.8)
+    x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
+    assert ((x - (1 - a).sqrt() * eps) / a.sqrt()).abs().min() > 1  # the clip is active
+    consistent = (x - a.sqrt() * x0) / (1 - a).sqrt()
+    for pixel_space, direction in ((True, consistent), (False, eps)):
+        step = scheduler.step(eps, t, x, **step_arguments(scheduler, 0.0, None, pixel_space=pixel_space))
+        torch.testing.assert_close(step.prev_sample, a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * direction,
+                                   atol=1e-5, rtol=1e-5, msg=f"pixel_space={pixel_space}")
+    unclipped = make_scheduler("ddim", {"beta_schedule": "squaredcos_cap_v2", "clip_sample": False})
+    assert "use_clipped_model_output" not in step_arguments(unclipped, 0.0, None, pixel_space=True)
+
+
 def test_auto_scheduler_is_ddpm_for_pixel_backbones_and_ddim_for_latent_ones(folders, zero_pipe):
     options = dict(num_views=2, steps=3, seed=0, progress=False, sampler="mv")
     pixel = adapter_pipeline(folders["if"], awake=True)

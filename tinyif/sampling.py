@@ -1,9 +1,8 @@
 """A short text-to-image sampling loop for a pixel-space ``Backbone``, with classifier-free guidance.
 
-The default step rule is DDPM, the ancestral sampler IF itself ships with. On ``models/tiny-if`` deterministic
-DDIM at CFG 4 draws noisy, tinted, mostly legged shapes whatever the prompt (category match 0.14), while DDPM
-at the same CFG draws the prompted category (see the model card): DDIM's errors at high guidance accumulate
-on a small pixel model, and DDPM's fresh noise each step washes them out.
+The default step rule is DDPM, the ancestral sampler IF itself ships with. Any diffusers rule works; DDIM
+steps recompute ε from the clipped x̂0 (``sampling.job.step_arguments``), without which deterministic DDIM
+on ``models/tiny-if`` drew tinted blobs whatever the prompt (see the model card).
 
 Used for the model card's sample grid, the fidelity experiments and the tests; the multiview samplers (whose
 ``denoise`` loop needs cameras and views) live in ``tunemv.sampling``, whose CFG rule this reuses.
@@ -23,6 +22,7 @@ def sample_images(backbone, prompts: Sequence[str], steps: int = 50, guidance_sc
                   generator: torch.Generator | None = None, scheduler: str = "ddpm") -> torch.Tensor:
     """Prompts -> (N, 3, H, W) images in [0, 1] from a pixel-space (IF-family) backbone."""
     from tunemv.sampling.guidance import classifier_free
+    from tunemv.sampling.job import step_arguments
     from tunemv.sampling.schedulers import make_scheduler
 
     if backbone.family != "if":
@@ -34,10 +34,13 @@ def sample_images(backbone, prompts: Sequence[str], steps: int = 50, guidance_sc
     uncond = backbone.encode_prompt([""] * count).hidden_states
     text = torch.cat([uncond, cond])  # "(2 n) l d": both CFG branches in one UNet call
     x = torch.randn(count, 3, size, size, generator=generator, device="cpu").to(backbone.device, backbone.dtype)
+    x = x * rule.init_noise_sigma  # 1 for DDPM and DDIM; σ_max for Euler-type rules
+    step_kwargs = step_arguments(rule, 0.0, generator, pixel_space=True)
     for t in rule.timesteps:
-        out = backbone.unet(torch.cat([x, x]), t, encoder_hidden_states=text).sample
+        model_input = rule.scale_model_input(x, t)
+        out = backbone.unet(torch.cat([model_input, model_input]), t, encoder_hidden_states=text).sample
         eps_uncond, eps_cond = backbone.split_prediction(out).chunk(2)
         eps = classifier_free(eps_cond, eps_uncond, guidance_scale)
-        x = rule.step(eps, t, x, generator=generator).prev_sample
+        x = rule.step(eps, t, x, **step_kwargs).prev_sample
     return (x.float().clamp(-1, 1) + 1) / 2
 
