@@ -1,7 +1,12 @@
-"""Prompt fidelity of a text-to-image backbone, read by the attribute classifier.
+"""Prompt fidelity of a pixel-space text-to-image backbone, read by the attribute classifier.
 
-``python experiments/backbone_fidelity.py models/tiny-if`` samples one image per category × colour prompt and prints
-the fraction whose classified category and colour match the prompt's (chance: 1/12 and 1/14).
+    python experiments/backbone_fidelity.py models/tiny-if --out outputs/fidelity/tiny-if \
+        [--rules ddpm:50 ddpm:25 ddim:50] [--seeds 0 1] [--guidance-scale 4]
+
+For every step rule, all 168 category × colour prompts are sampled once per seed; the classifier reads each
+image. Printed and written to OUT/fidelity.json: the category and colour match per rule (chance 1/12 and
+1/14), per category, and the category confusion (prompted -> read). OUT/grid-RULE.png has one row per
+category (its 14 colours, seed 0) at 3x nearest-neighbour scale.
 """
 
 from __future__ import annotations
@@ -9,59 +14,79 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Sequence
+from collections import Counter
+from pathlib import Path
 
 import torch
 
+from tunemv.adapters.backbones import Backbone
 from tunemv.data.procedural import CATEGORIES, COLOURS
 from tunemv.evaluation.attribute_classifier import AttributeClassifier, parse_caption
+from tunemv.tinyif.model_card import image_grid
 from tunemv.tinyif.sampling import sample_images
 
-FORMS = {"plain": "{article} {colour} {category}", "render": "a 3D render of {article} {colour} {category}"}
 
-
-def attribute_prompts(form: str = "plain") -> list[str]:
-    """One prompt per category × colour pair (168), in the caption wording ``form`` ("plain" or "render")."""
-    template = FORMS[form]
-    return [template.format(article="an" if colour[0] in "aeiou" else "a", colour=colour, category=category)
-            for category in CATEGORIES for colour in COLOURS]
+def attribute_prompts() -> list[str]:
+    """One prompt per category × colour pair (168), category-major, in the captions' plain wording."""
+    return [f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {category}" for category in CATEGORIES for colour in COLOURS]
 
 
 @torch.no_grad()
-def backbone_fidelity(backbone, classifier: AttributeClassifier, prompts: Sequence[str], samples_per_prompt: int = 1,
-                    steps: int = 50, guidance_scale: float = 4.0, seed: int = 0,
-                    scheduler: str = "ddpm") -> dict[str, float]:
-    """Fraction of samples whose classified category / colour match the ones their prompt names."""
-    expanded = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
-    images = sample_images(backbone, expanded, steps, guidance_scale, torch.Generator().manual_seed(seed), scheduler)
-    predicted = classifier.predict(images)
-    wanted = [parse_caption(prompt) for prompt in expanded]
-    category = [p == w[0] for p, w in zip(predicted["category"], wanted, strict=True) if w[0] is not None]
-    colour = [p == w[1] for p, w in zip(predicted["colour"], wanted, strict=True) if w[1] is not None]
-    return dict(category=sum(category) / max(len(category), 1), colour=sum(colour) / max(len(colour), 1),
-                samples=len(expanded))
+def measure_rule(backbone, classifier, prompts: list[str], rule: str, steps: int, seeds: list[int],
+                 guidance_scale: float, batch: int) -> tuple[dict, torch.Tensor]:
+    """Fidelity of one step rule over prompts x seeds; returns (the figures, seed 0's images)."""
+    wanted = [parse_caption(prompt) for prompt in prompts]
+    matches_category, matches_colour, confusion = [], [], Counter()
+    first_images = None
+    for seed in seeds:
+        generator = torch.Generator().manual_seed(seed)
+        images = torch.cat([sample_images(backbone, prompts[start: start + batch], steps, guidance_scale, generator,
+                                          scheduler=rule) for start in range(0, len(prompts), batch)])
+        first_images = images if first_images is None else first_images
+        predicted = classifier.predict(images)
+        for (category, colour), got_category, got_colour in zip(wanted, predicted["category"], predicted["colour"],
+                                                                strict=True):
+            matches_category.append((category, got_category == category))
+            matches_colour.append(got_colour == colour)
+            confusion[f"{category}->{got_category}"] += 1
+    per_category = {c: sum(ok for name, ok in matches_category if name == c) /
+                    sum(1 for name, _ in matches_category if name == c) for c in CATEGORIES}
+    figures = dict(rule=rule, steps=steps, seeds=seeds, samples=len(matches_colour),
+                   category=sum(ok for _, ok in matches_category) / len(matches_category),
+                   colour=sum(matches_colour) / len(matches_colour), per_category=per_category,
+                   weakest=min(per_category, key=per_category.get),
+                   confusion={c: {k.split("->")[1]: v for k, v in confusion.items() if k.split("->")[0] == c}
+                              for c in CATEGORIES})
+    return figures, first_images
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    from tunemv.adapters.backbones import Backbone
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("backbone", help="a pixel-space (IF-family) backbone folder, e.g. models/tiny-if")
     parser.add_argument("--classifier", default="models/attribute-classifier")
-    parser.add_argument("--forms", nargs="+", default=["plain", "render"], choices=list(FORMS))
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--scheduler", default="ddpm", help="step rule (default ddpm, IF's own; ddim, euler, ...)")
+    parser.add_argument("--rules", nargs="+", default=["ddpm:50", "ddpm:25", "ddim:50"], help="RULE:STEPS")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--guidance-scale", type=float, default=4.0)
+    parser.add_argument("--batch", type=int, default=84, help="prompts per sampling call")
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", required=True, help="output folder for fidelity.json and the grids")
+    args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     path = args.backbone if args.backbone.startswith((".", "/")) else f"./{args.backbone}"
     backbone, classifier = Backbone.from_pretrained(path), AttributeClassifier.from_pretrained(args.classifier)
-    for form in args.forms:
+    prompts, results = attribute_prompts(), []
+    for spec in args.rules:
+        rule, steps = spec.split(":")
         start = time.perf_counter()
-        result = backbone_fidelity(backbone, classifier, attribute_prompts(form), 1, args.steps, args.guidance_scale,
-                                 scheduler=args.scheduler)
-        print(json.dumps(dict(form=form, scheduler=args.scheduler, steps=args.steps, **result, seconds=round(time.perf_counter() - start, 1))))
+        figures, images = measure_rule(backbone, classifier, prompts, rule, int(steps), args.seeds,
+                                       args.guidance_scale, args.batch)
+        figures.update(guidance_scale=args.guidance_scale, seconds=round(time.perf_counter() - start, 1))
+        results.append(figures)
+        image_grid(images, list(CATEGORIES), out / f"grid-{rule}-{steps}.png", columns=len(COLOURS), scale=3)
+        print(json.dumps({k: v for k, v in figures.items() if k != "confusion"}), flush=True)
+        (out / "fidelity.json").write_text(json.dumps(dict(backbone=args.backbone, results=results), indent=1))
 
 
 if __name__ == "__main__":
