@@ -207,8 +207,10 @@ def test_shipped_classifier_beats_its_threshold_on_fresh_renders(tmp_path):
 
 
 def test_shipped_backbone_follows_colour_prompts():
-    """Red prompts give redder samples than blue ones (measured margin: every red sample had R - B >= 0.024
-    and every blue one <= 0.003 over 4 seeds at 8 and 12 DDIM steps)."""
+    """Red prompts give redder samples than blue ones. Calibration (10 DDPM steps, CFG 4, seeds 0-3): the
+    shipped stage-2 weights give every red sample R - B >= 0.057, every blue one <= -0.064 and a gap of the
+    means of 0.128-0.131; the stage-1 weights gave 0.109-0.119. A model that ignores colour gives a gap
+    near 0; the bound, 0.08, is below every measured gap."""
     from tunemv.tinyif.sampling import sample_images
 
     torch.set_num_threads(1)
@@ -217,4 +219,4 @@ def test_shipped_backbone_follows_colour_prompts():
     images = sample_images(backbone, prompts, steps=10, guidance_scale=4.0, generator=torch.Generator().manual_seed(0))
     red_minus_blue = (images[:, 0] - images[:, 2]).mean(dim=(1, 2))  # (8,)
     assert red_minus_blue[:4].min() > red_minus_blue[4:].max(), red_minus_blue
-    assert red_minus_blue[:4].mean() - red_minus_blue[4:].mean() > 0.04, red_minus_blue
+    assert red_minus_blue[:4].mean() - red_minus_blue[4:].mean() > 0.08, red_minus_blue
