@@ -220,3 +220,44 @@ def test_shipped_backbone_follows_colour_prompts():
     red_minus_blue = (images[:, 0] - images[:, 2]).mean(dim=(1, 2))  # (8,)
     assert red_minus_blue[:4].min() > red_minus_blue[4:].max(), red_minus_blue
     assert red_minus_blue[:4].mean() - red_minus_blue[4:].mean() > 0.08, red_minus_blue
+
+
+def test_a_killed_run_resumes_from_its_state_and_ends_where_an_uninterrupted_one_ends(tmp_path, monkeypatch):
+    """train.state_path: killed after its step-2 state, a run started again continues at step 2 and ends with
+    bit-identical weights (the EMA that is saved) to a run that was never interrupted."""
+    from safetensors.torch import load_file
+
+    import tunemv.tinyif.train as train_module
+
+    torch.set_num_threads(1)
+
+    def recipe(name: str) -> BackboneRecipe:
+        r = BackboneRecipe(data=RenderConfig(seed=7, num_objects=12, views_per_object=2,
+                                             cache_dir=str(tmp_path / "cache")), model=TinyIFConfig(**MICRO_MODEL))
+        for key, value in dict(max_steps=4, batch_size=4, log_every=1, checkpoint_every=2, precision="fp32",
+                               state_path=str(tmp_path / f"{name}.state.pt")).items():
+            setattr(r.train, key, value)
+        return r
+
+    straight = train_backbone(recipe("straight"), out=str(tmp_path / "straight"), progress=False)
+    real_clip, calls = torch.nn.utils.clip_grad_norm_, []
+
+    def killed_at_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as a kill between the step-2 state and the end
+        return real_clip(*args, **kwargs)
+
+    monkeypatch.setattr(train_module.torch.nn.utils, "clip_grad_norm_", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_backbone(recipe("killed"), out=str(tmp_path / "killed"), progress=False)
+    monkeypatch.setattr(train_module.torch.nn.utils, "clip_grad_norm_", real_clip)
+    assert torch.load(tmp_path / "killed.state.pt", weights_only=False)["step"] == 2
+    resumed = train_backbone(recipe("killed"), out=str(tmp_path / "killed"), progress=False)
+    assert straight["steps"] == resumed["steps"] == 4
+    for part in ("unet", "text_encoder"):
+        (a,), (b,) = (list((tmp_path / run / part).glob("*.safetensors")) for run in ("straight", "killed"))
+        first, second = load_file(str(a)), load_file(str(b))
+        assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first), part
+    logged = [int(row.split(",")[0]) for row in (tmp_path / "killed" / "loss.csv").read_text().splitlines()[1:]]
+    assert logged == [1, 2, 3, 4]  # the resumed run appends to the killed one's log
