@@ -68,8 +68,8 @@ def load_plugins(force: bool = False) -> None:
         return
     _plugins_loaded = True
     # tunemv's own entry points first: the first registration of a name wins
-    ours = lambda point: not point.value.startswith("tunemv.")  # noqa: E731 - False sorts first
-    for entry_point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=ours):
+    foreign = lambda point: not point.value.startswith("tunemv.")  # noqa: E731 - tunemv's (False) sort first
+    for entry_point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=foreign):
         if entry_point.name in _SAMPLERS:
             continue  # a clash with a built-in or an earlier plugin: the first registration wins
         try:

@@ -107,7 +107,10 @@ class TwoDModelOption:
     """Mixin for samplers with a ``two_d_model`` option: another 2D backbone whose ε replaces the frozen
     backbone's "2d" score (a hub id, a folder or a loaded ``Backbone``, in the same space)."""
 
-    def _load_two_d(self, job: SamplingJob) -> None:
+    two_d_model: str | Backbone | None = None
+
+    def prepare(self, job: SamplingJob) -> None:
+        super().prepare(job)
         self.two_d = None if self.two_d_model is None else ExternalTwoDScore.for_job(
             self.two_d_model, job.score.backbone, job.prompts, job.negative_prompts if job.guided else None,
             job.score.denoiser.view_chunk)
@@ -142,10 +145,6 @@ class MixedScoreSampler(TwoDModelOption, GuidedSampler):
         self.schedule = MixSchedule(schedule) if isinstance(schedule, str) else schedule
         self.two_d_model = two_d_model
 
-    def prepare(self, job: SamplingJob) -> None:
-        super().prepare(job)
-        self._load_two_d(job)
-
     def modes(self, job: SamplingJob, timestep: float, step_index: int) -> tuple[str, ...]:
         weight = self.schedule(timestep, job.num_train_timesteps)
         # λ = 0 needs no multiview score, except where consistency guidance takes ε_mv(c) − ε_ind(c).
@@ -168,10 +167,6 @@ class TwoDSampler(TwoDModelOption, GuidedSampler):
     def __init__(self, two_d_model: str | Backbone | None = None):
         super().__init__(consistency_scale=0.0)
         self.two_d_model = two_d_model
-
-    def prepare(self, job: SamplingJob) -> None:
-        super().prepare(job)
-        self._load_two_d(job)
 
     def modes(self, job: SamplingJob, timestep: float, step_index: int) -> tuple[str, ...]:
         return ("2d",)

@@ -89,10 +89,11 @@ def sample_jobs(adapter: Path, jobs: list[tuple[str, str, dict, Path]], args: ar
     seconds = []
     for index, (_, prompt, extra, root) in enumerate(jobs):
         start = time.perf_counter()
+        seed = 0 if extra else index  # text jobs: one seed per prompt; the image job: seed 0
         options = dict(num_views=args.num_views, steps=args.steps, sampler=args.sampler,
                        guidance_scale=args.guidance_scale, **extra)
-        output = pipe(prompt, seed=index if not extra else 0, progress=False, **options)
-        settings = {**options, "seed": index if not extra else 0, "backbone": pipe.backbone.name_or_path}
+        output = pipe(prompt, seed=seed, progress=False, **options)
+        settings = {**options, "seed": seed, "backbone": pipe.backbone.name_or_path}
         write_results(output, root, settings=settings, mesh_resolution=args.mesh_resolution, overwrite=True,
                       log=print)
         seconds.append(loading + time.perf_counter() - start)
