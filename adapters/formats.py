@@ -6,9 +6,16 @@ An **adapter folder** (``tunemv export`` writes it, ``MultiviewPipeline.from_pre
     FOLDER/control_branch/  ControlBranch.save_pretrained
     FOLDER/adapter.json     {"backbone": hub id or folder, "tunemv_version", "ema", "global_step", "checkpoint"}
 
+A **pretrained NeuS folder** (stage 1, ``tunemv export`` of a ``configs/neus_pretrain.yaml`` run; what
+``model.init_from`` and ``models/tiny-neus`` are)::
+
+    FOLDER/config.json, FOLDER/diffusion_pytorch_model.safetensors   LatentSparseNeuS.save_pretrained
+    FOLDER/neus.json        {"backbone", "tunemv_version", "global_step", "checkpoint"}
+
 A **training checkpoint** (``tunemv fit``'s Lightning ``.ckpt``) keeps only the trainable weights, under the
 ``state_dict`` prefixes below, and a ``"tunemv"`` entry with both modules' configs and the backbone's name,
-so neither reading it nor exporting it needs the backbone.
+so neither reading it nor exporting it needs the backbone. A stage-1 checkpoint keeps ``neus.*`` only and
+says ``"kind": "neus"``.
 
 This lives in ``adapters/`` (not in ``training/``) because sampling reads both formats and may not import
 training.
@@ -35,6 +42,8 @@ NEUS_FOLDER, BRANCH_FOLDER = "neus", "control_branch"
 PREFIXES = {False: ("denoiser.neus.", "denoiser.control_branch."), True: ("ema.module.0.", "ema.module.1.")}
 TRAINABLE = ("denoiser.neus.", "denoiser.control_branch.", "ema.")  # the only weights a checkpoint keeps
 UNET_PREFIX = "backbone.unet."  # only in checkpoints of the train_backbone_unet baseline
+NEUS_PREFIX = "neus."  # the only weights a stage-1 (NeuS pretraining) checkpoint keeps
+NEUS_INFO_FILE = "neus.json"  # beside a pretrained NeuS folder's config.json: its backbone and training run
 
 
 class AdapterError(TunemvError, ValueError):
@@ -66,17 +75,22 @@ def write_adapter_folder(out_dir: str | Path, neus: LatentSparseNeuS, control_br
         neus.save_pretrained(staging / NEUS_FOLDER)
         control_branch.save_pretrained(staging / BRANCH_FOLDER)
         (staging / ADAPTER_FILE).write_text(json.dumps({**info, "tunemv_version": __version__}, indent=2) + "\n")
-        if out_dir.exists():
-            trash = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".old"))
-            out_dir.rename(trash / out_dir.name)
-            staging.rename(out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            staging.rename(out_dir)
+        _replace(staging, out_dir)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def _replace(staging: Path, out_dir: Path) -> None:
+    """Rename ``staging`` to ``out_dir``; an old ``out_dir`` is moved aside first, so a failure never loses both."""
+    if out_dir.exists():
+        trash = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".old"))
+        out_dir.rename(trash / out_dir.name)
+        staging.rename(out_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        staging.rename(out_dir)
 
 
 def read_adapter_info(adapter_dir: str | Path) -> dict[str, Any]:
@@ -127,6 +141,61 @@ def checkpoint_metadata(backbone: str, neus: LatentSparseNeuS, control_branch: C
     """The checkpoint's ``"tunemv"`` entry, which ``load_adapter_modules`` reads back."""
     return {"backbone": backbone, "neus_config": dict(neus.config),
             "control_branch_config": dict(control_branch.config), "weights": weights, **extra}
+
+
+def checkpoint_metadata_neus(backbone: str, neus: LatentSparseNeuS, **extra) -> dict[str, Any]:
+    """The ``"tunemv"`` entry of a stage-1 checkpoint: a NeuS alone, no control branch."""
+    return {"kind": "neus", "backbone": backbone, "neus_config": dict(neus.config), "weights": "live", **extra}
+
+
+def is_neus_checkpoint(checkpoint: dict[str, Any]) -> bool:
+    return checkpoint["tunemv"].get("kind") == "neus"
+
+
+def load_neus_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoint") -> LatentSparseNeuS:
+    """The NeuS of a stage-1 checkpoint, in eval mode."""
+    neus = LatentSparseNeuS.from_config(_clean(checkpoint["tunemv"]["neus_config"]))
+    try:
+        neus.load_state_dict(submodule_state(checkpoint["state_dict"], NEUS_PREFIX), strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{source}: neus weights do not fit its config ({str(error).splitlines()[0]})") from error
+    return neus.eval()
+
+
+# -------------------------------------------------------------------------------- pretrained NeuS folder
+def write_neus_folder(out_dir: str | Path, neus: LatentSparseNeuS, info: dict[str, Any],
+                      overwrite: bool = False) -> Path:
+    """A pretrained NeuS folder (stage 1): ``save_pretrained``'s files plus ``neus.json``, written atomically."""
+    from tunemv import __version__
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise AdapterError(f"{out_dir}: already exists; pass --overwrite to replace it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        neus.save_pretrained(staging)
+        (staging / NEUS_INFO_FILE).write_text(json.dumps({**info, "tunemv_version": __version__}, indent=2) + "\n")
+        _replace(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def read_pretrained_neus(path: str | Path) -> LatentSparseNeuS:
+    """The NeuS of a pretrained NeuS folder (``neus.json``) or of an adapter folder (``adapter.json``)."""
+    path = Path(path)
+    if (path / ADAPTER_FILE).is_file():
+        read_adapter_info(path)
+        path = path / NEUS_FOLDER
+    elif not (path / NEUS_INFO_FILE).is_file():
+        raise AdapterError(f"{path}: neither a pretrained NeuS folder ({NEUS_INFO_FILE}) nor an adapter folder "
+                           f"({ADAPTER_FILE}); stage 1 writes the first, `tunemv export` both")
+    try:
+        return LatentSparseNeuS.from_pretrained(path)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise AdapterError(f"{path}: not a readable LatentSparseNeuS folder ({str(error).splitlines()[0]})") from error
 
 
 def submodule_state(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

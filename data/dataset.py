@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, get_args
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
@@ -62,6 +63,7 @@ class MultiviewDataset(Dataset):
 
     Each item is a dict:
       ``images`` (V, 3, H, W) in [-1, 1] on white; ``masks`` (V, 1, H, W) in {0, 1};
+      ``depths`` (V, 1, H, W) camera-frame z from ``depth/``, 0 where unknown (background, or no depth/);
       ``cameras`` Cameras [V] with ``K`` at (H, W); ``view_indices`` (V,);
       ``caption`` str (a random alternative when ``random_caption``); ``object_id`` str;
       ``supervision``: the same four keys for S further views, disjoint from the inputs.
@@ -119,17 +121,21 @@ class MultiviewDataset(Dataset):
 
     def _views(self, record: ObjectRecord, indices: torch.Tensor) -> dict:
         height, width = (self.resolution, self.resolution) if self.resolution else (record.cameras.height, record.cameras.width)
-        images, masks = [], []
+        images, masks, depths = [], [], []
         for i in indices.tolist():
             rgb, mask = self._read_view(record, i)
+            depth = _read_depth(record, i, rgb.shape[-2:])
             if (height, width) != tuple(rgb.shape[-2:]):
                 rgb = F.interpolate(rgb[None], (height, width), mode="bilinear", antialias=True, align_corners=False)[0]
                 mask = (F.interpolate(mask[None], (height, width), mode="area")[0] >= 0.5).float()
+                depth = resize_depth(depth[None], height, width)[0]
             images.append(rgb * 2 - 1)
             masks.append(mask)
+            depths.append(depth)
         empty = torch.zeros(0, 3, height, width)
         return {"images": torch.stack(images) if images else empty,
                 "masks": torch.stack(masks) if masks else empty[:, :1],
+                "depths": torch.stack(depths) if depths else empty[:, :1],
                 "cameras": record.cameras[indices].rescale(height, width),
                 "view_indices": indices}
 
@@ -150,6 +156,29 @@ class MultiviewDataset(Dataset):
         if tuple(rgb.shape[-2:]) != expected or tuple(mask.shape[-2:]) != expected:
             raise DatasetError(path, f"size {tuple(rgb.shape[-2:])} does not match cameras.json {expected}")
         return rgb, mask
+
+
+def _read_depth(record: ObjectRecord, i: int, size) -> torch.Tensor:
+    """(1, H, W) camera-frame z of view ``i``; zeros (unknown) when the object has no depth/ file for it."""
+    path = record.depth_paths[i] if record.depth_paths else None
+    if path is None:
+        return torch.zeros(1, *size)
+    try:
+        depth = torch.from_numpy(np.load(path).astype(np.float32))
+    except (OSError, ValueError) as exc:
+        raise DatasetError(path, f"depth is not a readable .npy ({type(exc).__name__}: {exc})") from exc
+    if tuple(depth.shape) != tuple(size) or not torch.isfinite(depth).all():
+        raise DatasetError(path, f"depth must be finite with shape {tuple(size)}, got {tuple(depth.shape)}")
+    return depth[None]
+
+
+def resize_depth(depth: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(N, 1, H, W) depth -> (N, 1, height, width), area-averaging the known (> 0) depths only, so background
+    zeros never pull a surface towards the camera; a pixel less than half covered by known depth is unknown."""
+    known = (depth > 0).float()
+    coverage = F.interpolate(known, (height, width), mode="area")
+    total = F.interpolate(depth * known, (height, width), mode="area")
+    return torch.where(coverage >= 0.5, total / coverage.clamp(min=1e-6), torch.zeros_like(total))
 
 
 def collate_multiview(batch: list[dict]) -> dict:

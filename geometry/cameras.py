@@ -111,6 +111,29 @@ class Cameras:
         scale = self.K.new_tensor([width / self.width, height / self.height, 1.0])
         return Cameras(self.K * scale[:, None], self.c2w, width, height)
 
+    def with_noise(self, amplitude: float, generator: torch.Generator | None = None) -> Cameras:
+        """The cameras with VFusion3D's camera-noise injection: uniform noise in ``[-amplitude, amplitude]`` on
+        the intrinsics (focal lengths relative, principal point in image fractions: independent of the resolution) and on
+        the extrinsics' rotation and translation. The noisy rotation is projected back onto SO(3) (SVD), so
+        the result is still a rigid camera."""
+        if amplitude <= 0:
+            return self
+        noise = lambda *shape: (torch.rand(*shape, generator=generator, dtype=self.K.dtype)  # noqa: E731
+                                * 2 - 1).to(self.device) * amplitude
+        K = self.K.clone()
+        K[..., 0, 0] = self.K[..., 0, 0] * (1 + noise(*self.shape))  # focal lengths: relative
+        K[..., 1, 1] = self.K[..., 1, 1] * (1 + noise(*self.shape))
+        K[..., 0, 2] = self.K[..., 0, 2] + noise(*self.shape) * self.width  # principal point: image fractions
+        K[..., 1, 2] = self.K[..., 1, 2] + noise(*self.shape) * self.height
+        c2w = self.c2w.clone()
+        u, _, vh = torch.linalg.svd(self.c2w[..., :3, :3] + noise(*self.shape, 3, 3))
+        rotation = u @ vh
+        flip = torch.det(rotation) < 0  # a reflection is not a camera: flip the last axis back
+        rotation[flip] = (u[flip] * rotation.new_tensor([1.0, 1.0, -1.0])) @ vh[flip]
+        c2w[..., :3, :3] = rotation
+        c2w[..., :3, 3] += noise(*self.shape, 3)
+        return Cameras(K, c2w, self.width, self.height)
+
     # --------------------------------------------------------------- extrinsics
     @property
     def w2c(self) -> torch.Tensor:

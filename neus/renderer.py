@@ -195,21 +195,10 @@ class ViewRender:
     eikonal_gradients: torch.Tensor | None  # (K, 3) SDF gradients at random ray samples (eikonal loss)
 
 
-def render_views(field: SurfaceField, cameras: Cameras, height: int, width: int, config: RaySamplingConfig,
-                 background: torch.Tensor, stratified: bool = False, with_normals: bool = False,
-                 with_eikonal: bool = False, gradient_checkpointing: bool = False) -> ViewRender:
-    """Render every pixel centre of Cameras ``[T]`` at ``height`` x ``width``, ``config.ray_chunk`` rays at a
-    time. With ``gradient_checkpointing`` the chunks' activations are recomputed in backward, not stored.
-
-    ``with_eikonal`` differentiates the SDF twice-differentiably at ``config.eikonal_samples`` random
-    section midpoints, after the chunks and outside checkpointing: a gradient taken inside a checkpointed
-    chunk would force the chunk's recomputation during forward and keep all of it alive.
-    """
-    cameras = cameras.flatten()
-    origins, directions = cameras.rays(height, width)  # (T, H, W, 3)
-    z_per_distance = cameras.depth_per_distance(directions).reshape(-1)
-    origins, directions = origins.reshape(-1, 3), directions.reshape(-1, 3)
-
+def _render_chunks(field: SurfaceField, origins: torch.Tensor, directions: torch.Tensor, config: RaySamplingConfig,
+                   background: torch.Tensor, stratified: bool, with_normals: bool,
+                   gradient_checkpointing: bool) -> RayRender:
+    """(R, 3) rays, ``config.ray_chunk`` at a time; checkpointed chunks recompute their activations in backward."""
     def render_chunk(o: torch.Tensor, d: torch.Tensor) -> RayRender:
         return render_rays(field, o, d, config, background, stratified, with_normals)
 
@@ -220,19 +209,41 @@ def render_views(field: SurfaceField, cameras: Cameras, height: int, width: int,
             parts.append(checkpoint(render_chunk, o, d, use_reentrant=False))
         else:
             parts.append(render_chunk(o, d))
-    rays = RayRender.cat(parts)
+    return RayRender.cat(parts)
 
+
+def _eikonal_gradients(field: SurfaceField, sample_points: torch.Tensor, config: RaySamplingConfig) -> torch.Tensor:
+    """SDF gradients (K, 3), twice differentiable, at ``config.eikonal_samples`` random points of (..., 3).
+
+    Taken after the chunks and outside checkpointing: a gradient taken inside a checkpointed chunk would
+    force the chunk's recomputation during forward and keep all of it alive.
+    """
+    candidates = sample_points.detach().reshape(-1, 3)
+    chosen = torch.randperm(candidates.shape[0], device=candidates.device)[:config.eikonal_samples]
+    return sdf_gradient(field, candidates[chosen], create_graph=True, twice_differentiable=True)[1]
+
+
+def render_views(field: SurfaceField, cameras: Cameras, height: int, width: int, config: RaySamplingConfig,
+                 background: torch.Tensor, stratified: bool = False, with_normals: bool = False,
+                 with_eikonal: bool = False, gradient_checkpointing: bool = False) -> ViewRender:
+    """Render every pixel centre of Cameras ``[T]`` at ``height`` x ``width``, ``config.ray_chunk`` rays at a
+    time. With ``gradient_checkpointing`` the chunks' activations are recomputed in backward, not stored.
+
+    ``with_eikonal`` differentiates the SDF twice-differentiably at ``config.eikonal_samples`` random
+    section midpoints.
+    """
+    cameras = cameras.flatten()
+    origins, directions = cameras.rays(height, width)  # (T, H, W, 3)
+    z_per_distance = cameras.depth_per_distance(directions).reshape(-1)
+    origins, directions = origins.reshape(-1, 3), directions.reshape(-1, 3)
+    rays = _render_chunks(field, origins, directions, config, background, stratified, with_normals,
+                          gradient_checkpointing)
     num_views = len(cameras)
 
     def to_maps(x: torch.Tensor) -> torch.Tensor:  # (T*H*W, K) -> (T, K, H, W)
         return x.reshape(num_views, height, width, -1).permute(0, 3, 1, 2)
 
     sample_points = origins[:, None] + rays.sample_depths[..., None] * directions[:, None]  # (R, S-1, 3)
-    eikonal_gradients = None
-    if with_eikonal:
-        candidates = sample_points.detach().reshape(-1, 3)
-        chosen = torch.randperm(candidates.shape[0], device=candidates.device)[:config.eikonal_samples]
-        eikonal_gradients = sdf_gradient(field, candidates[chosen], create_graph=True, twice_differentiable=True)[1]
     return ViewRender(
         image=to_maps(rays.color),
         depth=to_maps((rays.depth * z_per_distance)[:, None]),
@@ -240,5 +251,41 @@ def render_views(field: SurfaceField, cameras: Cameras, height: int, width: int,
         normals=None if rays.normals is None else to_maps(rays.normals),
         sample_points=sample_points.reshape(num_views, height, width, -1, 3),
         sample_weights=rays.sample_weights.reshape(num_views, height, width, -1),
-        eikonal_gradients=eikonal_gradients,
+        eikonal_gradients=_eikonal_gradients(field, sample_points, config) if with_eikonal else None,
     )
+
+
+@dataclass
+class PixelRender:
+    """Renders of P chosen pixels in each of T views: what a ray-batch training step needs, not whole maps."""
+
+    color: torch.Tensor  # (T, P, C)
+    depth: torch.Tensor  # (T, P) camera-frame z of the expected surface
+    opacity: torch.Tensor  # (T, P)
+    eikonal_gradients: torch.Tensor | None  # (K, 3)
+
+
+def render_pixels(field: SurfaceField, cameras: Cameras, height: int, width: int, pixels: torch.Tensor,
+                  config: RaySamplingConfig, background: torch.Tensor, stratified: bool = False,
+                  with_eikonal: bool = False, gradient_checkpointing: bool = False) -> PixelRender:
+    """Render the pixel centres ``pixels`` (T, P) (flat indices ``i * width + j``) of Cameras ``[T]``.
+
+    Random pixel batches are how NeuS and SparseNeuS train: a fraction of each view's rays costs that
+    fraction of the render, and every pixel is still seen over the run.
+    """
+    cameras = cameras.flatten()
+    origins, directions = cameras.rays(height, width)  # (T, H, W, 3)
+    origins, directions = origins.flatten(1, 2), directions.flatten(1, 2)  # (T, H*W, 3)
+    index = pixels[..., None].expand(-1, -1, 3)
+    origins, directions = origins.gather(1, index), directions.gather(1, index)  # (T, P, 3)
+    z_per_distance = (directions * cameras.c2w[:, None, :3, 2]).sum(-1)  # (T, P): camera z per ray distance
+    num_views, num_pixels = pixels.shape
+    rays = _render_chunks(field, origins.reshape(-1, 3), directions.reshape(-1, 3), config, background,
+                          stratified, False, gradient_checkpointing)
+    eikonal = None
+    if with_eikonal:
+        flat_o, flat_d = origins.reshape(-1, 3), directions.reshape(-1, 3)
+        eikonal = _eikonal_gradients(field, flat_o[:, None] + rays.sample_depths[..., None] * flat_d[:, None], config)
+    return PixelRender(color=rays.color.reshape(num_views, num_pixels, -1),
+                       depth=rays.depth.reshape(num_views, num_pixels) * z_per_distance,
+                       opacity=rays.opacity.reshape(num_views, num_pixels), eikonal_gradients=eikonal)

@@ -10,20 +10,28 @@ from tunemv.adapters.formats import (
     CheckpointError,
     carries_unet,
     has_ema,
+    is_neus_checkpoint,
     load_adapter_modules,
+    load_neus_checkpoint,
     read_checkpoint,
     write_adapter_folder,
+    write_neus_folder,
 )
 
 
 def export_adapter(checkpoint_path: str | Path, out_dir: str | Path, ema: bool | None = None,
                    overwrite: bool = False) -> Path:
-    """Write the adapter folder of ``checkpoint_path`` (its EMA weights when the run kept one, or as
+    """Write the adapter folder (or, for a stage-1 run, the pretrained NeuS folder) of ``checkpoint_path`` (its EMA weights when the run kept one, or as
     ``ema`` says) to ``out_dir``, atomically."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:  # before reading a checkpoint of gigabytes
         raise CheckpointError(f"{out_dir}: already exists; pass --overwrite to replace it")
     checkpoint = read_checkpoint(checkpoint_path)
+    if is_neus_checkpoint(checkpoint):  # stage 1: a NeuS alone
+        info = {"backbone": checkpoint["tunemv"]["backbone"], "global_step": checkpoint.get("global_step"),
+                "checkpoint": str(Path(checkpoint_path).resolve())}
+        return write_neus_folder(out_dir, load_neus_checkpoint(checkpoint, str(checkpoint_path)), info,
+                                 overwrite=overwrite)
     if carries_unet(checkpoint):
         raise CheckpointError(f"{checkpoint_path}: this run fine-tuned the backbone's UNet (train_backbone_unet), "
                               "which an adapter folder cannot carry; sample it with tunemv sample --ckpt")

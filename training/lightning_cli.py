@@ -1,6 +1,9 @@
 """``tunemv fit`` / ``tunemv validate``: Lightning's own LightningCLI over MultiviewAdapterSystem and
 MultiviewDataModule, with tunemv's defaults (atomic checkpoints, a resumable ``last.ckpt``, offline wandb).
 
+A config's ``model:`` is the adapter system's arguments, unless it names another LightningModule by
+``class_path`` (``configs/neus_pretrain.yaml`` names the stage-1 ``NeuSPretrainSystem``).
+
 Lightning does the loops, checkpoints, loggers and DDP; this file only picks defaults. Heavy imports stay
 here so that ``tunemv --help`` and ``tunemv data ...`` do not pay for Lightning.
 """
@@ -13,7 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 from unittest import mock
 
+import lightning.pytorch as pl
 import torch
+import yaml
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -114,15 +119,36 @@ def trainer_defaults() -> dict[str, Any]:
     return {"default_root_dir": "outputs", "plugins": [{"class_path": f"{__name__}.AtomicCheckpointIO"}]}
 
 
+def names_model_class(args: Sequence[str]) -> bool:
+    """Whether the command line or one of its ``--config`` files gives ``model`` a ``class_path``."""
+    args = list(args)
+    for index, arg in enumerate(args):
+        if arg.startswith(("--model.class_path", "--model=")) or (arg == "--model" and index + 1 < len(args)):
+            return True
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else (
+            args[index + 1] if arg == "--config" and index + 1 < len(args) else None)
+        if path and os.path.isfile(path):
+            try:
+                with open(path) as file:
+                    config = yaml.safe_load(file) or {}
+            except yaml.YAMLError:
+                continue  # LightningCLI reports the bad file itself
+            if isinstance(config, dict) and isinstance(config.get("model"), dict) and "class_path" in config["model"]:
+                return True
+    return False
+
+
 def run_lightning(args: Sequence[str], run: bool = True) -> TunemvCLI:
     """``fit``/``validate`` with LightningCLI; ``args`` is the command line after ``tunemv``.
 
     With ``run=False`` there is no subcommand in ``args``: the classes are only instantiated (for tests).
     """
+    subclass_mode = names_model_class(args)
     # LightningCLI reads sys.argv itself (given both, it warns), so hand it the command line that way.
     with mock.patch.object(sys, "argv", ["tunemv", *args]):
         return TunemvCLI(
-            MultiviewAdapterSystem, MultiviewDataModule,
+            pl.LightningModule if subclass_mode else MultiviewAdapterSystem, MultiviewDataModule,
+            subclass_mode_model=subclass_mode,
             # `data:` takes class_path + init_args (configs/data/*.yaml are whole `data:` sections), so a
             # project can plug in its own LightningDataModule subclass.
             subclass_mode_data=True,

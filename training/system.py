@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -24,7 +25,17 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tunemv.adapters.backbones import Backbone
 from tunemv.adapters.control_branch import ControlBranch
 from tunemv.adapters.denoiser import MultiviewDenoiser
-from tunemv.adapters.formats import PREFIXES, TRAINABLE, UNET_PREFIX, checkpoint_metadata
+from tunemv.adapters.formats import (
+    ADAPTER_FILE,
+    PREFIXES,
+    TRAINABLE,
+    UNET_PREFIX,
+    AdapterError,
+    checkpoint_metadata,
+    read_adapter_folder,
+    read_pretrained_neus,
+)
+from tunemv.data.dataset import resize_depth
 from tunemv.errors import TunemvError
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 from tunemv.neus.losses import NeuSLoss
@@ -34,6 +45,43 @@ from tunemv.training.validation import log_validation_samples
 
 class NonFiniteLossError(TunemvError):
     """Too many training steps in a row had a NaN or infinite loss."""
+
+
+# NeuS settings that change how rays are sampled, not the weights: an init_from run may still set them.
+SAMPLING_KEYS = ("num_coarse", "num_importance", "upsample_steps", "ray_chunk", "eikonal_samples",
+                 "gradient_checkpointing")
+
+
+def initial_modules(path: str, neus_overrides: dict[str, Any]) -> tuple[LatentSparseNeuS, ControlBranch | None]:
+    """The NeuS (with the run's sampling settings) and, for an adapter folder, the control branch to start from."""
+    architecture = sorted(set(neus_overrides) - set(SAMPLING_KEYS))
+    if architecture:
+        raise AdapterError(f"{path}: model.init_from fixes the NeuS architecture; model.neus may only set "
+                           f"{', '.join(SAMPLING_KEYS)}, not {', '.join(architecture)}")
+    branch = None
+    if (Path(path) / ADAPTER_FILE).is_file():
+        neus, branch, _ = read_adapter_folder(path)
+    else:
+        neus = read_pretrained_neus(path)
+    if neus_overrides:
+        resampled = LatentSparseNeuS.from_config({**dict(neus.config), **neus_overrides})
+        resampled.load_state_dict(neus.state_dict())
+        neus = resampled
+    return neus, branch
+
+
+def check_neus_channels(path: str, config: dict[str, Any], channels: int) -> None:
+    if config["in_channels"] != channels or (config.get("out_channels") or config["in_channels"]) != channels:
+        raise AdapterError(f"{path}: its NeuS reads {config['in_channels']}-channel views but the backbone's have "
+                           f"{channels}; pretrain one on this backbone")
+
+
+def load_initial(module: torch.nn.Module, initial: torch.nn.Module, path: str) -> None:
+    try:
+        module.load_state_dict(initial.state_dict(), strict=True)
+    except RuntimeError as error:
+        raise AdapterError(f"{path}: its {type(module).__name__} does not fit this run's configuration "
+                           f"({str(error).splitlines()[0]})") from error
 
 
 class MultiviewAdapterSystem(pl.LightningModule):
@@ -51,7 +99,13 @@ class MultiviewAdapterSystem(pl.LightningModule):
         p_reference: probability that an object gets 1..V-1 clean reference views (image→multiview).
         p_drop_neus: probability of a step in mode "independent" (trains consistency guidance's x̄).
         p_drop_text: per-object probability of the empty prompt (classifier-free guidance).
-        render_weight, eikonal_weight, opacity_weight: NeuS loss weights (opacity needs masks).
+        render_weight, eikonal_weight, opacity_weight, depth_weight: NeuS loss weights. Opacity (masks) is
+            what keeps the render loss from being met by colour alone; depth uses the dataset's depth/.
+        init_from: start from a pretrained NeuS folder (stage 1, e.g. ``models/tiny-neus``) or an exported
+            adapter folder (its NeuS and control branch), with a fresh optimizer (VFusion3D's stages). The
+            folder's architecture wins; ``neus`` may still change how rays are sampled.
+        camera_noise: VFusion3D's camera-noise injection: uniform noise of this amplitude on the intrinsics
+            and extrinsics of the cameras the model reads (0: off). Renders are supervised at the true ones.
         ema_decay: keep an exponential moving average of the trainable weights (None: off).
         max_nonfinite_steps: consecutive NaN/inf losses that are skipped before training stops.
         gradient_checkpointing, view_chunk: memory options of the denoiser.
@@ -73,7 +127,8 @@ class MultiviewAdapterSystem(pl.LightningModule):
                  learning_rate: float = 1e-4, neus_learning_rate: float = 1e-3, weight_decay: float = 1e-2,
                  warmup_steps: int = 100, p_reference: float = 0.1, p_drop_neus: float = 0.1,
                  p_drop_text: float = 0.1, render_weight: float = 1.0, eikonal_weight: float = 0.1,
-                 opacity_weight: float = 0.0, ema_decay: float | None = None, max_nonfinite_steps: int = 10,
+                 opacity_weight: float = 0.5, depth_weight: float = 0.0, init_from: str | None = None,
+                 camera_noise: float = 0.0, ema_decay: float | None = None, max_nonfinite_steps: int = 10,
                  gradient_checkpointing: bool = False, view_chunk: int | None = None, seed: int = 0,
                  validation_prompts: Sequence[str] | None = None, validation_sampler: str = "mv",
                  validation_steps: int = 10, validation_views: int = 4, validation_guidance_scale: float = 7.5,
@@ -90,6 +145,9 @@ class MultiviewAdapterSystem(pl.LightningModule):
             raise TunemvError(f"{backbone}: the backbone's views have {self.backbone.in_channels} channels but neus "
                               f"is configured for in_channels={neus_args['in_channels']}, "
                               f"out_channels={neus_args['out_channels']}")
+        initial_neus, initial_branch = (None, None) if init_from is None else initial_modules(init_from, neus or {})
+        if initial_neus is not None:
+            check_neus_channels(init_from, dict(initial_neus.config), self.backbone.in_channels)
         with torch.random.fork_rng(devices=[]):  # initial weights depend on `seed` only
             torch.manual_seed(seed)
             branch = ControlBranch.from_unet(
@@ -97,14 +155,16 @@ class MultiviewAdapterSystem(pl.LightningModule):
                 cross_view_heads=cross_view_heads, cross_view_points=cross_view_points,
                 cross_view_patch_size=cross_view_patch_size,
                 condition_embedding_channels=tuple(condition_embedding_channels)).float()
-            self.denoiser = MultiviewDenoiser.from_backbone(self.backbone, LatentSparseNeuS(**neus_args), branch,
-                                                            view_chunk=view_chunk)
+            if initial_branch is not None:
+                load_initial(branch, initial_branch, init_from)
+            field = LatentSparseNeuS(**neus_args) if initial_neus is None else initial_neus.train()
+            self.denoiser = MultiviewDenoiser.from_backbone(self.backbone, field, branch, view_chunk=view_chunk)
         if train_backbone_unet:
             self.backbone.unet.requires_grad_(True)
         if gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
-        self.neus_loss = NeuSLoss(render_weight, eikonal_weight, opacity_weight)
-        self.validation_neus_loss = NeuSLoss(render_weight, 0.0, opacity_weight)
+        self.neus_loss = NeuSLoss(render_weight, eikonal_weight, opacity_weight, depth_weight=depth_weight)
+        self.validation_neus_loss = NeuSLoss(render_weight, 0.0, opacity_weight, depth_weight=depth_weight)
         self.ema = None if ema_decay is None else AveragedModel(
             torch.nn.ModuleList([self.denoiser.neus, self.denoiser.control_branch]),
             multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True).requires_grad_(False)
@@ -145,9 +205,10 @@ class MultiviewAdapterSystem(pl.LightningModule):
         x_t = torch.where(reference[..., None, None, None], x0, x_t)  # references are clean
         mode = "independent" if torch.rand(()) < p_drop_neus else "mv"
         captions = [("" if torch.rand(()) < p_drop_text else caption) for caption in batch["caption"]]
+        cameras = batch["cameras"].rescale(height, width)
         return dict(x0=x0, x0_supervision=x0_supervision, noise=noise, t=t, x_t=x_t, reference=reference,
                     mode=mode, captions=captions,
-                    cameras=batch["cameras"].rescale(height, width),
+                    cameras=cameras.with_noise(h.get("camera_noise", 0.0)) if dropouts else cameras,
                     supervision_cameras=batch["supervision"]["cameras"].rescale(height, width))
 
     @torch.no_grad()
@@ -183,13 +244,17 @@ class MultiviewAdapterSystem(pl.LightningModule):
         total = terms["diffusion"]
         if mv:
             clean = torch.cat([inputs["x0"], inputs["x0_supervision"]], dim=1)
-            masks = None
+            masks = depths = None
             if self.hparams.opacity_weight:
                 masks = torch.cat([batch["masks"], batch["supervision"]["masks"]], dim=1).float()
                 masks = F.interpolate(rearrange(masks, "b v c h w -> (b v) c h w"), size=clean.shape[-2:],
                                       mode="area").unflatten(0, clean.shape[:2])
+            if self.hparams.get("depth_weight"):
+                depths = torch.cat([batch["depths"], batch["supervision"]["depths"]], dim=1).float()
+                depths = resize_depth(rearrange(depths, "b v c h w -> (b v) c h w"), *clean.shape[-2:]
+                                      ).unflatten(0, clean.shape[:2])
             neus_loss = self.neus_loss if self.training else self.validation_neus_loss
-            neus_terms = neus_loss(output.neus, clean, masks)
+            neus_terms = neus_loss(output.neus, clean, masks, depths)
             terms.update({f"neus_{name}": value for name, value in neus_terms.items() if name != "total"})
             total = total + neus_terms["total"]
         terms["total"] = total

@@ -76,10 +76,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from tunemv.adapters.formats import read_adapter_info
+    from tunemv.adapters.formats import ADAPTER_FILE, read_adapter_info
     from tunemv.training.export import export_adapter
 
     out = export_adapter(args.checkpoint, args.out_dir, ema=args.ema, overwrite=args.overwrite)
+    if not (out / ADAPTER_FILE).is_file():
+        print(f"exported the stage-1 NeuS to {out} (start an adapter fit from it with model.init_from)")
+        return 0
     ema = read_adapter_info(out)["ema"]
     print(f"exported {'EMA' if ema else 'live'} adapter weights to {out}")
     return 0
