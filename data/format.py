@@ -6,6 +6,9 @@
     ROOT/<object_id>/images/NNN.png  RGB or RGBA (RGBA is composited on white when loaded)
     ROOT/<object_id>/depth/NNN.npy   optional, float (H, W) camera-frame z, 0 = background
     ROOT/<object_id>/masks/NNN.png   optional, L (H, W), foreground > 127
+    ROOT/<object_id>/mesh.ply        optional triangle mesh of the object in the world frame of cameras.json
+                                     (the ground truth of procedural data, or what `tunemv sample --mesh`
+                                     extracted); mesh accuracy in `tunemv evaluate` compares the two
     ROOT/train.txt, ROOT/val.txt     optional object-id lists, one per line
 
 ``inspect_object`` is the one parser and validator: ``tunemv data check`` reports every problem it finds,
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import trimesh
 from PIL import Image
 
 from tunemv.errors import DatasetError
@@ -32,6 +36,7 @@ from tunemv.geometry.cameras import Cameras
 
 CAMERAS_FILE = "cameras.json"
 CAPTION_FILE = "caption.txt"
+MESH_FILE = "mesh.ply"
 CONVENTIONS = ("opencv", "opengl")
 SPLITS = ("train", "val")
 ROTATION_TOLERANCE = 1e-3
@@ -57,6 +62,7 @@ class ObjectRecord:
     captions: list[str]
     depth_paths: list[Path | None] = field(default_factory=list)
     mask_paths: list[Path | None] = field(default_factory=list)
+    mesh_path: Path | None = None  # mesh.ply, when the folder has one
 
     @property
     def num_views(self) -> int:
@@ -197,6 +203,39 @@ def _depth_problem(path: Path, width: int, height: int) -> str | None:
     return None
 
 
+def read_mesh(path: str | Path) -> trimesh.Trimesh:
+    """A non-empty triangle mesh with finite vertices from ``path``; anything else raises ``DatasetError``."""
+    try:
+        mesh = trimesh.load(path, force="mesh", process=False)
+    except Exception as exc:  # trimesh raises many types for corrupt files
+        raise DatasetError(path, f"mesh is not readable ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+        raise DatasetError(path, "mesh has no triangles")
+    if not np.isfinite(mesh.vertices).all():
+        raise DatasetError(path, "mesh vertices contain NaN or inf")
+    return mesh
+
+
+def _mesh_problem(path: Path, cameras: Cameras) -> str | None:
+    """Why ``path`` is no usable mesh of the object these cameras see, or None.
+
+    "Seen" means in front of every camera: cameras surround the object, so a mesh in other units (mm) or
+    another frame puts vertices behind some of them. Stricter tests (inside every frustum) would reject
+    the floaters a learned field leaves in the corners of its bounding cube, which are still in the frame.
+    """
+    try:
+        mesh = read_mesh(path)
+    except DatasetError as exc:
+        return exc.problem
+    vertices = torch.as_tensor(mesh.vertices, dtype=torch.float32)  # (N, 3)
+    _, depth, _ = cameras.project(vertices.expand(len(cameras), *vertices.shape))  # (V, N)
+    view, vertex = divmod(int(depth.argmin()), len(vertices))
+    if depth[view, vertex] <= 0:
+        return (f"mesh vertex {tuple(round(x, 3) for x in mesh.vertices[vertex].tolist())} lies behind camera {view}; "
+                f"the mesh must be in the world frame and units of {CAMERAS_FILE}")
+    return None
+
+
 def _relative_file(directory: Path, name) -> Path | None:
     """``directory / name`` when ``name`` is a relative path that stays inside ``directory``."""
     if not isinstance(name, str) or not name or os.path.isabs(name):
@@ -261,13 +300,19 @@ def inspect_object(directory: str | Path, min_views: int = 1, check_files: bool 
                                      _depth_problem if check_files else None, problem)
     mask_paths = _optional_per_view(directory / "masks", image_paths, ".png", width, height,
                                     _image_problem if check_files else None, problem)
+    mesh_path = directory / MESH_FILE
+    mesh_path = mesh_path if mesh_path.is_file() else None
     if problems:
         return None, problems
 
     K = torch.from_numpy(np.stack(Ks)).float()
     c2w = torch.from_numpy(np.stack(c2ws)).float()
     cameras = Cameras.from_opengl(K, c2w, width, height) if convention == "opengl" else Cameras(K, c2w, width, height)
-    record = ObjectRecord(directory.name, directory, cameras, image_paths, captions, depth_paths, mask_paths)
+    if mesh_path is not None and check_files:
+        message = _mesh_problem(mesh_path, cameras)
+        if message:
+            return None, [Problem(str(mesh_path), message)]
+    record = ObjectRecord(directory.name, directory, cameras, image_paths, captions, depth_paths, mask_paths, mesh_path)
     return record, problems
 
 
@@ -377,11 +422,12 @@ def cameras_to_json(cameras: Cameras, image_names: Sequence[str]) -> dict:
 
 def write_object(directory: str | Path, images: Sequence[np.ndarray], cameras: Cameras, captions: Sequence[str],
                  depths: Sequence[np.ndarray] | None = None, masks: Sequence[np.ndarray] | None = None,
-                 overwrite: bool = False, extra_files: dict[str, str] | None = None) -> Path:
+                 overwrite: bool = False, extra_files: dict[str, str | bytes] | None = None) -> Path:
     """Write one object folder atomically: everything goes to a temporary sibling that is renamed at the end.
 
     ``images``: uint8 (H, W, 3|4) arrays; ``depths``: float (H, W); ``masks``: bool/uint8 (H, W);
-    ``extra_files``: more text files by name (e.g. ``attributes.json`` with the procedural labels).
+    ``extra_files``: more files by name, text or bytes (``attributes.json`` with the procedural labels,
+    ``mesh.ply`` with the ground truth).
     """
     directory = Path(directory)
     if not captions or not captions[0].strip():
@@ -408,8 +454,11 @@ def write_object(directory: str | Path, images: Sequence[np.ndarray], cameras: C
         meta = cameras_to_json(cameras, [f"images/{n}.png" for n in names])
         (staging / CAMERAS_FILE).write_text(json.dumps(meta, indent=1))
         (staging / CAPTION_FILE).write_text("\n".join(c.strip() for c in captions) + "\n", encoding="utf-8")
-        for name, text in (extra_files or {}).items():
-            (staging / name).write_text(text, encoding="utf-8")
+        for name, data in (extra_files or {}).items():
+            if isinstance(data, bytes):
+                (staging / name).write_bytes(data)
+            else:
+                (staging / name).write_text(data, encoding="utf-8")
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(staging, directory)

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tunemv.data.format import list_objects, write_object, write_split_files
+from tunemv.data.format import MESH_FILE, list_objects, write_object, write_split_files
 from tunemv.data.procedural import CATEGORIES, make_object
 from tunemv.data.render import render_sdf
+from tunemv.data.sdf import shape_mesh
 from tunemv.errors import TunemvError
 from tunemv.geometry.cameras import orbit
 
@@ -46,9 +47,10 @@ def render_object(root: str | Path, index: int, seed: int, categories: Sequence[
     attributes = {"category": obj.category, "colour": obj.colour, "attributes": obj.attributes,
                   "details": obj.details, "elevation_deg": elevation, "seed": seed, "index": index}
     name = object_id(index, category)
+    mesh = shape_mesh(obj.shape).export(file_type="ply")  # binary PLY, in the frame of cameras.json
     write_object(Path(root) / name, list(images), cameras, obj.captions, depths=list(out.depth.numpy()),
                  masks=list(out.mask.numpy()), overwrite=overwrite,
-                 extra_files={"attributes.json": json.dumps(attributes, indent=1)})
+                 extra_files={"attributes.json": json.dumps(attributes, indent=1), MESH_FILE: mesh})
     return name
 
 

@@ -11,6 +11,9 @@ import math
 from collections.abc import Sequence
 
 import torch
+import trimesh
+
+from tunemv.geometry.isosurface import marching_cubes, sdf_lattice
 
 Vec3 = Sequence[float]
 
@@ -201,3 +204,22 @@ def normalize_to_sphere(shape: Shape, radius: float = 0.8) -> Shape:
         step = radius / float((high - low).norm() / 2)
         scale, offset = scale * step, (offset - (low + high) / 2) * step  # world' = step * (world - centre)
     return Transformed(shape, scale, offset.tolist())
+
+
+LIPSCHITZ_MARGIN = 1.25 * math.sqrt(3) + 1e-3  # coarse cells; see shape_mesh
+# Over [-1, 1]: cells of 1/64, so the lattice holds every voxel centre of the 32^3 and 64^3 evaluation grids and
+# the mesh's occupancy there is the SDF's exactly (at 97 a chair's differed: IoU 0.906, thin legs on the grid).
+# Mean |sdf| at the vertices 0.0001-0.0002, Chamfer against 401^3 at the 100k-sample floor.
+MESH_RESOLUTION = 129
+
+
+def shape_mesh(shape: Shape, resolution: int = MESH_RESOLUTION, bound: float = 1.0) -> trimesh.Trimesh:
+    """The surface of ``shape`` in its own (world) frame: marching cubes of the SDF over [-bound, bound]^3.
+
+    The object must lie strictly inside the cube (procedural objects fit in the sphere of radius 0.8), so the
+    mesh is closed. Features thinner than a cell (``2 * bound / (resolution - 1)``) can fall between lattice points.
+    """
+    # The shapes are 1-Lipschitz, so the interpolated coarse value errs by at most sqrt(3) coarse cells and a
+    # fine corner of a surface cell lies within sqrt(3) fine cells of the surface: sqrt(3) * (1 + 1/4) suffices.
+    volume = sdf_lattice(shape, resolution, bound, margin_cells=LIPSCHITZ_MARGIN)
+    return marching_cubes(volume, -bound, 2 * bound / (resolution - 1))

@@ -16,6 +16,9 @@ _EXPORTS = {
     "photo_consistency": "tunemv.evaluation.photo",
     "fit_and_reproject": "tunemv.evaluation.mvc",
     "fidelity": "tunemv.evaluation.fidelity",
+    "mesh_accuracy": "tunemv.evaluation.mesh_accuracy",
+    "chamfer_distance": "tunemv.evaluation.mesh_accuracy",
+    "volume_iou": "tunemv.evaluation.mesh_accuracy",
     "is_unavailable": "tunemv.evaluation.availability",
 }
 

@@ -1,7 +1,7 @@
 """``evaluate_dataset``: every metric of this package over a dataset-format folder (what ``tunemv sample`` writes).
 
 Per object: hull IoU and photo-consistency always; MVC with ``mvc=True``; PSNR/SSIM/LPIPS, CLIP image
-similarity and FID/KID with a ``reference`` folder; CLIP text similarity with ``clip``; prompt fidelity with
+similarity and FID/KID with a ``reference`` folder; mesh accuracy where the reference object has mesh.ply; CLIP text similarity with ``clip``; prompt fidelity with
 ``classifier``. Whatever cannot be computed is an "unavailable: <reason>" string. Models are loaded once.
 """
 
@@ -16,13 +16,14 @@ import torch
 from tqdm.auto import tqdm
 
 from tunemv.data.dataset import WHITE_THRESHOLD
-from tunemv.data.format import CAMERAS_FILE, is_object_dir
+from tunemv.data.format import CAMERAS_FILE, MESH_FILE, is_object_dir, read_mesh, read_object
 from tunemv.errors import DatasetError
 from tunemv.evaluation.availability import unavailable
 from tunemv.evaluation.clip import load_clip
 from tunemv.evaluation.distribution import DistributionMetrics, load_inception
 from tunemv.evaluation.fidelity import fidelity, load_lpips, match_views
 from tunemv.evaluation.hull import carve_visual_hull, hull_candidates, render_hull, silhouette_iou
+from tunemv.evaluation.mesh_accuracy import DEFAULT_RESOLUTION, DEFAULT_SAMPLES, mesh_accuracy
 from tunemv.evaluation.photo import photo_consistency
 from tunemv.evaluation.prompt import load_classifier, prompt_fidelity
 from tunemv.evaluation.report import EvaluationReport, ObjectResult
@@ -35,12 +36,14 @@ PHOTO_TOLERANCE_VOXELS = 2.0  # depth-test slack of the photo-consistency visibi
 def evaluate_dataset(root: str | os.PathLike, reference: str | os.PathLike | None = None, *, grid: int = 96,
                      mask_source: str = "auto", white_threshold: float | None = None, mvc: bool = False,
                      mvc_steps: int = 100, clip=None, classifier=None, inception: str | os.PathLike | None = None,
+                     mesh_grid: int = DEFAULT_RESOLUTION, mesh_samples: int = DEFAULT_SAMPLES,
                      progress: bool = False) -> EvaluationReport:
     """Evaluate every object under ``root`` (or ``root`` itself, one object folder).
 
     ``reference``: ground truth in the dataset format, matched by object id and camera. ``clip``: a CLIP folder
     or hub id. ``classifier``: an attribute classifier folder, or an object with its API. ``inception``: a
-    torch-fidelity Inception weights file (default: its torch hub cache). Bad input raises ``DatasetError``
+    torch-fidelity Inception weights file (default: its torch hub cache). ``mesh_grid``, ``mesh_samples``: the
+    volume-IoU grid and the Chamfer surface samples of mesh accuracy. Bad input raises ``DatasetError``
     naming the file.
     """
     white_threshold = WHITE_THRESHOLD if white_threshold is None else white_threshold
@@ -76,6 +79,7 @@ def evaluate_dataset(root: str | os.PathLike, reference: str | os.PathLike | Non
             distribution.update(images, matched)
         else:
             metrics.update(_missing(["psnr", "ssim", "lpips"], needs_reference))
+        metrics.update(mesh_metrics(views, references[index] if references else None, mesh_grid, mesh_samples))
         metrics.update(_clip(scorer, views, images, matched))
         if isinstance(attributes, str):
             metrics.update(_missing(["prompt_category", "prompt_colour"], attributes))
@@ -86,7 +90,7 @@ def evaluate_dataset(root: str | os.PathLike, reference: str | os.PathLike | Non
     settings = {"grid": grid, "mask_source": mask_source, "white_threshold": white_threshold, "mvc": mvc,
                 "mvc_steps": mvc_steps if mvc else None, "clip": _name(clip),
                 "classifier": _name(classifier),
-                "photo_tolerance_voxels": PHOTO_TOLERANCE_VOXELS}
+                "photo_tolerance_voxels": PHOTO_TOLERANCE_VOXELS, "mesh_grid": mesh_grid, "mesh_samples": mesh_samples}
     return EvaluationReport(str(root), None if reference is None else str(reference), settings, results,
                             distribution.compute())
 
@@ -108,6 +112,28 @@ def consistency(views: ObjectViews, grid: int) -> tuple[dict, dict]:
     else:
         metrics.update(photo_psnr=photo.psnr, photo_variance=photo.variance)
     return metrics, {"hull_iou": iou.tolist()}
+
+
+def mesh_metrics(views: ObjectViews, reference: Path | None, grid: int, samples: int) -> dict:
+    """Chamfer and volume IoU against the reference's mesh.ply: of the object's own mesh.ply (``mesh_*``) and,
+    as a yardstick, of the visual hull carved from its views on the same grid (``hull_mesh_*``)."""
+    names = ["mesh_chamfer", "mesh_volume_iou", "hull_mesh_chamfer", "hull_mesh_volume_iou"]
+    if reference is None:
+        return _missing(names, "needs ground truth (--reference)")
+    truth_path = read_object(reference).mesh_path
+    if truth_path is None:
+        return _missing(names, f"the reference object has no {MESH_FILE}")
+    truth = read_mesh(truth_path)
+    if views.mesh_path is None:
+        scores = _missing(names[:2], f"the object folder has no {MESH_FILE} (tunemv sample --mesh writes one)")
+    else:
+        scores = {f"mesh_{k}": v for k, v in mesh_accuracy(read_mesh(views.mesh_path), truth, grid, samples).items()}
+    hull = carve_visual_hull(views.masks, views.cameras, grid)
+    if hull.any():
+        scores.update({f"hull_mesh_{k}": v for k, v in mesh_accuracy(hull, truth, grid, samples).items()})
+    else:  # no surface to sample: IoU is 0, Chamfer has no value
+        scores.update(hull_mesh_chamfer=unavailable("the visual hull is empty"), hull_mesh_volume_iou=0.0)
+    return scores
 
 
 def _mvc(views: ObjectViews, steps: int) -> dict:

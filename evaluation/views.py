@@ -27,6 +27,7 @@ class ObjectViews:
     cameras: Cameras  # [V] at (H, W)
     captions: list[str]
     image_paths: list[Path]
+    mesh_path: Path | None = None  # the folder's mesh.ply, if any
 
     @property
     def num_views(self) -> int:
@@ -95,4 +96,4 @@ def load_views(directory: str | Path, mask_source: str = "auto", white_threshold
         images.append(rgb)
         masks.append(mask)
     return ObjectViews(record.object_id, torch.stack(images), torch.stack(masks), record.cameras,
-                       record.captions, record.image_paths)
+                       record.captions, record.image_paths, record.mesh_path)

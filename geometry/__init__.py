@@ -1,4 +1,4 @@
-"""tunemv.geometry: the ground floor. Cameras and orbits, projection into maps, ray bounds; imports no other part."""
+"""tunemv.geometry: the ground floor. Cameras and orbits, projection into maps, ray bounds, isosurfaces; imports no other part."""
 
 from tunemv._lazy import lazy_getattr
 
@@ -8,6 +8,8 @@ _EXPORTS = {
     "bilinear_sample": "tunemv.geometry.projection",
     "project_to_maps": "tunemv.geometry.projection",
     "near_far_from_sphere": "tunemv.geometry.rays",
+    "sdf_lattice": "tunemv.geometry.isosurface",
+    "marching_cubes": "tunemv.geometry.isosurface",
 }
 
 __all__ = list(_EXPORTS)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import trimesh
 from PIL import Image
 
 from tunemv.cli import main
@@ -34,6 +35,11 @@ def set_view(field, value, view=3):
     def edit(meta):
         meta["views"][view][field] = value
     return edit
+
+
+def edit_mesh(root: Path, edit) -> None:
+    path = root / OBJ / "mesh.ply"
+    edit(trimesh.load(path, process=False)).export(path)
 
 
 def rotation_scaled(meta):
@@ -75,6 +81,10 @@ BROKEN = {
     "depth wrong shape": (lambda r: np.save(r / OBJ / "depth" / "003.npy", np.zeros((4, 4))), "depth has shape (4, 4)", "depth/003.npy"),
     "depth with inf": (lambda r: np.save(r / OBJ / "depth" / "005.npy", np.full((32, 32), np.inf)), "depth contains NaN or inf", "depth/005.npy"),
     "missing mask": (lambda r: (r / OBJ / "masks" / "007.png").unlink(), "missing, but masks/ exists", "masks/007.png"),
+    "corrupt mesh": (lambda r: (r / OBJ / "mesh.ply").write_bytes(b"ply\ngarbage"), "mesh is not readable", "mesh.ply"),
+    "mesh without triangles": (lambda r: edit_mesh(r, lambda m: trimesh.Trimesh(m.vertices, np.zeros((0, 3), int))), "mesh has no triangles", "mesh.ply"),
+    "mesh with NaN": (lambda r: edit_mesh(r, lambda m: trimesh.Trimesh(m.vertices * np.nan, m.faces, process=False)), "mesh vertices contain NaN or inf", "mesh.ply"),
+    "mesh in millimetres": (lambda r: edit_mesh(r, lambda m: m.apply_scale(1000.0)), "lies behind camera", "mesh.ply"),
     "split lists unknown object": (lambda r: (r / "train.txt").write_text("ghost\n"), "lists 'ghost'", "train.txt"),
     "only one split file": (lambda r: (r / "val.txt").unlink(), "missing, but the other split file exists", "val.txt"),
 }
@@ -137,3 +147,10 @@ def test_reader_raises_on_the_first_problem_naming_the_file(dataset):
     BROKEN["reflection"][0](dataset)
     with pytest.raises(DatasetError, match=r"cameras\.json: views\[2\]\.c2w: rotation is a reflection"):
         read_object(dataset / OBJ)
+
+
+def test_the_mesh_is_optional_and_on_the_record(dataset):
+    assert read_object(dataset / OBJ).mesh_path == dataset / OBJ / "mesh.ply"
+    (dataset / OBJ / "mesh.ply").unlink()
+    assert check_dataset(dataset).ok
+    assert read_object(dataset / OBJ).mesh_path is None

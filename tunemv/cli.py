@@ -56,6 +56,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise TunemvError(f"--filter takes a mean hull IoU in [0, 1], got {args.filter}")
     if not 16 <= args.grid <= 512:
         raise TunemvError(f"--grid must be in [16, 512], got {args.grid}")
+    if not 16 <= args.mesh_grid <= 256 or args.mesh_samples < 100:
+        raise TunemvError(f"--mesh-grid must be in [16, 256] and --mesh-samples >= 100, got {args.mesh_grid} and {args.mesh_samples}")
     if args.threads is not None:
         if args.threads < 1:
             raise TunemvError(f"--threads must be >= 1, got {args.threads}")
@@ -65,7 +67,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     report = evaluate_dataset(args.root, args.reference, grid=args.grid, mask_source=args.mask_source,
                               white_threshold=args.white_threshold, mvc=args.mvc, mvc_steps=args.mvc_steps,
                               clip=args.clip, classifier=args.classifier, inception=args.inception,
-                              progress=not args.quiet)
+                              mesh_grid=args.mesh_grid, mesh_samples=args.mesh_samples, progress=not args.quiet)
     print(report.table())
     print(f"metrics written to {report.write_json(args.out or Path(args.root) / 'metrics.json')}")
     if args.filter is not None:
@@ -156,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "dataset-format folder (e.g. what tunemv sample wrote)")
     evaluate.add_argument("root", help="dataset root (or a single object folder)")
     evaluate.add_argument("--reference", default=None, metavar="GT_DIR",
-                          help="ground truth in the dataset format, matched by object id and camera: PSNR, SSIM, LPIPS, FID/KID")
+                          help="ground truth in the dataset format, matched by object id and camera: PSNR, SSIM, LPIPS, FID/KID, and mesh accuracy where it has mesh.ply")
     evaluate.add_argument("--out", default=None, help="metrics JSON (default: ROOT/metrics.json)")
     evaluate.add_argument("--filter", type=float, default=None, metavar="MIN_IOU",
                           help="write the ids of objects whose mean hull IoU is >= MIN_IOU (data-engine quality filter)")
@@ -168,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--white-threshold", type=float, default=None,
                           help="threshold masks: a pixel with every channel above this is background (default: the "
                                "dataset loader's, 0.97)")
+    evaluate.add_argument("--mesh-grid", type=int, default=64,
+                          help="volume-IoU voxels per axis of mesh accuracy, where the reference has mesh.ply (default: 64)")
+    evaluate.add_argument("--mesh-samples", type=int, default=30000,
+                          help="surface points per mesh for the Chamfer distance (default: 30000)")
     evaluate.add_argument("--mvc", action="store_true", help="also fit NeuS per object and report its reprojection error (slow)")
     evaluate.add_argument("--mvc-steps", type=int, default=100, help="NeuS fitting steps per object (default: 100)")
     evaluate.add_argument("--clip", default=None, metavar="PATH_OR_ID", help="CLIP model for text/image similarity")
