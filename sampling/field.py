@@ -38,6 +38,15 @@ class MultiviewField:
                            resolution=(cameras.height, cameras.width)).image
         return to_unit_range(self.backbone.decode_views(images.to(self.backbone.dtype))) if decode else images
 
+    @torch.no_grad()
+    def silhouettes(self, cameras: Cameras | None = None) -> torch.Tensor:
+        """(B, T, 1, H, W) rendered opacity at Cameras ``[B, T]`` (default: the views' own cameras), in [0, 1]:
+        the field's outline, to compare with the generated views' masks."""
+        cameras = self.cameras if cameras is None else cameras
+        zeros = torch.zeros(self.latents.shape[:2], dtype=torch.long, device=self.latents.device)
+        return self.neus(self.latents.float(), zeros, self.cameras, cameras.to(self.latents.device),
+                         resolution=(cameras.height, cameras.width)).opacity
+
     def turntable(self, num_frames: int = 24, elevation_deg: float = 20.0, radius: float = 2.2,
                   fov_deg: float = 50.0) -> torch.Tensor:
         """(B, F, 3, H, W) renders around +z at the model's resolution (a GIF's frames)."""

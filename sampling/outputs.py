@@ -3,8 +3,9 @@ grid PNG, a turntable GIF of NeuS renders and, on request, meshes.
 
     OUT/<index>_<prompt-slug>/images/NNN.png, cameras.json, caption.txt   (passes `tunemv data check`)
                               sampling.json   the settings that made it
-                              grid.png        all views in a row
-                              turntable.gif   NeuS renders around the object
+                              grid.png        all views in a row   } previews, upscaled to at least
+                              turntable.gif   NeuS renders around  } PREVIEW_SIZE px per view; the
+                                              the object           } native views stay in images/
                               mesh.ply, mesh.glb   with --mesh
 """
 
@@ -27,6 +28,15 @@ from tunemv.atomic import write_bytes_atomic
 from tunemv.data.format import write_object
 from tunemv.neus.mesh import export_mesh
 from tunemv.sampling.pipeline import MultiviewPipelineOutput
+
+PREVIEW_SIZE = 256  # a 32 px view is a thumbnail on a screen; previews are upscaled to at least this
+
+
+def upscale_for_preview(images: torch.Tensor, size: int = PREVIEW_SIZE) -> torch.Tensor:
+    """(..., 3, H, W) -> the same views enlarged by the smallest integer factor that makes them >= ``size``
+    px, nearest-neighbour: every model pixel stays a crisp block, nothing is invented between them."""
+    factor = max(1, -(-size // min(images.shape[-2:])))
+    return images if factor == 1 else images.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -59,9 +69,9 @@ def write_results(output: MultiviewPipelineOutput, out_dir: str | Path, start_in
         folder = out_dir / object_name(start_index + b, prompt)
         if folder.exists() and not overwrite:
             raise FileExistsError(f"{folder}: already exists; pass --overwrite to replace it")
-        extras = {"grid.png": _png(grid_image(output.views[b]))}
+        extras = {"grid.png": _png(grid_image(upscale_for_preview(output.views[b])))}
         if turntable_frames > 0:
-            frames = output.field.turntable(turntable_frames)[b]
+            frames = upscale_for_preview(output.field.turntable(turntable_frames)[b])
             extras["turntable.gif"] = iio.imwrite("<bytes>", to_uint8(frames), extension=".gif", duration=80, loop=0)
         meshes = {}
         if mesh_resolution > 0:

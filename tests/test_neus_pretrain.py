@@ -194,3 +194,29 @@ def test_camera_noise_stays_rigid_and_bounded():
     focal = noisy.K[:, 0, 0] / cameras.K[:, 0, 0]
     assert ((focal - 1).abs() <= 0.02).all()
     assert ((noisy.K[:, 0, 2] - cameras.K[:, 0, 2]).abs() <= 0.02 * 32).all()
+
+
+def test_a_frozen_pretrained_neus_stays_as_loaded_while_the_branch_trains(workspace, tmp_path):
+    import lightning.pytorch as pl
+
+    from tunemv.data.datamodule import MultiviewDataModule
+    from tunemv.errors import TunemvError
+
+    write_neus_folder(tmp_path / "neus", LatentSparseNeuS(in_channels=3, **SMALL_NEUS), {"backbone": "x"})
+    with pytest.raises(TunemvError, match=r"set model\.init_from"):
+        MultiviewAdapterSystem(str(workspace / "backbone"), train_neus=False)
+    system = MultiviewAdapterSystem(str(workspace / "backbone"), init_from=str(tmp_path / "neus"), train_neus=False,
+                                    p_drop_neus=0, warmup_steps=1, learning_rate=1e-2)
+    neus = {k: v.clone() for k, v in system.denoiser.neus.state_dict().items()}
+    branch = {k: v.clone() for k, v in system.denoiser.control_branch.state_dict().items()}
+    data = MultiviewDataModule(str(workspace / "data"), num_views=4, num_supervision_views=0, resolution=16,
+                               batch_size=2)
+    pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+               limit_val_batches=0, enable_checkpointing=False).fit(system, data)
+    assert not system.denoiser.neus.training  # inference behaviour: uniform ray samples, as when sampling
+    for name, tensor in system.denoiser.neus.state_dict().items():
+        assert torch.equal(tensor, neus[name]), name
+    assert any(not torch.equal(t, branch[k]) for k, t in system.denoiser.control_branch.state_dict().items())
+    data.setup("fit")
+    terms = system.losses(collate_multiview([data.train_set[0]]))
+    assert not any(name.startswith("neus_") for name in terms)

@@ -104,6 +104,8 @@ class MultiviewAdapterSystem(pl.LightningModule):
         init_from: start from a pretrained NeuS folder (stage 1, e.g. ``models/tiny-neus``) or an exported
             adapter folder (its NeuS and control branch), with a fresh optimizer (VFusion3D's stages). The
             folder's architecture wins; ``neus`` may still change how rays are sampled.
+        train_neus: False freezes the NeuS (stage 2 after a stage-1 ``init_from``): it then renders the condition
+            in inference behaviour and has no loss, which makes a CPU step about twice as cheap.
         camera_noise: VFusion3D's camera-noise injection: uniform noise of this amplitude on the intrinsics
             and extrinsics of the cameras the model reads (0: off). Renders are supervised at the true ones.
         ema_decay: keep an exponential moving average of the trainable weights (None: off).
@@ -128,7 +130,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
                  warmup_steps: int = 100, p_reference: float = 0.1, p_drop_neus: float = 0.1,
                  p_drop_text: float = 0.1, render_weight: float = 1.0, eikonal_weight: float = 0.1,
                  opacity_weight: float = 0.5, depth_weight: float = 0.0, init_from: str | None = None,
-                 camera_noise: float = 0.0, ema_decay: float | None = None, max_nonfinite_steps: int = 10,
+                 camera_noise: float = 0.0, train_neus: bool = True, ema_decay: float | None = None, max_nonfinite_steps: int = 10,
                  gradient_checkpointing: bool = False, view_chunk: int | None = None, seed: int = 0,
                  validation_prompts: Sequence[str] | None = None, validation_sampler: str = "mv",
                  validation_steps: int = 10, validation_views: int = 4, validation_guidance_scale: float = 7.5,
@@ -161,6 +163,10 @@ class MultiviewAdapterSystem(pl.LightningModule):
             self.denoiser = MultiviewDenoiser.from_backbone(self.backbone, field, branch, view_chunk=view_chunk)
         if train_backbone_unet:
             self.backbone.unet.requires_grad_(True)
+        if not train_neus:
+            if init_from is None:
+                raise TunemvError("model.train_neus: false freezes a pretrained NeuS; set model.init_from to one")
+            self.denoiser.neus.requires_grad_(False).eval()
         if gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
         self.neus_loss = NeuSLoss(render_weight, eikonal_weight, opacity_weight, depth_weight=depth_weight)
@@ -234,15 +240,16 @@ class MultiviewAdapterSystem(pl.LightningModule):
         inputs = self.make_inputs(batch, dropouts=self.training)
         text = self.backbone.encode_prompt(inputs["captions"])
         mv = inputs["mode"] == "mv"
+        supervise_neus = mv and self.hparams.get("train_neus", True)
         output = self.denoiser(inputs["x_t"], inputs["t"], inputs["cameras"], text.hidden_states.float(),
                                mode=inputs["mode"], added_cond_kwargs=text.added_cond_kwargs,
-                               supervision_cameras=inputs["supervision_cameras"] if mv else None)
+                               supervision_cameras=inputs["supervision_cameras"] if supervise_neus else None)
         target = self.diffusion_target(inputs["x0"], inputs["noise"], inputs["t"])
         per_view = (output.prediction.float() - target).square().mean(dim=(2, 3, 4))  # (B, V)
         denoised = ~inputs["reference"]
         terms = {"diffusion": (per_view * denoised).sum() / denoised.sum().clamp(min=1)}
         total = terms["diffusion"]
-        if mv:
+        if supervise_neus:
             clean = torch.cat([inputs["x0"], inputs["x0_supervision"]], dim=1)
             masks = depths = None
             if self.hparams.opacity_weight:
@@ -307,6 +314,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
             {"params": [p for p in self.denoiser.neus.parameters() if p.requires_grad], "lr": h.neus_learning_rate,
              "name": "neus"},
         ]
+        groups = [group for group in groups if group["params"]]  # a frozen NeuS has none
         if h.get("train_backbone_unet"):
             groups.append({"params": list(self.backbone.unet.parameters()), "lr": h.learning_rate,
                            "name": "backbone_unet"})
@@ -362,5 +370,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
     def train(self, mode: bool = True) -> MultiviewAdapterSystem:
         super().train(mode)
         self.backbone.eval()  # frozen: always in inference behaviour
+        if not self.hparams.get("train_neus", True):
+            self.denoiser.neus.eval()
         return self
 
