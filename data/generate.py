@@ -34,10 +34,26 @@ def object_id(index: int, category: str) -> str:
     return f"{index:05d}_{category}"
 
 
+def object_rng(seed: int, index: int) -> np.random.Generator:
+    """The random stream of object ``index``: its shape first, then its camera elevation."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0, index)))
+
+
+def procedural_shape(object_dir: str | Path):
+    """The analytic SDF of a procedural object folder, rebuilt from its ``attributes.json``: exact ground
+    truth for geometry probes (``mesh.ply`` is its marching cubes)."""
+    path = Path(object_dir) / "attributes.json"
+    try:
+        attributes = json.loads(path.read_text())
+        return make_object(attributes["category"], object_rng(attributes["seed"], attributes["index"])).shape
+    except (OSError, ValueError, KeyError) as error:
+        raise TunemvError(f"{path}: not a procedural object's attributes ({type(error).__name__}: {error})") from error
+
+
 def render_object(root: str | Path, index: int, seed: int, categories: Sequence[str], num_views: int,
                   resolution: int, supersample: int = 2, overwrite: bool = False) -> str:
     """Render object ``index`` of the dataset ``seed`` and write its folder; returns its object id."""
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0, index)))
+    rng = object_rng(seed, index)
     category = categories[index % len(categories)]
     obj = make_object(category, rng)
     elevation = float(rng.uniform(*ELEVATION_RANGE_DEG))

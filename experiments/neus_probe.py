@@ -16,25 +16,18 @@ import json
 import statistics
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from tunemv.adapters.backbones import Backbone
 from tunemv.adapters.formats import read_pretrained_neus
 from tunemv.data.dataset import MultiviewDataset, collate_multiview
-from tunemv.data.procedural import make_object
-from tunemv.evaluation.hull import carve_visual_hull, voxel_centres
+from tunemv.data.generate import procedural_shape
+from tunemv.evaluation.hull import carve_visual_hull
+from tunemv.evaluation.mesh_accuracy import volume_iou
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 
 
-def analytic_shape(object_dir: Path):
-    """The SDF of a procedural object, rebuilt from its ``attributes.json`` (seed, index, category)."""
-    attributes = json.loads((object_dir / "attributes.json").read_text())
-    rng = np.random.default_rng(np.random.SeedSequence(attributes["seed"], spawn_key=(0, attributes["index"])))
-    return make_object(attributes["category"], rng).shape
-
-
-def volume_iou(a: torch.Tensor, b: torch.Tensor) -> float:
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a & b).sum()) / max(float((a | b).sum()), 1.0)
 
 
@@ -42,16 +35,16 @@ def volume_iou(a: torch.Tensor, b: torch.Tensor) -> float:
 def probe(neus: LatentSparseNeuS, backbone: Backbone, root: Path, views: int, grid: int, timesteps: list[int],
           seed: int = 0) -> dict:
     dataset = MultiviewDataset(root, "all", views, 16 - views, view_selection="uniform", random_caption=False)
-    centres = voxel_centres(grid).reshape(-1, 3)
-    inside = centres.norm(dim=-1) <= 1.0
-    sphere = (centres.norm(dim=-1) - neus.config.init_radius < 0) & inside
+    sphere = lambda p: p.norm(dim=-1) < neus.config.init_radius  # noqa: E731 - the initial field
     rows = []
     for index, record in enumerate(dataset.records):
         item = dataset[index]
         batch = collate_multiview([item])
-        truth = (analytic_shape(record.directory)(centres) < 0) & inside
-        hull = carve_visual_hull(item["masks"], item["cameras"], grid).reshape(-1) & inside
-        row = {"object": record.object_id, "sphere_iou": volume_iou(sphere, truth), "hull_iou": volume_iou(hull, truth)}
+        shape = procedural_shape(record.directory)
+        truth = lambda p, shape=shape: shape(p) < 0  # noqa: E731
+        hull = carve_visual_hull(item["masks"], item["cameras"], grid)
+        row = {"object": record.object_id, "sphere_iou": volume_iou(sphere, truth, grid),
+               "hull_iou": volume_iou(hull, truth, grid)}
         x0 = backbone.encode_views(batch["images"]).float()
         for step in timesteps:
             generator = torch.Generator().manual_seed(seed + index)
@@ -59,13 +52,13 @@ def probe(neus: LatentSparseNeuS, backbone: Backbone, root: Path, views: int, gr
             x_t = x0 if step == 0 else backbone.noise_scheduler.add_noise(
                 x0[0], torch.randn(x0[0].shape, generator=generator), t[0])[None]
             field = neus.fields(x_t, t, batch["cameras"])[0]
-            occupied = (torch.cat([field.sdf(chunk) for chunk in centres.split(65536)]) < 0) & inside
+            occupied = lambda p, field=field: torch.cat([field.sdf(c) for c in p.split(65536)]) < 0  # noqa: E731
             render = neus.render(field, item["supervision"]["cameras"], *x0.shape[-2:])
             image = backbone.decode_views(render.image[None])[0].clamp(-1, 1)
             psnr = 10 * torch.log10(4.0 / (image - item["supervision"]["images"]).square().mean())
             masks, predicted = item["supervision"]["masks"] >= 0.5, render.opacity >= 0.5
-            row[f"t{step}"] = {"volume_iou": volume_iou(occupied, truth), "psnr": float(psnr),
-                               "mask_iou": volume_iou(predicted, masks)}
+            row[f"t{step}"] = {"volume_iou": volume_iou(occupied, truth, grid), "psnr": float(psnr),
+                               "mask_iou": mask_iou(predicted, masks)}
         rows.append(row)
         print(json.dumps(row), flush=True)
 

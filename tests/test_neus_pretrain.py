@@ -220,3 +220,36 @@ def test_a_frozen_pretrained_neus_stays_as_loaded_while_the_branch_trains(worksp
     data.setup("fit")
     terms = system.losses(collate_multiview([data.train_set[0]]))
     assert not any(name.startswith("neus_") for name in terms)
+
+
+def test_stage_one_raises_held_out_volume_iou_well_above_the_initial_sphere(tmp_path):
+    """Calibrated on held-out boxes/cylinders/capsules at 16 px, 8 clean views, 32^3 grid: the initial sphere
+    scores 0.32 and 0.47, the visual hull of the same 8 masks 0.77; after these 40 steps the field scored
+    0.74 and 0.85 (gaps of 0.43 and 0.38 over the sphere). A field that ignores its views stays the sphere."""
+    import lightning.pytorch as pl
+
+    from tunemv.data.datamodule import MultiviewDataModule
+    from tunemv.data.generate import procedural_shape
+    from tunemv.evaluation.mesh_accuracy import volume_iou
+
+    tiny_if().save_pretrained(tmp_path / "backbone")
+    generate_procedural_dataset(tmp_path / "data", num_objects=10, num_views=16, resolution=16, val_fraction=0.2,
+                                categories=["box", "cylinder", "capsule"], seed=3, workers=1, progress=False)
+    system = NeuSPretrainSystem(str(tmp_path / "backbone"), neus=SMALL_NEUS, rays_per_view=32, warmup_steps=10,
+                                learning_rate=3e-3)
+    data = MultiviewDataModule(str(tmp_path / "data"), num_views=8, num_supervision_views=4, resolution=16,
+                               batch_size=2)
+    pl.Trainer(max_steps=40, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+               limit_val_batches=0, enable_checkpointing=False).fit(system, data)
+    system.eval()
+    held_out = MultiviewDataset(tmp_path / "data", "val", 8, 8, view_selection="uniform", random_caption=False)
+    assert len(held_out) == 2
+    sphere = lambda p: p.norm(dim=-1) < system.neus.config.init_radius  # noqa: E731
+    for index, record in enumerate(held_out.records):
+        batch = collate_multiview([held_out[index]])
+        with torch.no_grad():
+            field = system.neus.fields(batch["images"], torch.zeros(1, 8, dtype=torch.long), batch["cameras"])[0]
+        shape = procedural_shape(record.directory)
+        truth = lambda p, shape=shape: shape(p) < 0  # noqa: E731
+        learned = volume_iou(lambda p, field=field: field.sdf(p) < 0, truth, 32)
+        assert learned > volume_iou(sphere, truth, 32) + 0.2, record.object_id
