@@ -128,14 +128,16 @@ def sample_jobs(adapter: Path, jobs: list[tuple[str, str, dict, Path]], args: ar
 
 def silhouette_agreement(output) -> float:
     """Mask IoU of the field's rendered opacity (>= 0.5) at the views' cameras with the views' own masks
-    (non-white pixels, as datasets without masks are read): whether the turntable shows the object."""
+    (against the border's colour: the tiny backbone's backgrounds are near-white but tinted): whether the
+    turntable shows the object."""
+    import torch
     import torch.nn.functional as F
 
-    from tunemv.data.dataset import WHITE_THRESHOLD
+    from tunemv.evaluation.views import border_mask
 
     rendered = output.field.silhouettes()[0, :, 0].cpu() >= 0.5  # (V, h, w) at model resolution
     views = output.views[0].cpu()  # (V, 3, H, W) in [0, 1]
-    masks = (views < WHITE_THRESHOLD).any(1, keepdim=True).float()
+    masks = torch.stack([border_mask(view) for view in views]).float()
     masks = F.interpolate(masks, size=tuple(rendered.shape[-2:]), mode="area")[:, 0] >= 0.5
     return float((rendered & masks).sum()) / max(float((rendered | masks).sum()), 1.0)
 
