@@ -24,7 +24,7 @@ from tunemv.data.dataset import MultiviewDataset, collate_multiview
 from tunemv.tinyif.model_card import image_grid, plot_curve
 
 
-def loss_curve(metrics: Path, out: Path, last_step: int, window: int = 50) -> None:
+def loss_curve(metrics: Path, out: Path, last_step: int, window: int = 50, title: str = "stage-1 loss") -> None:
     """Only steps the shipped weights saw: a run may have logged past the exported checkpoint."""
     with open(metrics, newline="") as file:
         rows = [r for r in csv.DictReader(file) if r.get("train/total") and int(r["step"]) < last_step]
@@ -33,7 +33,7 @@ def loss_curve(metrics: Path, out: Path, last_step: int, window: int = 50) -> No
         buckets.setdefault(int(row["step"]) // window, []).append(float(row["train/total"]))
     steps = [(k + 1) * window for k in sorted(buckets)]
     values = [statistics.fmean(buckets[k]) for k in sorted(buckets)]
-    plot_curve(steps, values, out / "loss.png", title=f"stage-1 loss (mean per {window} steps)")
+    plot_curve(steps, values, out / "loss.png", title=f"{title} (mean per {window} steps)")
     with open(out / "loss.csv", "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["step", "loss"])
