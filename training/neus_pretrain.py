@@ -13,7 +13,6 @@ all clean (t = 0), a clean/noisy mix (image→multiview references), and one sha
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning.pytorch as pl
@@ -24,11 +23,11 @@ from einops import rearrange
 from tunemv.adapters.backbones import Backbone
 from tunemv.adapters.formats import NEUS_PREFIX, checkpoint_metadata_neus
 from tunemv.data.dataset import resize_depth
-from tunemv.errors import TunemvError
 from tunemv.geometry.cameras import Cameras
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 from tunemv.neus.losses import NeuSLoss
 from tunemv.neus.renderer import render_pixels
+from tunemv.training.recipe import neus_arguments, warmup_cosine
 
 
 class NeuSPretrainSystem(pl.LightningModule):
@@ -60,12 +59,7 @@ class NeuSPretrainSystem(pl.LightningModule):
         if rays_per_view < 0:
             raise ValueError(f"rays_per_view must be >= 0, got {rays_per_view}")
         self.backbone = Backbone.from_pretrained(backbone, torch_dtype=backbone_dtype)
-        neus_args = {"in_channels": self.backbone.in_channels, "out_channels": self.backbone.in_channels,
-                     "background": self.backbone.background_latent.float().tolist(), **(neus or {})}
-        if neus_args["in_channels"] != self.backbone.in_channels or neus_args["out_channels"] != self.backbone.in_channels:
-            raise TunemvError(f"{backbone}: the backbone's views have {self.backbone.in_channels} channels but neus "
-                              f"is configured for in_channels={neus_args['in_channels']}, "
-                              f"out_channels={neus_args['out_channels']}")
+        neus_args = neus_arguments(backbone, self.backbone, neus)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.neus = LatentSparseNeuS(**neus_args)
@@ -174,15 +168,7 @@ class NeuSPretrainSystem(pl.LightningModule):
         optimizer = torch.optim.AdamW(self.neus.parameters(), lr=h.learning_rate, weight_decay=h.weight_decay)
         total = self.trainer.max_steps if self.trainer is not None and self.trainer.max_steps > 0 else None
 
-        def factor(step: int) -> float:
-            if step < h.warmup_steps:
-                return (step + 1) / (h.warmup_steps + 1)
-            if total is None or total <= h.warmup_steps:
-                return 1.0
-            progress = min(1.0, (step - h.warmup_steps) / (total - h.warmup_steps))
-            return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(h.warmup_steps, total, floor=0.1))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------------------------- checkpoints

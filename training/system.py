@@ -11,7 +11,6 @@ dropouts and NeuS samples as an uninterrupted one without storing RNG state.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from tunemv.errors import TunemvError
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 from tunemv.neus.losses import NeuSLoss
 from tunemv.training.latent_cache import LatentCache
+from tunemv.training.recipe import neus_arguments, warmup_cosine
 from tunemv.training.validation import log_validation_samples
 
 
@@ -141,12 +141,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
             if not 0 <= getattr(self.hparams, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self.hparams, name)}")
         self.backbone = Backbone.from_pretrained(backbone, torch_dtype=backbone_dtype)
-        neus_args = {"in_channels": self.backbone.in_channels, "out_channels": self.backbone.in_channels,
-                     "background": self.backbone.background_latent.float().tolist(), **(neus or {})}
-        if neus_args["in_channels"] != self.backbone.in_channels or neus_args["out_channels"] != self.backbone.in_channels:
-            raise TunemvError(f"{backbone}: the backbone's views have {self.backbone.in_channels} channels but neus "
-                              f"is configured for in_channels={neus_args['in_channels']}, "
-                              f"out_channels={neus_args['out_channels']}")
+        neus_args = neus_arguments(backbone, self.backbone, neus)
         initial_neus, initial_branch = (None, None) if init_from is None else initial_modules(init_from, neus or {})
         if initial_neus is not None:
             check_neus_channels(init_from, dict(initial_neus.config), self.backbone.in_channels)
@@ -321,15 +316,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
         optimizer = torch.optim.AdamW(groups, weight_decay=h.weight_decay)
         total = self.trainer.max_steps if self.trainer is not None and self.trainer.max_steps > 0 else None
 
-        def factor(step: int) -> float:
-            if step < h.warmup_steps:
-                return (step + 1) / (h.warmup_steps + 1)
-            if total is None or total <= h.warmup_steps:
-                return 1.0
-            progress = min(1.0, (step - h.warmup_steps) / (total - h.warmup_steps))
-            return 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(h.warmup_steps, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------------------------- checkpoints

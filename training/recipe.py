@@ -1,0 +1,34 @@
+"""What both Lightning systems share: the NeuS arguments a backbone implies, and the learning-rate shape."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from tunemv.adapters.backbones import Backbone
+from tunemv.errors import TunemvError
+
+
+def neus_arguments(name: str, backbone: Backbone, neus: dict[str, Any] | None) -> dict[str, Any]:
+    """``LatentSparseNeuS`` arguments: channels and background from the backbone, then the config's ``neus``."""
+    channels = backbone.in_channels
+    arguments = {"in_channels": channels, "out_channels": channels,
+                 "background": backbone.background_latent.float().tolist(), **(neus or {})}
+    if arguments["in_channels"] != channels or arguments["out_channels"] != channels:
+        raise TunemvError(f"{name}: the backbone's views have {channels} channels but neus is configured for "
+                          f"in_channels={arguments['in_channels']}, out_channels={arguments['out_channels']}")
+    return arguments
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int | None, floor: float = 0.0) -> Callable[[int], float]:
+    """LambdaLR factor: linear warmup, then cosine decay from 1 to ``floor`` at ``total_steps`` (None: flat)."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if total_steps is None or total_steps <= warmup_steps:
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
