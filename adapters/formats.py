@@ -26,6 +26,8 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,32 +67,35 @@ def write_adapter_folder(out_dir: str | Path, neus: LatentSparseNeuS, control_br
     from tunemv import __version__
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise AdapterError(f"{out_dir}: already exists; pass --overwrite to replace it")
     if not info.get("backbone"):
         raise AdapterError(f"{out_dir}: an adapter folder must name its backbone")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    try:
+    with _staged_folder(out_dir, overwrite) as staging:
         neus.save_pretrained(staging / NEUS_FOLDER)
         control_branch.save_pretrained(staging / BRANCH_FOLDER)
         (staging / ADAPTER_FILE).write_text(json.dumps({**info, "tunemv_version": __version__}, indent=2) + "\n")
-        _replace(staging, out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 
-def _replace(staging: Path, out_dir: Path) -> None:
-    """Rename ``staging`` to ``out_dir``; an old ``out_dir`` is moved aside first, so a failure never loses both."""
-    if out_dir.exists():
-        trash = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".old"))
-        out_dir.rename(trash / out_dir.name)
-        staging.rename(out_dir)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        staging.rename(out_dir)
+@contextmanager
+def _staged_folder(out_dir: Path, overwrite: bool) -> Iterator[Path]:
+    """A temporary sibling folder to write into, renamed to ``out_dir`` when the block succeeds and removed
+    when it fails. An old ``out_dir`` is moved aside first, so a failure never loses both."""
+    if out_dir.exists() and not overwrite:
+        raise AdapterError(f"{out_dir}: already exists; pass --overwrite to replace it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        yield staging
+        if out_dir.exists():
+            trash = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".old"))
+            out_dir.rename(trash / out_dir.name)
+            staging.rename(out_dir)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            staging.rename(out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def read_adapter_info(adapter_dir: str | Path) -> dict[str, Any]:
@@ -169,17 +174,9 @@ def write_neus_folder(out_dir: str | Path, neus: LatentSparseNeuS, info: dict[st
     from tunemv import __version__
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise AdapterError(f"{out_dir}: already exists; pass --overwrite to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    try:
+    with _staged_folder(out_dir, overwrite) as staging:
         neus.save_pretrained(staging)
         (staging / NEUS_INFO_FILE).write_text(json.dumps({**info, "tunemv_version": __version__}, indent=2) + "\n")
-        _replace(staging, out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 

@@ -9,7 +9,7 @@ import trimesh
 
 from tunemv.adapters.backbones import Backbone
 from tunemv.geometry.cameras import Cameras, orbit
-from tunemv.neus.latent_sparseneus import LatentSparseNeuS
+from tunemv.neus.latent_sparseneus import LatentSparseNeuS, LatentSparseNeuSOutput
 
 
 @dataclass
@@ -33,19 +33,20 @@ class MultiviewField:
         taken in model space -> (B, T, 3, H·f, W·f) RGB in [0, 1] (``decode``) or (B, T, C, H, W) model space."""
         if cameras.K.dim() == 3:
             cameras = Cameras.stack([cameras] * len(self))
-        zeros = torch.zeros(self.latents.shape[:2], dtype=torch.long, device=self.latents.device)
-        images = self.neus(self.latents.float(), zeros, self.cameras, cameras.to(self.latents.device),
-                           resolution=(cameras.height, cameras.width)).image
+        images = self._renders(cameras).image
         return to_unit_range(self.backbone.decode_views(images.to(self.backbone.dtype))) if decode else images
 
     @torch.no_grad()
     def silhouettes(self, cameras: Cameras | None = None) -> torch.Tensor:
         """(B, T, 1, H, W) rendered opacity at Cameras ``[B, T]`` (default: the views' own cameras), in [0, 1]:
         the field's outline, to compare with the generated views' masks."""
-        cameras = self.cameras if cameras is None else cameras
+        return self._renders(self.cameras if cameras is None else cameras).opacity
+
+    def _renders(self, cameras: Cameras) -> LatentSparseNeuSOutput:
+        """NeuS fused from the clean views (t = 0), rendered at Cameras ``[B, T]`` at their resolution."""
         zeros = torch.zeros(self.latents.shape[:2], dtype=torch.long, device=self.latents.device)
         return self.neus(self.latents.float(), zeros, self.cameras, cameras.to(self.latents.device),
-                         resolution=(cameras.height, cameras.width)).opacity
+                         resolution=(cameras.height, cameras.width))
 
     def turntable(self, num_frames: int = 24, elevation_deg: float = 20.0, radius: float = 2.2,
                   fov_deg: float = 50.0) -> torch.Tensor:
