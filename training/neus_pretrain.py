@@ -17,17 +17,15 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 
 from tunemv.adapters.backbones import Backbone
 from tunemv.adapters.formats import NEUS_PREFIX, checkpoint_metadata_neus
-from tunemv.data.dataset import resize_depth
 from tunemv.geometry.cameras import Cameras
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 from tunemv.neus.losses import NeuSLoss
 from tunemv.neus.renderer import render_pixels
-from tunemv.training.recipe import neus_arguments, warmup_cosine
+from tunemv.training.recipe import neus_arguments, views_and_supervision, warmup_cosine
 
 
 class NeuSPretrainSystem(pl.LightningModule):
@@ -93,17 +91,9 @@ class NeuSPretrainSystem(pl.LightningModule):
         supervision = self.backbone.encode_views(batch["supervision"]["images"].to(self.backbone.dtype)).float()
         height, width = views.shape[-2:]
 
-        def at_model_size(maps: torch.Tensor, depth: bool) -> torch.Tensor:
-            flat = rearrange(maps.float(), "b v c h w -> (b v) c h w")
-            if tuple(flat.shape[-2:]) != (height, width):
-                flat = resize_depth(flat, height, width) if depth else F.interpolate(flat, (height, width), mode="area")
-            return flat.unflatten(0, maps.shape[:2])
-
-        join = lambda key, depth: torch.cat([at_model_size(batch[key], depth),  # noqa: E731
-                                             at_model_size(batch["supervision"][key], depth)], 1)
         cameras = Cameras.cat([batch["cameras"], batch["supervision"]["cameras"]], dim=1).rescale(height, width)
-        return dict(inputs=views, clean=torch.cat([views, supervision], 1), masks=join("masks", False),
-                    depths=join("depths", True), input_cameras=batch["cameras"].rescale(height, width),
+        return dict(inputs=views, clean=torch.cat([views, supervision], 1), masks=views_and_supervision(batch, "masks", height, width),
+                    depths=views_and_supervision(batch, "depths", height, width), input_cameras=batch["cameras"].rescale(height, width),
                     target_cameras=cameras)
 
     # ------------------------------------------------------------------------------------------- steps

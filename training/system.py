@@ -17,7 +17,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -34,12 +33,11 @@ from tunemv.adapters.formats import (
     read_adapter_folder,
     read_pretrained_neus,
 )
-from tunemv.data.dataset import resize_depth
 from tunemv.errors import TunemvError
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 from tunemv.neus.losses import NeuSLoss
 from tunemv.training.latent_cache import LatentCache
-from tunemv.training.recipe import neus_arguments, warmup_cosine
+from tunemv.training.recipe import neus_arguments, views_and_supervision, warmup_cosine
 from tunemv.training.validation import log_validation_samples
 
 
@@ -246,15 +244,9 @@ class MultiviewAdapterSystem(pl.LightningModule):
         total = terms["diffusion"]
         if supervise_neus:
             clean = torch.cat([inputs["x0"], inputs["x0_supervision"]], dim=1)
-            masks = depths = None
-            if self.hparams.opacity_weight:
-                masks = torch.cat([batch["masks"], batch["supervision"]["masks"]], dim=1).float()
-                masks = F.interpolate(rearrange(masks, "b v c h w -> (b v) c h w"), size=clean.shape[-2:],
-                                      mode="area").unflatten(0, clean.shape[:2])
-            if self.hparams.get("depth_weight"):
-                depths = torch.cat([batch["depths"], batch["supervision"]["depths"]], dim=1).float()
-                depths = resize_depth(rearrange(depths, "b v c h w -> (b v) c h w"), *clean.shape[-2:]
-                                      ).unflatten(0, clean.shape[:2])
+            size = clean.shape[-2:]
+            masks = views_and_supervision(batch, "masks", *size) if self.hparams.opacity_weight else None
+            depths = views_and_supervision(batch, "depths", *size) if self.hparams.get("depth_weight") else None
             neus_loss = self.neus_loss if self.training else self.validation_neus_loss
             neus_terms = neus_loss(output.neus, clean, masks, depths)
             terms.update({f"neus_{name}": value for name, value in neus_terms.items() if name != "total"})
