@@ -27,24 +27,7 @@ from tunemv.data.sdf import (
     normalize_to_sphere,
     rotation_matrix,
 )
-
-# Distinct, nameable colours (sRGB 0-1). No white: objects are rendered on a white background.
-COLOURS: dict[str, tuple[float, float, float]] = {
-    "red": (0.80, 0.10, 0.10),
-    "orange": (0.95, 0.50, 0.10),
-    "yellow": (0.95, 0.85, 0.15),
-    "lime": (0.55, 0.85, 0.15),
-    "green": (0.10, 0.55, 0.20),
-    "teal": (0.05, 0.55, 0.55),
-    "cyan": (0.20, 0.80, 0.90),
-    "blue": (0.15, 0.30, 0.85),
-    "navy": (0.08, 0.10, 0.40),
-    "purple": (0.50, 0.15, 0.70),
-    "pink": (0.95, 0.50, 0.70),
-    "brown": (0.45, 0.28, 0.12),
-    "black": (0.08, 0.08, 0.08),
-    "gray": (0.50, 0.50, 0.50),
-}
+from tunemv.data.vocabulary import CATEGORIES, COLOURS
 
 OBJECT_RADIUS = 0.8
 
@@ -294,7 +277,8 @@ BUILDERS: dict[str, Callable] = {
     "vase": build_vase, "sphere": build_sphere, "box": build_box, "cylinder": build_cylinder, "torus": build_torus,
     "cone": build_cone, "capsule": build_capsule,
 }
-CATEGORIES = tuple(BUILDERS)
+if tuple(BUILDERS) != CATEGORIES:  # the CLI offers vocabulary.CATEGORIES without importing this module
+    raise RuntimeError(f"data/vocabulary.py CATEGORIES {CATEGORIES} != the builders {tuple(BUILDERS)}")
 
 
 def make_object(category: str, rng: np.random.Generator, colour: str | None = None) -> ProceduralObject:

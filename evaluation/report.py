@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tunemv.atomic import write_text_atomic
-from tunemv.evaluation.availability import is_unavailable
+from tunemv.evaluation.availability import PREFIX, is_unavailable
 
 Value = float | str
 
@@ -73,15 +73,18 @@ class EvaluationReport:
             cells = [_cell(metrics.get(n), w) for n, w in zip(names, widths, strict=True)]
             lines.append(f"{object_id:<{id_width}}  {views:>5}  " + "  ".join(cells))
         lines += [f"{name}: {_cell(value, 0).strip()}" for name, value in self.dataset.items() if not is_unavailable(value)]
-        reasons: dict[str, str] = {}
+        # Metrics not computed, grouped by reason into one line: a plain run leaves a dozen unrequested.
+        groups: dict[str, list[str]] = {}
         for name in [*self.metric_names(), *self.dataset]:
             value = self.dataset.get(name, self.mean().get(name))
             missing = [r for r in self.objects if is_unavailable(r.metrics.get(name))]
             if is_unavailable(value) or missing:
-                reason = value if is_unavailable(value) else missing[0].metrics[name]
+                reason = str(value if is_unavailable(value) else missing[0].metrics[name]).removeprefix(PREFIX)
                 scope = "" if is_unavailable(value) else f" ({len(missing)} of {len(self.objects)} objects)"
-                reasons[name] = f"{name}{scope}: {reason}"
-        return "\n".join(lines + list(reasons.values()))
+                groups.setdefault(reason + scope, []).append(name)
+        if groups:
+            lines.append("unavailable: " + "; ".join(f"{', '.join(names)} ({reason})" for reason, names in groups.items()))
+        return "\n".join(lines)
 
 
 def _cell(value: Value | None, width: int) -> str:

@@ -172,6 +172,7 @@ def run_sample(args: argparse.Namespace) -> int:
     settings = {key: value for key, value in options.items() if key != "reference_images"}  # JSON: repr of others
     settings.update(images=args.image, seed=args.seed, backbone=pipe.backbone.name_or_path)
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
+    wrote = (lambda message: None) if args.quiet else print  # --quiet: nothing but errors
     for start in range(0, len(prompts), args.batch_size):
         batch = prompts[start: start + args.batch_size]
         # Seeded by the batch's first prompt index: with --batch-size 1 a prompt's views do not depend on the
@@ -182,6 +183,6 @@ def run_sample(args: argparse.Namespace) -> int:
             raise TunemvError(str(error)) from error
         write_results(output, args.out, start_index=start, settings=settings,
                       turntable_frames=args.turntable_frames, mesh_resolution=args.mesh_resolution if args.mesh else 0,
-                      overwrite=args.overwrite, log=print)
+                      overwrite=args.overwrite, log=wrote)
     log(f"{len(prompts)} object(s) in {args.out}")
     return 0

@@ -33,7 +33,7 @@ def load_reference_image(image: Any) -> torch.Tensor:
         image = Image.open(image)
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGBA") if image.mode in ("RGBA", "LA", "P") else image.convert("RGB"))
-    array = torch.from_numpy(np.asarray(image)).float() / 255.0
+    array = torch.from_numpy(np.array(image)).float() / 255.0  # a copy: PIL arrays are read-only
     if array.dim() != 3 or array.shape[-1] not in (3, 4):
         raise ValueError(f"a reference image must be (H, W, 3|4), got {tuple(array.shape)}")
     if array.shape[-1] == 4:

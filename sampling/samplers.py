@@ -16,6 +16,7 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+from einops import rearrange
 
 from tunemv.adapters.backbones import Backbone
 from tunemv.sampling.external import ExternalTwoDScore
@@ -61,8 +62,16 @@ class GuidedSampler:
     two_d: ExternalTwoDScore | None = None  # another model's "2d" score, where a sampler takes one
 
     def prepare(self, job: SamplingJob) -> None:
-        self.guided_steps = consistency_steps(job.steps * job.scheduler.order, self.consistency_ratio) \
-            if self.consistency_scale != 0.0 else frozenset()
+        self.guided_steps: frozenset[int] = frozenset()  # set per run by ``epsilon``, from that run's length
+
+    def guided_steps_of(self, num_steps: int) -> frozenset[int]:
+        """The model evaluations (indices into one run of ``num_steps``) that take consistency guidance.
+
+        Counted over the run's real evaluations, not ``steps × order``: Heun makes 2n − 1 of them, and a
+        refine round runs only the tail of the schedule."""
+        if self.consistency_scale == 0.0:
+            return frozenset()
+        return consistency_steps(num_steps, self.consistency_ratio)
 
     def modes(self, job: SamplingJob, timestep: float, step_index: int) -> tuple[str, ...]:
         return ("mv", "independent") if step_index in self.guided_steps else ("mv",)
@@ -81,6 +90,8 @@ class GuidedSampler:
     def epsilon(self, job: SamplingJob, model_input: torch.Tensor, timesteps: torch.Tensor, step_index: int,
                 num_steps: int) -> torch.Tensor:
         t = float(timesteps.max())  # references sit at 0; the step's t is the largest
+        if step_index == 0:
+            self.guided_steps = self.guided_steps_of(num_steps)
         modes = self.modes(job, t, step_index)
         cond, uncond = self.predict(job, model_input, timesteps, modes)
         return self.combine(job, cond, uncond, t, step_index)
@@ -199,17 +210,29 @@ class RefineSampler(GuidedSampler):
         latents = self.run(job, desc="refine 0")
         start = _start_index(job.steps, self.strength)
         for round_index in range(self.rounds):
-            renders = render_field(job, latents)
-            timesteps = job.scheduler.timesteps  # set by the first run; the same for every round
-            t_start = timesteps[start * job.scheduler.order: start * job.scheduler.order + 1]
             noise = torch.randn(latents.shape, generator=job.generator, device="cpu",
                                 dtype=latents.dtype).to(latents.device)
-            flat_shape = (-1, *latents.shape[2:])
-            noised = job.scheduler.add_noise(renders.reshape(flat_shape), noise.reshape(flat_shape),
-                                             t_start.repeat(renders.shape[0] * renders.shape[1]))
-            latents = self.run(job, latents=noised.reshape(latents.shape), start_index=start,
+            noised = renoise(job.scheduler, job.steps, start, render_field(job, latents), noise)
+            latents = self.run(job, latents=noised, start_index=start,
                                desc=f"refine {round_index + 1}")
         return SamplingResult(latents)
+
+
+def renoise(scheduler, steps: int, start: int, clean: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """(B, V, C, h, w) ``clean`` views noised to the level of step ``start`` of a ``steps``-step schedule.
+
+    As diffusers' img2img pipelines do it: the schedule is set afresh and its begin index placed first, because
+    σ-indexed schedulers (Euler, DPM-Solver++, UniPC, Heun, LMS) read the noise level of ``add_noise`` from
+    their step index, which after a finished run points at the schedule's end, where σ = 0.
+    """
+    scheduler.set_timesteps(steps, device=clean.device)
+    first = start * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(first)
+    t_start = scheduler.timesteps[first: first + 1]
+    flat = rearrange(clean, "b v c h w -> (b v) c h w")
+    noised = scheduler.add_noise(flat, rearrange(noise, "b v c h w -> (b v) c h w"), t_start.repeat(len(flat)))
+    return rearrange(noised, "(b v) c h w -> b v c h w", b=clean.shape[0])
 
 
 def _start_index(steps: int, strength: float) -> int:

@@ -165,6 +165,11 @@ def test_fit_checkpoint_resume_validate_export(assets, tmp_path, capsys):
     (["--data.root", "{empty}"], "no usable objects"),
     (["--model.backbone", "{sd}", "--model.neus", "{{in_channels: 3}}"], "channels"),
     (["--model.backbone", "{missing}"], "no such folder"),
+    # LightningCLI traps (issue 19, defect 7): prefix-matched keys were silently taken for another key, and
+    # --optimizer replaced the system's configure_optimizers so that training_step raised KeyError.
+    (["--model.learning_rat", "1e-3"], "--model.learning_rat"),
+    (["--optimizer", "Adam"], "--optimizer"),
+    (["--lr_scheduler", "StepLR"], "--lr_scheduler"),
 ])
 def test_user_errors_are_one_line(extra, expected, assets, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
@@ -230,3 +235,21 @@ def test_last_checkpoint_is_the_final_step_when_a_run_ends_between_intervals(ass
     assert main(["fit", *fit_args("tiny.yaml", assets), *TINY_RUN, "--trainer.max_steps", "3",
                  "--trainer.callbacks", callbacks]) == 0
     assert torch.load(tmp_path / "ckpts/last.ckpt", weights_only=False)["global_step"] == 3
+
+
+def test_a_normal_fit_prints_no_expected_warnings_or_adverts(assets, tmp_path):
+    """What a user saw on every `tunemv fit` (issue 19): Lightning's "💡 Tip" adverts, "Found 345 module(s) in
+    eval mode" (the frozen backbone, by design), accelerate's 5-line warning per model load, wandb's note on
+    its "anonymous" setting and a missing git root. Real problems still print (checked by the other tests)."""
+    import subprocess
+
+    args = [sys.executable, "-m", "tunemv", "fit", *fit_args("tiny.yaml", assets), "--data.resolution", "16",
+            "--data.num_views", "3", "--data.num_supervision_views", "3", "--trainer.max_steps", "1",
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "wandb"), "--trainer.log_every_n_steps", "1",
+            "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false"]
+    env = {**__import__("os").environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    printed = out.stdout + out.stderr
+    for noise in ("Tip:", "in eval mode at the start", "accelerate", "anonymous", "git root", "LeafSpec", "Warning"):
+        assert noise not in printed, (noise, printed[-3000:])

@@ -253,6 +253,11 @@ def test_unavailable_metrics_are_reasons_not_numbers(truth, tmp_path, monkeypatc
     assert all(is_unavailable(value) for value in report.dataset.values())  # FID, KID
     assert "needs ground truth" in evaluate_dataset(one, grid=32).objects[0].metrics["psnr"]
     assert "n/a" not in report.table().splitlines()[0]  # columns are metrics with at least one number
+    # Every metric not computed is named on one line, grouped by reason (a plain run had one line each).
+    (line,) = [line for line in report.table().splitlines() if "unavailable" in line]
+    for name in ("lpips", "clip_text", "mvc_psnr", "prompt_colour", "fid"):
+        assert name in line
+    assert line.count("not requested (--mvc)") == 1
 
 
 def tiny_clip(folder: Path) -> Path:

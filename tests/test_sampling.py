@@ -362,3 +362,68 @@ def test_broken_adapter_folders_get_clear_errors(tmp_path, folders, awake_pipe):
     folder = save_adapter(awake_pipe, tmp_path / "adapter")
     with pytest.raises(AdapterError, match=r"does not fit backbone .*if"):
         MultiviewPipeline.from_pretrained(folder, backbone=str(folders["if"]))
+
+
+# ------------------------------------------------------------------ refine re-noising and guided-step counts
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_refine_renoises_to_t_star_after_a_finished_run(zero_pipe, name):
+    """The re-noised latent's noise level is that of t*, even though the scheduler has just run to the end of
+    its schedule (σ-indexed schedulers then read σ = 0 from their step index: issue 19, defect 4)."""
+    from tunemv.sampling.samplers import _start_index, renoise
+
+    steps, strength = 10, 0.5
+    start = _start_index(steps, strength)
+    scheduler = make_scheduler(name, zero_pipe.backbone.scheduler_config, "sd")
+    sample = torch.zeros(4, 4, 8, 8)
+    for begin in (0, start):  # a whole run, then a refine round's run of the tail, as round 2 finds it
+        scheduler.set_timesteps(steps)
+        if begin and hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(begin * scheduler.order)
+        for t in scheduler.timesteps[begin * scheduler.order:]:
+            sample = scheduler.step(torch.zeros_like(sample), t, sample).prev_sample
+    noise = torch.randn(1, 4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    noised = renoise(scheduler, steps, start, torch.zeros_like(noise), noise)
+    t_star = int(scheduler.timesteps[start * scheduler.order])
+    alpha_bar = float(zero_pipe.backbone.noise_scheduler.alphas_cumprod[t_star])
+    # VP schedulers noise as sqrt(ᾱ)x + sqrt(1 − ᾱ)ε; σ-space ones (init_noise_sigma > 1) as x + σε.
+    level = ((1 - alpha_bar) / alpha_bar) ** 0.5 if scheduler.init_noise_sigma > 1 else (1 - alpha_bar) ** 0.5
+    assert level > 0.5
+    torch.testing.assert_close(noised.std() / noise.std(), torch.tensor(level), rtol=0.02, atol=0)
+
+
+class CountingConsistency:
+    """Wraps a ConsistencySampler and records, per run, how many model evaluations took guidance."""
+
+    def __init__(self, **options):
+        from tunemv.sampling.samplers import ConsistencySampler, RefineSampler
+
+        base = RefineSampler if "rounds" in options else ConsistencySampler
+        self.runs: list[list[bool]] = []
+        runs = self.runs
+
+        class Counting(base):
+            def modes(self, job, timestep, step_index):
+                if step_index == 0:
+                    runs.append([])
+                modes = super().modes(job, timestep, step_index)
+                runs[-1].append("independent" in modes)
+                return modes
+
+        self.sampler = Counting(**options)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_half_the_model_evaluations_are_guided_at_k_half(awake_pipe, name):
+    counting = CountingConsistency(consistency_ratio=0.5)
+    run(awake_pipe, sampler=counting.sampler, scheduler=name, steps=6)
+    (evaluations,) = counting.runs
+    assert sum(evaluations) == round(0.5 * len(evaluations)), evaluations  # Heun: 11 evaluations for 6 steps
+
+
+@pytest.mark.parametrize("name", ["ddim", "heun", "dpmsolver++"])
+def test_refine_rounds_guide_half_of_their_own_evaluations(awake_pipe, name):
+    counting = CountingConsistency(rounds=2, strength=0.5, consistency_ratio=0.5)
+    run(awake_pipe, sampler=counting.sampler, scheduler=name, steps=6)
+    assert len(counting.runs) == 3
+    for evaluations in counting.runs:
+        assert sum(evaluations) == round(0.5 * len(evaluations)), counting.runs

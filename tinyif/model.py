@@ -8,6 +8,7 @@ resolutions: at 16x16 it was the most expensive op of a CPU training step.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +102,20 @@ def save_pipeline(folder: str | Path, unet, text_encoder, tokenizer, scheduler) 
     pipeline = IFPipeline(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, scheduler=scheduler,
                           safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False)
     pipeline.save_pretrained(str(folder), safe_serialization=True)
+    make_tokenizer_portable(Path(folder) / "tokenizer")
     return Path(folder)
+
+
+def make_tokenizer_portable(folder: Path) -> None:
+    """Name the tokenizer class both transformers 4 and 5 know.
+
+    transformers 5 saves ``"tokenizer_class": "TokenizersBackend"``, which 4.x cannot load; the same
+    ``tokenizer.json`` loads in both as ``PreTrainedTokenizerFast`` (the ids are identical)."""
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("backend", None)  # a 5.x-only key
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def count_parameters(module: torch.nn.Module) -> int:

@@ -61,6 +61,10 @@ class WandbLogger(_LightningWandbLogger):
         if offline is None:
             offline = os.environ.get("WANDB_MODE", "offline") in ("offline", "dryrun")
         super().__init__(*args, offline=offline, **kwargs)
+        if self._wandb_init.get("anonymous") is None:  # wandb >= 0.19 warns that the setting does nothing
+            self._wandb_init.pop("anonymous", None)
+        if self._save_dir:  # wandb looks for a git root there before creating it, and warns
+            os.makedirs(self._save_dir, exist_ok=True)
 
 
 class TunemvCLI(LightningCLI):
@@ -138,6 +142,13 @@ def names_model_class(args: Sequence[str]) -> bool:
     return False
 
 
+def parser_kwargs() -> dict[str, Any]:
+    """Raise instead of printing usage, so that tunemv.cli prints one line and exits 2; and take keys only
+    as spelled: argparse's prefix matching silently read ``--model.learning_rat`` as ``learning_rate``."""
+    strict = {"exit_on_error": False, "allow_abbrev": False}
+    return {"prog": "tunemv", **strict, **{name: dict(strict) for name in SUBCOMMANDS}}
+
+
 def run_lightning(args: Sequence[str], run: bool = True) -> TunemvCLI:
     """``fit``/``validate`` with LightningCLI; ``args`` is the command line after ``tunemv``.
 
@@ -156,7 +167,9 @@ def run_lightning(args: Sequence[str], run: bool = True) -> TunemvCLI:
             seed_everything_default=0,
             # Resuming into the same folder rewrites config.yaml rather than refusing to start.
             save_config_kwargs={"overwrite": True},
-            # Raise instead of printing usage, so that tunemv.cli prints one line and exits 2.
-            parser_kwargs={"prog": "tunemv", "exit_on_error": False},
+            # The systems build their own optimizers and schedules (EMA, per-part learning rates); Lightning's
+            # --optimizer/--lr_scheduler would replace configure_optimizers and break training_step.
+            auto_configure_optimizers=False,
+            parser_kwargs=parser_kwargs(),
             run=run,
         )

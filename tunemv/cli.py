@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from tunemv.errors import TunemvError
+from tunemv.log_noise import silence_expected_noise
 
 EXIT_PROBLEMS = 1  # the command ran and found problems (e.g. `data check`)
 EXIT_BAD_INPUT = 2  # bad arguments or input files
@@ -203,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--overwrite", action="store_true", help="replace existing output object folders")
     imp.set_defaults(handler=_data_import_transforms)
 
-    from tunemv.data.procedural import CATEGORIES  # plain Python, cheap to import
+    from tunemv.data.vocabulary import CATEGORIES  # plain Python: --help imports no torch
 
     proc = data_commands.add_parser("procedural", help="render a procedural multiview dataset of analytic 3D objects")
     proc.add_argument("--out", required=True, help="output dataset root")
@@ -236,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code. ``python -m tunemv`` and the ``tunemv`` script both land here."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    silence_expected_noise()
     try:
         if argv and argv[0] in ("fit", "validate"):
             return _lightning(argv)
