@@ -183,7 +183,8 @@ class Backbone(torch.nn.Module):
                 found[prompt] = self._prompt_cache[prompt]
         missing = [prompt for prompt in dict.fromkeys(prompts) if prompt not in found]
         if missing:
-            hidden, pooled = self._encode_text(missing)
+            with self._own_precision():
+                hidden, pooled = self._encode_text(missing)
             for index, prompt in enumerate(missing):
                 found[prompt] = self._prompt_cache[prompt] = (hidden[index], None if pooled is None else pooled[index])
             while len(self._prompt_cache) > self.prompt_cache_size:
@@ -199,6 +200,12 @@ class Backbone(torch.nn.Module):
 
     def clear_prompt_cache(self) -> None:
         self._prompt_cache.clear()
+
+    def _own_precision(self):
+        """Autocast off: the text encoders and the VAE run in their own dtype. Cached embeddings must not
+        depend on whether the first call came under a trainer's autocast, and CPU autocast runs LayerNorm
+        in fp32 against half-precision weights ("mixed dtype (CPU)")."""
+        return torch.autocast(self.device.type, enabled=False)
 
     def _tokenize(self, tokenizer, prompts: list[str]):
         max_length = _DEFAULT_MAX_LENGTH if self.family == "if" else tokenizer.model_max_length
@@ -238,9 +245,10 @@ class Backbone(torch.nn.Module):
             return images
         flat = rearrange(images, "b v c h w -> (b v) c h w").to(self.vae.device, self.vae.dtype)
         latents = []
-        for chunk in flat.split(self.vae_chunk):
-            posterior = self.vae.encode(chunk).latent_dist
-            latents.append(posterior.sample(generator) if sample else posterior.mean)
+        with self._own_precision():
+            for chunk in flat.split(self.vae_chunk):
+                posterior = self.vae.encode(chunk).latent_dist
+                latents.append(posterior.sample(generator) if sample else posterior.mean)
         shift, scale = self._latent_shift_scale()
         latents = (torch.cat(latents) - shift) * scale
         return rearrange(latents, "(b v) c h w -> b v c h w", b=images.shape[0]).to(images.dtype)
@@ -253,7 +261,8 @@ class Backbone(torch.nn.Module):
             return latents
         shift, scale = self._latent_shift_scale()
         flat = rearrange(latents, "b v c h w -> (b v) c h w").to(self.vae.device, self.vae.dtype) / scale + shift
-        images = torch.cat([self.vae.decode(chunk).sample for chunk in flat.split(self.vae_chunk)])
+        with self._own_precision():
+            images = torch.cat([self.vae.decode(chunk).sample for chunk in flat.split(self.vae_chunk)])
         return rearrange(images, "(b v) c h w -> b v c h w", b=latents.shape[0]).to(latents.dtype)
 
     def _latent_shift_scale(self) -> tuple[float, float]:

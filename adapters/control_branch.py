@@ -66,7 +66,8 @@ class ControlBranch(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, unet_config: dict[str, Any], condition_channels: int,
                  condition_embedding_channels: Sequence[int] = (16, 32), cross_view_blocks: Sequence[int] = (),
-                 cross_view_heads: int = 4, cross_view_points: int = 8, cross_view_patch_size: int = 1):
+                 cross_view_heads: int = 4, cross_view_points: int = 8, cross_view_patch_size: int = 1,
+                 cross_view_weight_gradient: str = "full"):
         super().__init__()
         encoder = UNet2DConditionModel.from_config(unet_config)
         # Only the encoder half is trained; drop the decoder so it costs neither memory nor parameters.
@@ -80,7 +81,8 @@ class ControlBranch(ModelMixin, ConfigMixin):
             if not 0 <= index < len(widths):
                 raise ValueError(f"cross_view_blocks: no down block {index}; the UNet has {len(widths)}")
         self.cross_view = nn.ModuleDict({
-            str(index): CrossViewAttention(widths[index], cross_view_heads, cross_view_points, cross_view_patch_size)
+            str(index): CrossViewAttention(widths[index], cross_view_heads, cross_view_points, cross_view_patch_size,
+                                           weight_gradient=cross_view_weight_gradient)
             for index in cross_view_blocks})
 
     @classmethod

@@ -56,12 +56,21 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias:
     return F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
 
 
+# How the NeuS weights w enter the logits as log w, and what gradient reaches NeuS through them:
+# "full": log max(w, 1e-6), whose gradient 1/w reaches 1e6 on empty rays; "floored": log max(w, 1e-3), at most
+# 1e3; "detached": log max(w, 1e-6) with no gradient into NeuS (the same forward as "full").
+WEIGHT_GRADIENTS = {"full": (1e-6, False), "floored": (1e-3, False), "detached": (1e-6, True)}
+
+
 class CrossViewAttention(nn.Module):
     """Residual cross-view attention over (B*V, C, h, w) features; the output projection starts at zero."""
 
     def __init__(self, channels: int, num_heads: int = 4, num_points: int = 8, patch_size: int = 1,
-                 bound_radius: float = 1.0, depth_frequencies: int = 6):
+                 bound_radius: float = 1.0, depth_frequencies: int = 6, weight_gradient: str = "full"):
         super().__init__()
+        if weight_gradient not in WEIGHT_GRADIENTS:
+            raise ValueError(f"weight_gradient must be one of {', '.join(WEIGHT_GRADIENTS)}, got {weight_gradient!r}")
+        self.weight_floor, self.detach_weights = WEIGHT_GRADIENTS[weight_gradient]
         if channels % num_heads:
             raise ValueError(f"channels ({channels}) must be divisible by num_heads ({num_heads})")
         if patch_size < 1 or patch_size % 2 == 0:
@@ -175,7 +184,8 @@ class CrossViewAttention(nn.Module):
         bias = torch.zeros(mask.shape, dtype=query.dtype, device=query.device)
         if weights is not None:  # multiplying attention weights by NeuS weights = adding their log to logits
             bias = rearrange(weights, "b vi q p -> (b vi q) 1 p").expand(-1, views, -1).reshape(mask.shape)
-            bias = bias.clamp(min=1e-6).log().to(query.dtype)
+            bias = bias.detach() if self.detach_weights else bias
+            bias = bias.clamp(min=self.weight_floor).log().to(query.dtype)
         seen = mask.any(-1)
         bias = torch.where(mask | ~seen[:, None], bias, torch.full_like(bias, float("-inf")))
         bias = bias[:, None, None, :] + self.position_logits(query, depths, cameras)

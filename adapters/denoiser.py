@@ -24,7 +24,7 @@ from torch import nn
 from tunemv.adapters.control_branch import ControlBranch, ControlResiduals
 from tunemv.adapters.cross_view_attention import CrossViewInputs
 from tunemv.adapters.text import Text
-from tunemv.adapters.unet_halves import decode, encode
+from tunemv.adapters.unet_halves import decode, encode, in_unet_dtype
 from tunemv.geometry.cameras import Cameras
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS, LatentSparseNeuSOutput
 from tunemv.neus.latent_sparseneus import check_inputs as check_views
@@ -123,10 +123,13 @@ class MultiviewDenoiser(nn.Module):
             down, mid = (None, None) if residuals is None else (
                 tuple(r[part] for r in residuals.down), residuals.mid[part])
             part_text = text[part]
-            outputs.append(self.unet(sample[part], flat_t[part], part_text.hidden_states,
-                                     added_cond_kwargs=part_text.added_cond_kwargs,
+            part_sample, hidden, added = in_unet_dtype(self.unet, sample[part], part_text.hidden_states,
+                                                       part_text.added_cond_kwargs)
+            if residuals is not None:
+                down, mid = tuple(r.to(self.unet.dtype) for r in down), mid.to(self.unet.dtype)
+            outputs.append(self.unet(part_sample, flat_t[part], hidden, added_cond_kwargs=added,
                                      down_block_additional_residuals=down, mid_block_additional_residual=mid).sample)
-        prediction = rearrange(torch.cat(outputs), "(b v) c h w -> b v c h w", b=batch)
+        prediction = rearrange(torch.cat(outputs).float(), "(b v) c h w -> b v c h w", b=batch)
         return DenoiserOutput(prediction[:, :, : self.prediction_channels], renders)
 
     # ------------------------------------------------------------------------------------ shared encoder
@@ -182,7 +185,7 @@ class MultiviewDenoiser(nn.Module):
                 down, mid = (None, None) if extra is None else (tuple(r[used] for r in extra.down), extra.mid[used])
                 outputs[mode].append(decode(self.unet, state if local.stop == len(state.mid) else state.rows(local),
                                             down, mid))
-        prediction = {mode: rearrange(torch.cat(chunks)[:, : self.prediction_channels],
+        prediction = {mode: rearrange(torch.cat(chunks)[:, : self.prediction_channels].float(),
                                       "(k b v) c h w -> k b v c h w", k=needed[mode] // cond_rows, b=batch)
                       for mode, chunks in outputs.items()}
         cond = {mode: p[0] for mode, p in prediction.items()}

@@ -35,6 +35,20 @@ class EncoderState:
                             tuple(skip[index] for skip in self.skips), self.mid[index], self.input_size)
 
 
+def in_unet_dtype(unet: UNet2DConditionModel, sample: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
+                  added_cond_kwargs: dict[str, Any] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any] | None]:
+    """The frozen UNet's inputs in its own dtype.
+
+    A bf16/fp16 backbone sits next to fp32 trainable parts; without autocast (``32-true``), or in the norms
+    autocast leaves alone, fp32 inputs would meet half-precision weights ("mat1 and mat2 must have the same
+    dtype", "mixed dtype (CPU)"). The casts are differentiable, so gradients still reach the branch."""
+    dtype = unet.dtype
+    cast = lambda x: x.to(dtype) if torch.is_tensor(x) and x.is_floating_point() else x  # noqa: E731
+    added = None if added_cond_kwargs is None else {key: cast(value) for key, value in added_cond_kwargs.items()}
+    return cast(sample), cast(encoder_hidden_states), added
+
+
 def embed(unet: UNet2DConditionModel, sample: torch.Tensor, timesteps: torch.Tensor,
           encoder_hidden_states: torch.Tensor | None, added_cond_kwargs: dict[str, Any] | None = None,
           class_labels: torch.Tensor | None = None) -> Embeddings:
@@ -66,6 +80,8 @@ def encode(unet: UNet2DConditionModel, sample: torch.Tensor, timesteps: torch.Te
            encoder_hidden_states: torch.Tensor | None, added_cond_kwargs: dict[str, Any] | None = None,
            class_labels: torch.Tensor | None = None) -> EncoderState:
     """The frozen UNet's encoder half: embeddings, ``conv_in``, the down blocks and the mid block."""
+    sample, encoder_hidden_states, added_cond_kwargs = in_unet_dtype(unet, sample, encoder_hidden_states,
+                                                                     added_cond_kwargs)
     if unet.config.center_input_sample:
         sample = 2 * sample - 1.0
     embeddings = embed(unet, sample, timesteps, encoder_hidden_states, added_cond_kwargs, class_labels)
@@ -88,9 +104,9 @@ def decode(unet: UNet2DConditionModel, state: EncoderState,
     if down_residuals is not None:
         if len(down_residuals) != len(skips):
             raise ValueError(f"expected {len(skips)} down residuals, got {len(down_residuals)}")
-        skips = tuple(skip + residual for skip, residual in zip(skips, down_residuals, strict=True))
+        skips = tuple(skip + residual.to(skip.dtype) for skip, residual in zip(skips, down_residuals, strict=True))
     if mid_residual is not None:
-        sample = sample + mid_residual
+        sample = sample + mid_residual.to(sample.dtype)
     factor = 2**unet.num_upsamplers
     forward_upsample_size = any(size % factor for size in state.input_size)
     embeddings = state.embeddings

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import sys
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
@@ -33,3 +35,12 @@ def procedural_root(tmp_path_factory):
     generate_procedural_dataset(root, num_objects=6, num_views=16, resolution=32, categories=["chair", "table", "mug"],
                                 seed=7, val_fraction=0.34, workers=1, progress=False)
     return root
+
+
+@pytest.fixture
+def library_logs_to_stderr(monkeypatch):
+    """Library log handlers (Lightning's, diffusers') keep the sys.stderr of their creation, which may be an
+    earlier test's closed capsys stream; point them at the process's stderr."""
+    loggers = [logging.getLogger(), *(v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger))]
+    for handler in {h for logger in loggers for h in logger.handlers if type(h) is logging.StreamHandler}:
+        monkeypatch.setattr(handler, "stream", sys.__stderr__)

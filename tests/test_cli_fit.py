@@ -4,7 +4,6 @@ writes an adapter-only checkpoint that resumes and exports, and user errors are 
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -46,13 +45,8 @@ def _one_thread():
 
 
 @pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
+def _in_tmp(tmp_path, monkeypatch, library_logs_to_stderr):
     monkeypatch.chdir(tmp_path)  # configs write under outputs/, relative to the working directory
-    # Library log handlers (Lightning's, diffusers') keep the sys.stderr of their creation, which may be an
-    # earlier test's closed capsys stream; point them at the process's stderr.
-    loggers = [logging.getLogger(), *(v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger))]
-    for handler in {h for logger in loggers for h in logger.handlers if type(h) is logging.StreamHandler}:
-        monkeypatch.setattr(handler, "stream", sys.__stderr__)
 
 
 def fit_args(config: str, assets: Path, backbone: str = "tiny-if") -> list[str]:

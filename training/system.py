@@ -82,6 +82,22 @@ def load_initial(module: torch.nn.Module, initial: torch.nn.Module, path: str) -
                            f"({str(error).splitlines()[0]})") from error
 
 
+def check_precision(backbone_dtype: torch.dtype, precision: str, accelerator: Any = None) -> None:
+    """Refuse, in one line, a backbone dtype the trainer's precision cannot run.
+
+    The frozen UNet takes its inputs in its own dtype (``unet_halves.in_unet_dtype``), so fp32, bf16 and fp16
+    backbones all run under ``32-true``, and each under the autocast of its own kind. A half-precision
+    backbone under the other half type's autocast cannot: autocast refuses to promote between bf16 and fp16."""
+    autocast = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
+    if autocast is not None and backbone_dtype in (torch.float16, torch.bfloat16) and backbone_dtype != autocast:
+        name = str(backbone_dtype).removeprefix("torch.")
+        on_cpu = type(accelerator).__name__ == "CPUAccelerator"
+        raise TunemvError(f"model.backbone_dtype {name} cannot run under trainer.precision {precision}"
+                          f"{' (on CPU Lightning also runs 16-mixed as bf16-mixed)' if on_cpu else ''}; "
+                          f"use {'bf16-mixed' if name == 'bfloat16' else '16-mixed on a GPU'} or 32-true, "
+                          "or a float32 backbone")
+
+
 class MultiviewAdapterSystem(pl.LightningModule):
     """Trains the latent SparseNeuS and the control branch next to a frozen text-to-image backbone.
 
@@ -92,6 +108,8 @@ class MultiviewAdapterSystem(pl.LightningModule):
             to the backbone's channels and its white.
         cross_view_blocks, cross_view_heads, cross_view_points, cross_view_patch_size,
         condition_embedding_channels: the control branch (``ControlBranch.from_unet``).
+        cross_view_weight_gradient: how the NeuS weights' log in the cross-view attention passes gradient
+            into NeuS: "full", "floored" (log max(w, 1e-3)) or "detached" (see ``cross_view_attention``).
         learning_rate, neus_learning_rate, weight_decay, warmup_steps: AdamW over the trainable parameters
             only, linear warmup then cosine decay to 0 at ``trainer.max_steps``.
         p_reference: probability that an object gets 1..V-1 clean reference views (image→multiview).
@@ -124,6 +142,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
     def __init__(self, backbone: str, backbone_dtype: str | None = None, neus: dict[str, Any] | None = None,
                  cross_view_blocks: Sequence[int] = (0,), cross_view_heads: int = 4, cross_view_points: int = 8,
                  cross_view_patch_size: int = 1, condition_embedding_channels: Sequence[int] = (16, 32),
+                 cross_view_weight_gradient: str = "full",
                  learning_rate: float = 1e-4, neus_learning_rate: float = 1e-3, weight_decay: float = 1e-2,
                  warmup_steps: int = 100, p_reference: float = 0.1, p_drop_neus: float = 0.1,
                  p_drop_text: float = 0.1, render_weight: float = 1.0, eikonal_weight: float = 0.1,
@@ -148,7 +167,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
             branch = ControlBranch.from_unet(
                 self.backbone.unet, condition_channels=self.backbone.in_channels, cross_view_blocks=tuple(cross_view_blocks),
                 cross_view_heads=cross_view_heads, cross_view_points=cross_view_points,
-                cross_view_patch_size=cross_view_patch_size,
+                cross_view_patch_size=cross_view_patch_size, cross_view_weight_gradient=cross_view_weight_gradient,
                 condition_embedding_channels=tuple(condition_embedding_channels)).float()
             if initial_branch is not None:
                 load_initial(branch, initial_branch, init_from)
@@ -254,6 +273,10 @@ class MultiviewAdapterSystem(pl.LightningModule):
         terms["total"] = total
         return terms
 
+    def setup(self, stage: str) -> None:
+        if self.trainer is not None:
+            check_precision(self.backbone.dtype, str(self.trainer.precision), self.trainer.accelerator)
+
     def training_step(self, batch: dict, batch_index: int) -> torch.Tensor | None:
         torch.manual_seed(self.step_generator_seed())  # same randomness on resume (see the module docstring)
         terms = self.losses(batch)
@@ -274,6 +297,14 @@ class MultiviewAdapterSystem(pl.LightningModule):
         for group in self.optimizers().optimizer.param_groups:
             self.log(f"train/lr_{group['name']}", group["lr"], batch_size=batch_size)
         return terms["total"]
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Log each trainable part's gradient norm (before clipping): which part the loss is moving."""
+        for name, module in (("neus", self.denoiser.neus), ("control_branch", self.denoiser.control_branch)):
+            grads = [p.grad for p in module.parameters() if p.grad is not None]
+            if grads:
+                self.log(f"train/grad_norm_{name}", torch.linalg.vector_norm(
+                    torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)

@@ -111,12 +111,13 @@ def _foundation_train_classifier(args: argparse.Namespace) -> int:
 def _lightning(argv: list[str]) -> int:
     """``tunemv fit|validate ...`` through LightningCLI; config errors become one line and exit code 2."""
     from jsonargparse import ArgumentError
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from tunemv.training.lightning_cli import run_lightning
 
     try:
         run_lightning(argv)
-    except ArgumentError as exc:
+    except (ArgumentError, MisconfigurationException) as exc:  # a config Lightning refuses is the user's too
         print(f"tunemv {argv[0]}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except SystemExit as exc:  # --help and --print_config exit; main returns codes instead
