@@ -13,7 +13,7 @@ from one pass of the frozen encoder half, because the control residuals only ent
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -48,6 +48,8 @@ class GuidancePredictions:
     cond: dict[str, torch.Tensor]  # mode -> (B, V, Cp, h, w) with the prompt
     uncond: dict[str, torch.Tensor]  # mode -> the same with the unconditional prompt; empty without one
     neus: LatentSparseNeuSOutput | None  # the "mv" renders (text-free, so shared by cond and uncond)
+    # mode -> (B, V, Cp, h, w) the learned-variance half with the prompt (IF); empty for other backbones
+    variance: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class MultiviewDenoiser(nn.Module):
@@ -185,12 +187,13 @@ class MultiviewDenoiser(nn.Module):
                 down, mid = (None, None) if extra is None else (tuple(r[used] for r in extra.down), extra.mid[used])
                 outputs[mode].append(decode(self.unet, state if local.stop == len(state.mid) else state.rows(local),
                                             down, mid))
-        prediction = {mode: rearrange(torch.cat(chunks)[:, : self.prediction_channels].float(),
-                                      "(k b v) c h w -> k b v c h w", k=needed[mode] // cond_rows, b=batch)
-                      for mode, chunks in outputs.items()}
-        cond = {mode: p[0] for mode, p in prediction.items()}
-        uncond = {mode: p[1] for mode, p in prediction.items() if len(p) == 2}
-        return GuidancePredictions(cond, uncond, renders)
+        full = {mode: rearrange(torch.cat(chunks).float(), "(k b v) c h w -> k b v c h w",
+                                k=needed[mode] // cond_rows, b=batch) for mode, chunks in outputs.items()}
+        channels = self.prediction_channels
+        cond = {mode: p[0, :, :, :channels] for mode, p in full.items()}
+        uncond = {mode: p[1, :, :, :channels] for mode, p in full.items() if len(p) == 2}
+        variance = {mode: p[0, :, :, channels:] for mode, p in full.items() if p.shape[3] > channels}
+        return GuidancePredictions(cond, uncond, renders, variance)
 
     # --------------------------------------------------------------------------------- the trainable parts
     def render_condition(self, noisy_views: torch.Tensor, timesteps: torch.Tensor, cameras: Cameras,

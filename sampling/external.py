@@ -60,10 +60,10 @@ class ExternalTwoDScore:
         if tuple(modes) != self.modes:
             raise ValueError(f"{self.model.name_or_path}: another 2D model only predicts mode '2d', not {tuple(modes)}")
         _batch, views = timesteps.shape
-        cond = {"2d": self._epsilon(sample, timesteps, self.cond, views)}
-        uncond = {"2d": self._epsilon(sample, timesteps, self.uncond, views)} \
+        epsilon, variance = self._epsilon(sample, timesteps, self.cond, views)
+        uncond = {"2d": self._epsilon(sample, timesteps, self.uncond, views)[0]} \
             if guided and self.uncond is not None and "2d" not in cond_only else {}
-        return Epsilons(cond, uncond)
+        return Epsilons({"2d": epsilon}, uncond, {} if variance is None else {"2d": variance})
 
     @classmethod
     def for_job(cls, model: str | Backbone, backbone: Backbone, prompts: list[str],
@@ -75,7 +75,8 @@ class ExternalTwoDScore:
         check_same_space(backbone, other)
         return cls(other, prompts, negative_prompts, view_chunk)
 
-    def _epsilon(self, sample, timesteps, text, views: int) -> torch.Tensor:
+    def _epsilon(self, sample, timesteps, text, views: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """ε, and the learned-variance half where the model predicts one."""
         model = self.model
         flat = rearrange(sample, "b v c h w -> (b v) c h w").to(model.dtype)
         flat_t = rearrange(timesteps, "b v -> (b v)")
@@ -85,7 +86,9 @@ class ExternalTwoDScore:
         for start in range(0, len(flat), step):
             part = slice(start, start + step)
             part_text = per_view[part]
-            parts.append(model.split_prediction(model.unet(flat[part], flat_t[part], part_text.hidden_states,
-                                                            added_cond_kwargs=part_text.added_cond_kwargs).sample))
-        prediction = rearrange(torch.cat(parts), "(b v) c h w -> b v c h w", v=views).to(sample.dtype)
-        return to_epsilon(prediction, sample, timesteps, model.noise_scheduler.alphas_cumprod, model.prediction_type)
+            parts.append(model.unet(flat[part], flat_t[part], part_text.hidden_states,
+                                    added_cond_kwargs=part_text.added_cond_kwargs).sample)
+        output = rearrange(torch.cat(parts), "(b v) c h w -> b v c h w", v=views).to(sample.dtype)
+        prediction, variance = output[:, :, :model.prediction_channels], output[:, :, model.prediction_channels:]
+        epsilon = to_epsilon(prediction, sample, timesteps, model.noise_scheduler.alphas_cumprod, model.prediction_type)
+        return epsilon, variance if variance.shape[2] else None

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from tunemv.adapters.text import Text
 from tunemv.geometry.cameras import Cameras
+from tunemv.sampling.schedulers import takes_variance
 from tunemv.sampling.score import MultiviewScore
 
 
@@ -101,7 +102,8 @@ def denoise(job: SamplingJob, epsilon_fn: Callable[[torch.Tensor, torch.Tensor, 
             latents: torch.Tensor | None = None, start_index: int = 0, desc: str = "sampling") -> torch.Tensor:
     """Run the scheduler from step ``start_index`` (x_T = noise when ``latents`` is None) to the clean views.
 
-    ``epsilon_fn(model_input, timesteps (B, V), step_index, num_steps)`` returns the guided ε. Schedulers see
+    ``epsilon_fn(model_input, timesteps (B, V), step_index, num_steps)`` returns the guided ε, or (ε, the
+    learned-variance half), which a learned-variance scheduler (DDPM on IF) steps with. Schedulers see
     (B·V, C, h, w), as in diffusers' pipelines, so per-image rules (IF's thresholding) stay per image.
     """
     scheduler, batch = job.scheduler, job.noise.shape[0]
@@ -116,6 +118,9 @@ def denoise(job: SamplingJob, epsilon_fn: Callable[[torch.Tensor, torch.Tensor, 
     for index, t in enumerate(tqdm(timesteps, desc=desc, disable=not job.progress, leave=False)):
         model_input = job.keep_references(unflat(scheduler.scale_model_input(flat(x), t)))
         epsilon = epsilon_fn(model_input, job.view_timesteps(t), index, len(timesteps))
+        epsilon, variance = epsilon if isinstance(epsilon, tuple) else (epsilon, None)
+        if variance is not None and takes_variance(scheduler):
+            epsilon = torch.cat([epsilon, variance.to(epsilon.dtype)], dim=2)
         x = job.keep_references(unflat(scheduler.step(flat(epsilon), t, flat(x), **step_kwargs).prev_sample))
         if job.callback is not None:
             job.callback(index, t, x)

@@ -63,6 +63,7 @@ class GuidedSampler:
 
     def prepare(self, job: SamplingJob) -> None:
         self.guided_steps: frozenset[int] = frozenset()  # set per run by ``epsilon``, from that run's length
+        self.variances: Predictions = {}  # learned-variance halves of the last prediction (IF)
 
     def guided_steps_of(self, num_steps: int) -> frozenset[int]:
         """The model evaluations (indices into one run of ``num_steps``) that take consistency guidance.
@@ -88,25 +89,35 @@ class GuidedSampler:
 
     # ---------------------------------------------------------------------------------------------- step
     def epsilon(self, job: SamplingJob, model_input: torch.Tensor, timesteps: torch.Tensor, step_index: int,
-                num_steps: int) -> torch.Tensor:
+                num_steps: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         t = float(timesteps.max())  # references sit at 0; the step's t is the largest
         if step_index == 0:
             self.guided_steps = self.guided_steps_of(num_steps)
         modes = self.modes(job, t, step_index)
         cond, uncond = self.predict(job, model_input, timesteps, modes)
-        return self.combine(job, cond, uncond, t, step_index)
+        epsilon = self.combine(job, cond, uncond, t, step_index)
+        variance = self.variance(job, self.variances, t)
+        return epsilon if variance is None else (epsilon, variance)
+
+    def variance(self, job: SamplingJob, variances: Predictions, timestep: float) -> torch.Tensor | None:
+        """The learned-variance half a DDPM step on IF uses: the prompted prediction's, as IFPipeline takes
+        it; "mv" before "2d" (``MixedScoreSampler`` mixes the two by λ). None where the backbone has none."""
+        return next((variances[mode] for mode in ("mv", "2d", "independent") if mode in variances), None)
 
     def predict(self, job: SamplingJob, model_input: torch.Tensor, timesteps: torch.Tensor,
                 modes: tuple[str, ...]) -> tuple[Predictions, Predictions]:
-        """ε for each mode, with the prompt and (under CFG) without; "2d" from ``two_d`` when there is one."""
+        """ε for each mode, with the prompt and (under CFG) without; "2d" from ``two_d`` when there is one.
+        The learned-variance halves, if any, are left in ``self.variances``."""
         external = self.two_d is not None and "2d" in modes
         own = tuple(mode for mode in modes if not (external and mode == "2d"))
         cond, uncond = {}, {}
+        self.variances: Predictions = {}
         for score, wanted in ((job.score, own), (self.two_d, ("2d",) if external else ())):
             if wanted:
                 out = score(model_input, timesteps, wanted, guided=job.guided, cond_only=self.cond_only_modes)
                 cond.update(out.cond)
                 uncond.update(out.uncond)
+                self.variances.update(out.variance)
         return cond, uncond
 
 
@@ -170,6 +181,11 @@ class MixedScoreSampler(TwoDModelOption, GuidedSampler):
         multiview = classifier_free(cond["mv"], uncond.get("mv"), job.guidance_scale) if "mv" in cond else None
         epsilon = mixed_score(multiview, two_d, weight)
         return self.consistency(epsilon, cond)
+
+    def variance(self, job: SamplingJob, variances: Predictions, timestep: float) -> torch.Tensor | None:
+        if "mv" in variances and "2d" in variances:
+            return mixed_score(variances["mv"], variances["2d"], self.schedule(timestep, job.num_train_timesteps))
+        return super().variance(job, variances, timestep)
 
 
 class TwoDSampler(TwoDModelOption, GuidedSampler):

@@ -1,8 +1,9 @@
 """The step rule: any diffusers scheduler, by a short name or its class name, built from the backbone's config.
 
 Samplers hand schedulers ε (see ``algebra``), so the scheduler is always built with
-``prediction_type="epsilon"``. A learned-variance schedule (IF) becomes "fixed_small": the variance half is
-not a prediction the guidance algebra can combine.
+``prediction_type="epsilon"``. A learned-variance schedule (IF) stays learned for DDPM, which IFPipeline
+samples with: the loop appends the prompted prediction's variance half to the guided ε, as IFPipeline does.
+Other schedulers have no use for a variance and get "fixed_small".
 """
 
 from __future__ import annotations
@@ -68,6 +69,14 @@ def make_scheduler(name: str | SchedulerMixin, scheduler_config: dict[str, Any],
                                  "or a diffusers scheduler class name")
         base = dict(scheduler_config)
     config = {**base, **extra, **overrides, "prediction_type": "epsilon"}
-    if config.get("variance_type") in ("learned", "learned_range"):
+    if config.get("variance_type") in LEARNED_VARIANCE and not issubclass(cls, diffusers.DDPMScheduler):
         config["variance_type"] = "fixed_small"
     return cls.from_config(config)
+
+
+LEARNED_VARIANCE = ("learned", "learned_range")
+
+
+def takes_variance(scheduler: SchedulerMixin) -> bool:
+    """Whether the scheduler's step reads a learned-variance half appended to ε (DDPM on IF)."""
+    return scheduler.config.get("variance_type") in LEARNED_VARIANCE

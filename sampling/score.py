@@ -9,7 +9,7 @@ model predicts to ε, so a sampler merges two symmetric sources.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,6 +24,8 @@ from tunemv.sampling.algebra import to_epsilon
 class Epsilons:
     cond: dict[str, torch.Tensor]  # mode -> (B, V, C, h, w) ε with the prompt
     uncond: dict[str, torch.Tensor]  # mode -> ε with the negative prompt; empty without classifier-free guidance
+    # mode -> (B, V, C, h, w) the learned-variance half with the prompt, for backbones that predict one (IF)
+    variance: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class MultiviewScore:
@@ -52,4 +54,5 @@ class MultiviewScore:
         out = self.denoiser.predict(sample, timesteps, self.cameras, self.text, tuple(modes), uncond,
                                     cond_only=cond_only)
         to_eps = lambda p: to_epsilon(p, sample, timesteps, self.alphas_cumprod, self.backbone.prediction_type)  # noqa: E731
-        return Epsilons({m: to_eps(p) for m, p in out.cond.items()}, {m: to_eps(p) for m, p in out.uncond.items()})
+        return Epsilons({m: to_eps(p) for m, p in out.cond.items()}, {m: to_eps(p) for m, p in out.uncond.items()},
+                        out.variance)

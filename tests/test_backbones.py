@@ -241,3 +241,44 @@ def test_mismatched_parts_are_rejected(saved):
         Backbone(if_.unet, sd.text_encoder, sd.tokenizer, sd.scheduler.config, vae=sd.vae, name_or_path="mixed")
     with pytest.raises(ModelError, match="mixed: UNet predicts 6 channels for 3 input channels"):
         Backbone(if_.unet, if_.text_encoder, if_.tokenizer, sd.scheduler.config, name_or_path="mixed")
+
+
+def if_folder_with_a_sentencepiece_tokenizer(folder):
+    """A tiny IF pipeline folder in DeepFloyd's own tokenizer layout: ``tokenizer/spiece.model`` (a SentencePiece
+    unigram model trained here, offline) with ``"tokenizer_class": "T5Tokenizer"``, as IF-I-XL-v1.0 ships it."""
+    import io
+
+    import sentencepiece
+
+    captions = ["a red chair", "a blue table with four legs", "a green mug", "an orange torus", "a purple stool"]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(captions * 20), model_writer=model, vocab_size=40, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False, minloglevel=2)
+    pipeline = tiny_if()
+    vocabulary = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
+    pipeline.text_encoder.resize_token_embeddings(vocabulary)
+    pipeline.save_pretrained(folder)
+    tokenizer = folder / "tokenizer"
+    shutil.rmtree(tokenizer)
+    tokenizer.mkdir()
+    (tokenizer / "spiece.model").write_bytes(model.getvalue())
+    special = {"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+    (tokenizer / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "T5Tokenizer", "model_max_length": 77, "extra_ids": 0, **special}))
+    (tokenizer / "special_tokens_map.json").write_text(json.dumps(special))
+    return folder, vocabulary
+
+
+def test_an_if_folder_with_deepfloyds_sentencepiece_tokenizer_loads(tmp_path):
+    """IF ships ``spiece.model``; without sentencepiece and protobuf (now dependencies) AutoTokenizer cannot
+    read it."""
+    folder, vocabulary = if_folder_with_a_sentencepiece_tokenizer(tmp_path / "if-spiece")
+    backbone = Backbone.from_pretrained(folder)
+    assert backbone.family == "if" and type(backbone.tokenizer).__name__.startswith("T5Tokenizer")
+    ids = backbone.tokenizer("a red chair").input_ids
+    assert ids[-1] == 1 and 2 not in ids and max(ids) < vocabulary  # ends with </s>, no unknown pieces
+    text = backbone.encode_prompt(["a red chair", "A Red Chair ", ""])
+    assert text.hidden_states.shape == (3, 77, backbone.text_encoder.config.d_model)
+    torch.testing.assert_close(text.hidden_states[0], text.hidden_states[1])  # IF's lower-case, strip
+    assert not torch.equal(text.hidden_states[0], text.hidden_states[2])

@@ -32,7 +32,8 @@ def test_sample_writes_checkable_objects_with_grid_turntable_and_mesh(tmp_path, 
     assert code == 0
     folders = sorted(p for p in out.iterdir() if p.is_dir())
     assert [p.name for p in folders] == ["0000_a-red-chair", "0001_a-blue-mug"]
-    assert "0000_a-red-chair" in capsys.readouterr().out  # says where the results are
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""  # --quiet means quiet (without it: "wrote OUT/0000_...")
     assert main(["data", "check", str(out), "--min-views", "4"]) == 0
     record = read_object(folders[1])
     assert record.captions[0] == "a blue mug" and record.num_views == 4

@@ -3,6 +3,10 @@
 The fixture was saved by the pre-re-layout code (commit f5083de, its old keyword API) on the tiny pipelines of
 ``sampling_fixtures``: 3 views, 2 steps (4 for refine), seed 0, one thread. On a machine with the same torch
 build and CPU capability the match must be bit-exact; elsewhere float kernels may differ in the last bits.
+
+The two IF cases were saved again on 2026-12-02, when DDPM began stepping with IF's learned variance as
+IFPipeline does (issue 19; ``test_2d_on_if_is_diffusers_ifpipeline_with_its_learned_variance``); every SD
+case still matches the pre-re-layout latents bit for bit.
 """
 
 from __future__ import annotations

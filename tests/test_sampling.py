@@ -427,3 +427,29 @@ def test_refine_rounds_guide_half_of_their_own_evaluations(awake_pipe, name):
     assert len(counting.runs) == 3
     for evaluations in counting.runs:
         assert sum(evaluations) == round(0.5 * len(evaluations)), counting.runs
+
+
+# ----------------------------------------------------------------------------------- IF's learned variance
+@pytest.mark.parametrize("steps", [2, 6])
+def test_2d_on_if_is_diffusers_ifpipeline_with_its_learned_variance(folders, steps):
+    """IF predicts a variance half (learned_range); DDPM steps with the prompted prediction's, as IFPipeline.
+    It was dropped for "fixed_small" (issue 19, defect 2), which moved every step's noise level."""
+    from diffusers import IFPipeline
+
+    pipe = adapter_pipeline(folders["if"])
+    ours = pipe(PROMPT, num_views=3, steps=steps, seed=0, progress=False, sampler="2d", scheduler="ddpm").latents
+    reference = IFPipeline.from_pretrained(folders["if"], safety_checker=None, feature_extractor=None,
+                                           watermarker=None, requires_safety_checker=False)
+    reference.set_progress_bar_config(disable=True)
+    expected = reference(PROMPT, num_images_per_prompt=3, num_inference_steps=steps, guidance_scale=7.5,
+                         generator=torch.Generator().manual_seed(0), output_type="pt", clean_caption=False).images
+    torch.testing.assert_close(ours[0], expected, atol=1e-4, rtol=0)
+
+
+def test_if_multiview_samplers_step_with_the_learned_variance(folders):
+    """"mv" and "mixed" hand DDPM a variance too: a fixed-variance run of the same job differs."""
+    pipe = adapter_pipeline(folders["if"], awake=True)
+    learned = pipe(PROMPT, num_views=3, steps=4, seed=0, progress=False, sampler="mv", scheduler="ddpm").latents
+    fixed = pipe(PROMPT, num_views=3, steps=4, seed=0, progress=False, sampler="mv",
+                 scheduler=make_scheduler("ddpm", {**pipe.backbone.scheduler_config, "variance_type": "fixed_small"})).latents
+    assert (learned - fixed).abs().max() > 1e-3
