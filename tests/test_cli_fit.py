@@ -247,3 +247,32 @@ def test_a_normal_fit_prints_no_expected_warnings_or_adverts(assets, tmp_path):
     printed = out.stdout + out.stderr
     for noise in ("Tip:", "in eval mode at the start", "accelerate", "anonymous", "git root", "LeafSpec", "Warning"):
         assert noise not in printed, (noise, printed[-3000:])
+
+
+def test_sdxl_fits_exports_reloads_and_samples(assets, tmp_path, capsys):
+    """SDXL end to end (issue 19, defect 3): its two text encoders' pooled embedding and time ids reach the
+    frozen UNet and the branch in training, through export, and in sampling from the exported folder."""
+    from tiny_pipelines import tiny_sdxl
+
+    from tunemv.sampling.pipeline import MultiviewPipeline
+
+    sdxl = tmp_path / "tiny-sdxl"
+    tiny_sdxl().save_pretrained(sdxl)
+    args = ["fit", "--config", str(CONFIGS / "tiny.yaml"), "--model.backbone", str(sdxl),
+            "--data.root", str(assets / "data"), "--data.resolution", "32", "--data.num_views", "3",
+            "--data.num_supervision_views", "3", "--trainer.logger", "false", "--trainer.enable_progress_bar",
+            "false", "--trainer.enable_model_summary", "false", "--trainer.max_steps", "2"]
+    assert main(args) == 0
+    last = tmp_path / "outputs/tiny/checkpoints/last.ckpt"
+    state = torch.load(last, weights_only=False)["state_dict"]
+    assert main(["export", str(last), str(tmp_path / "adapter"), "--no-ema"]) == 0
+    pipe = MultiviewPipeline.from_pretrained(tmp_path / "adapter")
+    assert pipe.backbone.family == "sdxl"
+    exported = pipe.denoiser.control_branch.state_dict()
+    assert all(torch.equal(exported[k], state[f"denoiser.control_branch.{k}"]) for k in exported)
+    out = pipe("a red chair", num_views=3, steps=2, seed=0, progress=False, sampler="consistency")
+    assert out.views.shape[:3] == (1, 3, 3) and torch.isfinite(out.views).all()
+    capsys.readouterr()
+    assert main(["sample", "--adapter", str(tmp_path / "adapter"), "--prompt", "a red chair", "--num-views", "3",
+                 "--steps", "2", "--out", str(tmp_path / "samples"), "--turntable-frames", "0", "--quiet"]) == 0
+    assert (tmp_path / "samples/0000_a-red-chair/grid.png").is_file()
