@@ -39,15 +39,21 @@ def zero_module(module: nn.Module) -> nn.Module:
     return module
 
 
-def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor,
+              backend: str = "auto") -> torch.Tensor:
     """(N, heads, 1, d) queries over (N, heads, M, d) candidates with an additive (N, heads, 1, M) bias.
 
-    xformers' memory-efficient kernel is used when importable on CUDA, else torch's SDPA.
+    ``backend`` "auto": xformers' memory-efficient kernel when importable on CUDA, else torch's SDPA;
+    "sdpa" or "xformers" force one (benchmarks/cross_view_kernels.py compares them).
     """
-    if query.is_cuda:
+    if backend not in ("auto", "sdpa", "xformers"):
+        raise ValueError(f"backend must be auto, sdpa or xformers, got {backend!r}")
+    if backend == "xformers" or (backend == "auto" and query.is_cuda):
         try:
             import xformers.ops as xops
         except ImportError:
+            if backend == "xformers":
+                raise
             xops = None
         if xops is not None:
             out = xops.memory_efficient_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),

@@ -46,12 +46,21 @@ def build(config: str, latent: int, views: int, device: str, dtype: torch.dtype,
     for parameter in branch.parameters():  # wake the zero layers: cost must not depend on zeros
         if not parameter.any():
             torch.nn.init.normal_(parameter, std=0.01)
-    denoiser = MultiviewDenoiser(unet, LatentSparseNeuS(in_channels=4), branch).to(device, dtype).eval()
-    x = torch.randn(1, views, 4, latent, latent, device=device, dtype=dtype)
+    # As a user runs it: the frozen UNet stored in ``dtype``, NeuS, the branch, cameras and inputs in fp32, under
+    # autocast (``precision``) when ``dtype`` is a half type.
+    denoiser = MultiviewDenoiser(unet.to(device, dtype), LatentSparseNeuS(in_channels=4), branch.to(device)).eval()
+    denoiser.neus.to(device)
+    x = torch.randn(1, views, 4, latent, latent, device=device)
     t = torch.full((1, views), 500, device=device)
-    cameras = Cameras.stack([orbit(views, 20.0, resolution=latent)]).to(device, dtype)
-    text = torch.randn(1, 77, unet_config["cross_attention_dim"], device=device, dtype=dtype)
+    cameras = Cameras.stack([orbit(views, 20.0, resolution=latent)]).to(device)
+    text = torch.randn(1, 77, unet_config["cross_attention_dim"], device=device)
     return denoiser, x, t, cameras, text
+
+
+def precision(args: argparse.Namespace):
+    """Autocast in the backbone's half type, as ``MultiviewPipeline`` samples and bf16-mixed trains."""
+    dtype = getattr(torch, args.dtype)
+    return torch.autocast(torch.device(args.device).type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 def timed(fn, repeats: int, device: str) -> float:
@@ -100,8 +109,8 @@ def main() -> None:
     flat_x, flat_t = x.flatten(0, 1), t.flatten()
     flat_text = text.expand(args.views, -1, -1)
     modes = ("mv", "independent", "2d")
-    with torch.no_grad():
-        frozen = timed(lambda: unet(flat_x, flat_t, flat_text), args.repeats, args.device)
+    with torch.no_grad(), precision(args):
+        frozen = timed(lambda: unet(flat_x.to(unet.dtype), flat_t, flat_text.to(unet.dtype)), args.repeats, args.device)
         mv = timed(lambda: denoiser(x, t, cameras, text, mode="mv"), args.repeats, args.device)
         neus = timed(lambda: denoiser.render_condition(x, t, cameras), args.repeats, args.device)
         separate = timed(lambda: [denoiser(x, t, cameras, text, mode=m) for m in modes], args.repeats, args.device)

@@ -18,7 +18,7 @@ import argparse
 import platform
 
 import torch
-from denoiser_overhead import add_denoiser_arguments, build_from_args, timed
+from denoiser_overhead import add_denoiser_arguments, build_from_args, precision, timed
 
 from tunemv.adapters.text import Text
 from tunemv.sampling.samplers import ConsistencySampler
@@ -42,7 +42,7 @@ def main() -> None:
         return lambda: [denoiser(x, t, cameras, hidden, mode=mode) for mode in modes
                         for hidden in ((text,) if mode in cond_only else (text, uncond))]
 
-    with torch.no_grad():
+    with torch.no_grad(), precision(args):
         times = {(kind, name): timed(make(modes), args.repeats, args.device)
                  for kind, make in (("shared", shared), ("naive", naive))
                  for name, modes in (("plain", ("mv",)), ("guided", ("mv", "independent", "2d")),

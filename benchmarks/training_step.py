@@ -3,10 +3,12 @@
     python benchmarks/training_step.py --unet tiny  [--views 4 --supervision 4 --latent 16]
     python benchmarks/training_step.py --unet sd15  --views 8 --supervision 8 --latent 32 --checkpointing
     python benchmarks/training_step.py --config configs/tiny.yaml     # a fit config's model and batch shape
+    python benchmarks/training_step.py --unet sd15 ... --device cuda --backbone-dtype bfloat16 --autocast bf16
 
 A diffusers pipeline folder is built in a temp dir: the UNet at the chosen shape (tiny, or SD 1.5's true
 widths), a tiny 2x VAE and a CLIP text encoder of the UNet's cross-attention width. Every step goes through
-mode "mv" with NeuS and cross-view attention (no dropouts). Peak memory is sampled from /proc.
+mode "mv" with NeuS and cross-view attention (no dropouts). Peak memory is sampled from /proc on CPU and is
+``torch.cuda.max_memory_allocated`` on a GPU. ``--autocast`` is what ``trainer.precision`` bf16-mixed/16-mixed do.
 With ``--config``, the model is built from the config's ``model:`` section (its real backbone folder) and the
 batch has the config's ``data:`` batch size, views, supervision views and resolution.
 """
@@ -53,6 +55,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--cross-view-blocks", type=int, nargs="*", default=[0, 1])
     parser.add_argument("--config", help="a fit config: its model and data shape replace the options above")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backbone-dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    parser.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
 
@@ -75,43 +80,64 @@ def main() -> None:
     else:
         with tempfile.TemporaryDirectory() as folder:
             build_pipeline(Path(folder), args.unet)
-            system = MultiviewAdapterSystem(folder, cross_view_blocks=args.cross_view_blocks, p_reference=0,
+            system = MultiviewAdapterSystem(folder, backbone_dtype=args.backbone_dtype,
+                                            cross_view_blocks=args.cross_view_blocks, p_reference=0,
                                             p_drop_neus=0, p_drop_text=0, gradient_checkpointing=args.checkpointing)
         size = args.latent * 2  # the tiny VAE downsamples 2x
+    device = torch.device(args.device)
+    system = system.to(device)
     trainable = [p for p in system.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
     total = args.views + args.supervision
-    cameras = Cameras.stack([orbit(total, 20.0, resolution=size)] * objects)
-    images = lambda views: torch.rand(objects, views, 3, size, size) * 2 - 1  # noqa: E731
-    masks = lambda views: torch.ones(objects, views, 1, size, size)  # noqa: E731
+    cameras = Cameras.stack([orbit(total, 20.0, resolution=size)] * objects).to(device)
+    images = lambda views: torch.rand(objects, views, 3, size, size, device=device) * 2 - 1  # noqa: E731
+    masks = lambda views: torch.ones(objects, views, 1, size, size, device=device)  # noqa: E731
     batch = {"images": images(args.views), "caption": ["a red chair"] * objects, "object_id": list(range(objects)),
-             "view_indices": torch.arange(args.views).expand(objects, -1), "cameras": cameras[:, : args.views],
+             "view_indices": torch.arange(args.views, device=device).expand(objects, -1),
+             "cameras": cameras[:, : args.views],
              "masks": masks(args.views),
              "supervision": {"images": images(args.supervision), "cameras": cameras[:, args.views:],
-                             "view_indices": torch.arange(args.supervision).expand(objects, -1),
+                             "view_indices": torch.arange(args.supervision, device=device).expand(objects, -1),
                              "masks": masks(args.supervision)}}
     system.train()
 
+    autocast = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.autocast]
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)
+
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        system.losses(batch)["total"].backward()
-        optimizer.step()
+        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            loss = system.losses(batch)["total"]
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
+    cuda = device.type == "cuda"
     step()  # warm-up; also allocates the optimizer state
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated() / 2**20
     with PeakResident(0.005) as memory:
         start = time.perf_counter()
         for _ in range(args.steps):
             step()
+        if cuda:
+            torch.cuda.synchronize()
         seconds = (time.perf_counter() - start) / args.steps
+    if cuda:
+        memory.baseline, memory.peak = before, torch.cuda.max_memory_allocated() / 2**20
     count = lambda params: sum(p.numel() for p in params)  # noqa: E731
     print(f"{args.unet} UNet, {objects} object(s) x {args.views} input + {args.supervision} supervision views, "
           f"{args.latent}x{args.latent} latents, cross-view after {tuple(args.cross_view_blocks)}, gradient "
-          f"checkpointing {'on' if args.checkpointing else 'off'}, {torch.get_num_threads()} threads, torch "
-          f"{torch.__version__}")
+          f"checkpointing {'on' if args.checkpointing else 'off'}, {device} "
+          f"({torch.cuda.get_device_name(device) if cuda else f'{torch.get_num_threads()} threads'}), backbone "
+          f"{args.backbone_dtype}, autocast {args.autocast}, torch {torch.__version__}")
     print(f"trainable parameters {count(trainable):,}; frozen backbone {count(system.backbone.parameters()):,}")
     print(f"seconds per training step     {seconds:8.2f}   (mean of {args.steps})")
-    print(f"resident memory before step   {memory.baseline:8.0f} MiB")
-    print(f"peak resident during steps    {memory.peak:8.0f} MiB")
+    kind = "GPU allocated" if cuda else "resident"
+    print(f"{kind} memory before step   {memory.baseline:8.0f} MiB")
+    print(f"peak {kind} during steps    {memory.peak:8.0f} MiB")
 
 
 if __name__ == "__main__":
