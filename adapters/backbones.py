@@ -81,7 +81,7 @@ class Backbone(torch.nn.Module):
                         **options) -> Backbone:
         """Load a diffusers pipeline's parts from a hub id or a local folder; ``options`` go to ``__init__``."""
         path = str(name_or_path)
-        local = _looks_local(path)
+        local = looks_local(path)
         if local and not Path(path).is_dir():
             raise ModelError(f"{path}: no such folder")
         if isinstance(torch_dtype, str):
@@ -330,7 +330,7 @@ def _check_views(x: torch.Tensor, channels: int, name: str) -> None:
         raise ValueError(f"{name} must be (B, V, {channels}, H, W), got {tuple(x.shape)}")
 
 
-def _looks_local(path: str) -> bool:
+def looks_local(path: str) -> bool:
     """A hub id is "owner/name"; anything else (absolute, relative with ./, nested) is a folder."""
     return Path(path).exists() or path.startswith((".", "~", "/")) or path.count("/") != 1
 

@@ -24,8 +24,8 @@ training.
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +33,9 @@ from typing import Any
 
 import torch
 
+from tunemv.adapters.backbones import looks_local
 from tunemv.adapters.control_branch import ControlBranch
+from tunemv.atomic import apply_umask, make_temporary_dir
 from tunemv.errors import TunemvError
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 
@@ -69,6 +71,7 @@ def write_adapter_folder(out_dir: str | Path, neus: LatentSparseNeuS, control_br
     out_dir = Path(out_dir)
     if not info.get("backbone"):
         raise AdapterError(f"{out_dir}: an adapter folder must name its backbone")
+    info = {**info, "backbone": portable_backbone(info["backbone"], out_dir)}
     with _staged_folder(out_dir, overwrite) as staging:
         neus.save_pretrained(staging / NEUS_FOLDER)
         control_branch.save_pretrained(staging / BRANCH_FOLDER)
@@ -83,11 +86,12 @@ def _staged_folder(out_dir: Path, overwrite: bool) -> Iterator[Path]:
     if out_dir.exists() and not overwrite:
         raise AdapterError(f"{out_dir}: already exists; pass --overwrite to replace it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    staging = make_temporary_dir(out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp")
     try:
         yield staging
+        apply_umask(staging)
         if out_dir.exists():
-            trash = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".old"))
+            trash = make_temporary_dir(out_dir.parent, prefix=f".{out_dir.name}.", suffix=".old")
             out_dir.rename(trash / out_dir.name)
             staging.rename(out_dir)
             shutil.rmtree(trash, ignore_errors=True)
@@ -111,7 +115,28 @@ def read_adapter_info(adapter_dir: str | Path) -> dict[str, Any]:
     for part in (NEUS_FOLDER, BRANCH_FOLDER):
         if not (adapter_dir / part).is_dir():
             raise AdapterError(f"{adapter_dir / part}: missing; an adapter folder is what `tunemv export` writes")
+    if isinstance(info.get("backbone"), str):
+        info["backbone"] = resolve_backbone(info["backbone"], adapter_dir)
     return info
+
+
+def portable_backbone(backbone: str, folder: Path) -> str:
+    """How a folder names its backbone so that it loads from any working directory: a hub id as it is, a local
+    folder relative to ``folder`` ("../tiny-if"; "./" or "../" keeps it from reading as a hub id)."""
+    if not looks_local(backbone) or not Path(backbone).expanduser().is_dir():
+        return backbone
+    relative = os.path.relpath(Path(backbone).expanduser().resolve(), Path(folder).resolve())
+    return relative if relative.startswith("..") else f"./{relative}"
+
+
+def resolve_backbone(backbone: str, folder: Path) -> str:
+    """The backbone a folder names, as a path that loads from here: a relative local path is read against the
+    folder (as ``portable_backbone`` writes it); folders written before that named it relative to the working
+    directory of the fit, which is what is left when nothing is found beside the folder."""
+    if not looks_local(backbone) or os.path.isabs(os.path.expanduser(backbone)):
+        return backbone
+    beside = Path(folder) / backbone
+    return str(beside) if beside.is_dir() else backbone
 
 
 def read_adapter_folder(adapter_dir: str | Path) -> tuple[LatentSparseNeuS, ControlBranch, dict[str, Any]]:
@@ -174,10 +199,26 @@ def write_neus_folder(out_dir: str | Path, neus: LatentSparseNeuS, info: dict[st
     from tunemv import __version__
 
     out_dir = Path(out_dir)
+    if info.get("backbone"):
+        info = {**info, "backbone": portable_backbone(info["backbone"], out_dir)}
     with _staged_folder(out_dir, overwrite) as staging:
         neus.save_pretrained(staging)
         (staging / NEUS_INFO_FILE).write_text(json.dumps({**info, "tunemv_version": __version__}, indent=2) + "\n")
     return out_dir
+
+
+def folder_backbone(path: str | Path) -> str | None:
+    """The backbone an adapter folder (``adapter.json``) or a pretrained NeuS folder (``neus.json``) names,
+    resolved to load from the working directory (``resolve_backbone``)."""
+    path = Path(path)
+    for name in (ADAPTER_FILE, NEUS_INFO_FILE):
+        if (path / name).is_file():
+            try:
+                backbone = json.loads((path / name).read_text()).get("backbone")
+            except json.JSONDecodeError as error:
+                raise AdapterError(f"{path / name}: not valid JSON ({error})") from error
+            return resolve_backbone(backbone, path) if isinstance(backbone, str) else None
+    return None
 
 
 def read_pretrained_neus(path: str | Path) -> LatentSparseNeuS:

@@ -31,8 +31,9 @@ class CheckReport:
     def summary(self) -> str:
         if self.ok:
             return f"OK: {self.num_objects} objects, {self.num_views} views in {self.root}"
-        return (f"FAILED: {len(self.problems)} problems in {len(self.broken_objects)} of {self.num_objects} objects "
-                f"under {self.root}")
+        count, broken = len(self.problems), len(self.broken_objects)
+        return (f"FAILED: {count} problem{'s' if count != 1 else ''} in {broken} of {self.num_objects} "
+                f"object{'s' if self.num_objects != 1 else ''} under {self.root}")
 
 
 def check_dataset(root: str | Path, min_views: int = 1) -> CheckReport:

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 import trimesh
 from PIL import Image
 
+from tunemv.atomic import make_temporary_dir
 from tunemv.errors import DatasetError
 from tunemv.geometry.cameras import Cameras
 
@@ -244,6 +244,17 @@ def _relative_file(directory: Path, name) -> Path | None:
     return path if path.is_relative_to(directory.resolve()) else None
 
 
+def _outside_reason(directory: Path, name) -> str:
+    """Why ``name`` is not a file inside ``directory``: a symlink out of it, a path climbing out, or not a path."""
+    if isinstance(name, str) and name and not os.path.isabs(name):
+        link = directory / name
+        if link.is_symlink() or any(parent.is_symlink() for parent in link.parents if parent != directory
+                                    and parent.is_relative_to(directory)):
+            return f"is a symlink that escapes the object folder (to {link.resolve()})"
+        return "climbs out of the object folder"
+    return "must be a relative path inside the object folder"
+
+
 # ------------------------------------------------------------------------------------------------ parse
 def inspect_object(directory: str | Path, min_views: int = 1, check_files: bool = True
                    ) -> tuple[ObjectRecord | None, list[Problem]]:
@@ -274,7 +285,7 @@ def inspect_object(directory: str | Path, min_views: int = 1, check_files: bool 
             continue
         image_path = _relative_file(directory, view.get("image"))
         if image_path is None:
-            problem(cameras_path, f"{where}.image must be a relative path inside the object folder, got {view.get('image')!r}")
+            problem(cameras_path, f"{where}.image {view.get('image')!r} {_outside_reason(directory, view.get('image'))}")
         elif image_path in seen:
             problem(cameras_path, f"{where}.image {view['image']!r} is listed twice")
         else:
@@ -435,9 +446,9 @@ def write_object(directory: str | Path, images: Sequence[np.ndarray], cameras: C
     if any(math.isnan(x) or math.isinf(x) for x in cameras.K.flatten().tolist() + cameras.c2w.flatten().tolist()):
         raise ValueError(f"{directory}: cameras contain NaN or inf")
     if directory.exists() and not overwrite:
-        raise FileExistsError(f"{directory}: already exists (pass overwrite=True to replace it)")
+        raise FileExistsError(f"{directory}: already exists (--overwrite, or overwrite=True, replaces it)")
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    staging = make_temporary_dir(directory.parent, prefix=f".{directory.name}.")
     try:
         names = [f"{i:03d}" for i in range(len(images))]
         (staging / "images").mkdir()

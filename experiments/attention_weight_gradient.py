@@ -5,6 +5,7 @@
 For each ``cross_view_weight_gradient`` ("full": the old behaviour, "floored": log max(w, 1e-3), "detached"):
 a short stage-2 fit with a trained NeuS (``configs/demo_adapter.yaml`` from ``models/tiny-neus`` with
 ``train_neus: true`` and 4 supervision views), the same seed and data for each. Then:
+- the exported weights are the trained ones (``--no-ema``): the EMA of so short a run is mostly its start;
 - the NeuS gradient norm per step (``train/grad_norm_neus``, before clipping) from the run's CSV log;
 - the held-out field: ``neus_probe.py`` on 12 chairs no fit has seen (8 clean views in: volume IoU against the analytic
   chair, PSNR of renders at the 8 other views);
@@ -57,14 +58,15 @@ def main() -> None:
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     for variant in args.variant or VARIANTS:
         run = out / variant
-        if not (run / "adapter" / "adapter.json").is_file():
+        if not (run / "checkpoints" / "last.ckpt").is_file():
             tunemv("fit", "--config", "configs/demo_adapter.yaml", "--model.train_neus", "true",
                    "--model.cross_view_weight_gradient", variant, "--data.init_args.root", str(chairs),
                    "--data.init_args.num_supervision_views", "4", "--trainer.max_steps", str(args.steps),
                    "--model.warmup_steps", "20", "--trainer.log_every_n_steps", "1",
                    "--trainer.default_root_dir", str(run), "--trainer.logger.init_args.save_dir", str(run),
                    "--trainer.enable_progress_bar", "false")
-            tunemv("export", str(run / "checkpoints" / "last.ckpt"), str(run / "adapter"), "--overwrite")
+        # The trained weights, not the EMA: at decay 0.999 the EMA of a 100-step run is still 90% its start.
+        tunemv("export", str(run / "checkpoints" / "last.ckpt"), str(run / "adapter"), "--no-ema", "--overwrite")
         subprocess.run([sys.executable, "experiments/neus_probe.py", "--neus", str(run / "adapter"), "--data",
                         str(held_out), "--timesteps", "0", "--out", str(run / "probe.json")], check=True)
         samples = run / "samples"

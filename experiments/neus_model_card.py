@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from tunemv.adapters.backbones import Backbone
-from tunemv.adapters.formats import read_pretrained_neus
+from tunemv.adapters.formats import folder_backbone, read_pretrained_neus
 from tunemv.data.dataset import MultiviewDataset, collate_multiview
 from tunemv.tinyif.model_card import image_grid, plot_curve
 
@@ -76,7 +76,7 @@ def main() -> None:
     info = json.loads((Path(args.neus) / "neus.json").read_text())
     loss_curve(Path(args.metrics), out, int(info["global_step"]))
     neus = read_pretrained_neus(args.neus).eval()
-    backbone = Backbone.from_pretrained(info["backbone"])
+    backbone = Backbone.from_pretrained(folder_backbone(args.neus))
     renders(neus, backbone, Path(args.data), out)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from tunemv.adapters.backbones import Backbone
-from tunemv.adapters.formats import read_pretrained_neus
+from tunemv.adapters.formats import folder_backbone, read_pretrained_neus
 from tunemv.data.dataset import MultiviewDataset, collate_multiview
 from tunemv.data.generate import procedural_shape
 from tunemv.evaluation.hull import carve_visual_hull
@@ -89,8 +89,7 @@ def main() -> None:
         backbone_name = args.backbone
     else:
         neus = read_pretrained_neus(args.neus)
-        info_file = next(p for p in (Path(args.neus) / "neus.json", Path(args.neus) / "adapter.json") if p.is_file())
-        backbone_name = args.backbone or json.loads(info_file.read_text())["backbone"]
+        backbone_name = args.backbone or folder_backbone(args.neus)
     backbone = Backbone.from_pretrained(backbone_name)
     result = probe(neus.eval(), backbone, Path(args.data), args.views, args.grid,
                    [int(t) for t in args.timesteps.split(",")])

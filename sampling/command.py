@@ -154,6 +154,8 @@ def run_sample(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     if args.batch_size < 1 or args.steps < 1 or args.num_views < 1:
         raise TunemvError("--batch-size, --steps and --num-views must be >= 1")
+    if args.view_chunk is not None and args.view_chunk < 1:
+        raise TunemvError(f"--view-chunk must be >= 1 (views per model call), got {args.view_chunk}")
     chosen = check_names(args)  # before minutes of model loading
     if args.quiet:
         import diffusers

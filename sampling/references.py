@@ -44,11 +44,15 @@ def load_reference_image(image: Any) -> torch.Tensor:
 def prepare_references(backbone: Backbone, images: Any, views: Sequence[int] | None, batch: int, num_views: int,
                        size: int) -> References | None:
     """(R, 3, H, W) / (B, R, 3, H, W) tensors in [0, 1], or a list of paths/PIL images (R of them, shared by
-    every object) -> clean views at ``views`` (default 0..R−1), resized to ``size`` if needed and encoded."""
+    every object) -> clean views at ``views`` (default 0..R−1), resized to ``size`` if needed and encoded.
+    A non-square image is padded with white (the background views are generated on) to a centred square
+    first, so nothing of the object is cut off or squashed."""
     if images is None:
         return None
     if isinstance(images, torch.Tensor):
         stack = images.float() if images.dim() == 5 else images.float()[None]
+        if stack.numel() and (stack.min() < 0 or stack.max() > 1):  # the caller's values, before any resize
+            raise ValueError("reference images must be in [0, 1]")
     else:
         items = [images] if not isinstance(images, list | tuple) else list(images)
         stack = torch.stack([_resize(load_reference_image(item), size) for item in items])[None]
@@ -66,8 +70,6 @@ def prepare_references(backbone: Backbone, images: Any, views: Sequence[int] | N
         raise ValueError(f"reference_views must be {count} distinct indices in [0, {num_views}), got {views}")
     if count >= num_views:
         raise ValueError(f"{count} reference views leave nothing to generate among {num_views} views")
-    if stack.min() < 0 or stack.max() > 1:
-        raise ValueError("reference images must be in [0, 1]")
     device = backbone.device
     mask = torch.zeros(batch, num_views, dtype=torch.bool, device=device)
     mask[:, views] = True
@@ -80,6 +82,14 @@ def prepare_references(backbone: Backbone, images: Any, views: Sequence[int] | N
 
 
 def _resize(image: torch.Tensor, size: int) -> torch.Tensor:
+    """(3, H, W) in [0, 1] -> (3, size, size): padded with white to a centred square, then resized. The
+    antialiased filter overshoots (1.0000002 on white), so the result is clamped back into [0, 1]."""
+    height, width = image.shape[-2:]
+    if height != width:
+        side = max(height, width)
+        top, left = (side - height) // 2, (side - width) // 2
+        image = F.pad(image, (left, side - width - left, top, side - height - top), value=1.0)
     if image.shape[-2:] == (size, size):
         return image
-    return F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    resized = F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    return resized.clamp(0.0, 1.0)

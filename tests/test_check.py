@@ -59,6 +59,13 @@ def negative_focal(meta):
     meta["views"][0]["K"][0][0] = -50.0
 
 
+def symlink_out(root):
+    """images/003.png replaced by a symlink to another object's image (outside this object's folder)."""
+    link = root / OBJ / "images" / "003.png"
+    link.unlink()
+    link.symlink_to(root / "00001_table" / "images" / "000.png")
+
+
 BROKEN = {
     # name: (mutation, expected message fragment, file the message must name)
     "missing cameras.json": (lambda r: (r / OBJ / "cameras.json").unlink(), "missing (every object folder needs cameras.json)", "cameras.json"),
@@ -74,7 +81,9 @@ BROKEN = {
     "reflection": (lambda r: edit_cameras(r, reflected), "rotation is a reflection", "cameras.json"),
     "NaN in c2w": (lambda r: edit_cameras(r, nan_c2w), "views[1].c2w contains NaN or inf", "cameras.json"),
     "K wrong shape": (lambda r: edit_cameras(r, set_view("K", [[1, 0], [0, 1]])), "views[3].K must be a 3x3", "cameras.json"),
-    "image escapes folder": (lambda r: edit_cameras(r, set_view("image", "../00001_table/images/000.png")), "relative path inside the object folder", "cameras.json"),
+    "image escapes folder": (lambda r: edit_cameras(r, set_view("image", "../00001_table/images/000.png")), "climbs out of the object folder", "cameras.json"),
+    "absolute image path": (lambda r: edit_cameras(r, set_view("image", "/etc/hostname")), "relative path inside the object folder", "cameras.json"),
+    "image symlink escapes": (lambda r: symlink_out(r), "is a symlink that escapes the object folder", "cameras.json"),
     "duplicate image": (lambda r: edit_cameras(r, set_view("image", "images/000.png")), "is listed twice", "cameras.json"),
     "empty caption": (lambda r: (r / OBJ / "caption.txt").write_text("\n"), "caption is empty", "caption.txt"),
     "missing caption": (lambda r: (r / OBJ / "caption.txt").unlink(), "caption file is missing", "caption.txt"),

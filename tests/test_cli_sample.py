@@ -55,6 +55,25 @@ def test_image_to_multiview_keeps_the_reference_pixels(tmp_path, adapter):
     assert json.loads((folder / "sampling.json").read_text())["references"] == [0]
 
 
+def test_a_non_square_white_reference_is_padded_and_accepted(tmp_path, adapter):
+    """A 57x41 RGB reference was refused ("must be in [0, 1]": the antialiased resize gives 1.0000002 on white).
+    It is padded with white to a centred square, then resized: nothing squashed, nothing cut off."""
+    image = np.full((41, 57, 3), 255, np.uint8)
+    image[10:31, 20:37] = (200, 30, 30)  # a red block in the middle
+    Image.fromarray(image).save(tmp_path / "ref.png")
+    out = tmp_path / "out"
+    assert main(["sample", "--adapter", str(adapter), "--prompt", "a red chair", "--image", str(tmp_path / "ref.png"),
+                 "--num-views", "3", "--steps", "2", "--out", str(out), "--turntable-frames", "0", "--quiet"]) == 0
+    (folder,) = out.iterdir()
+    written = np.asarray(Image.open(folder / "images" / "000.png")).astype(int)
+    red = (written[..., 0] > 150) & (written[..., 1] < 100)
+    rows, cols = np.nonzero(red)
+    # The block keeps its aspect (17 wide, 21 high in the original) and stays centred.
+    assert 0.6 < (np.ptp(cols) + 1) / (np.ptp(rows) + 1) < 1.0
+    assert abs(rows.mean() - 15.5) < 2 and abs(cols.mean() - 15.5) < 2
+    assert (written[0, :] > 240).all()  # white padding above
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--sampler", "nope"], "unknown sampler 'nope'; available: 2d, consistency"),
     (["--scheduler", "warp"], "unknown scheduler 'warp'"),
@@ -63,6 +82,7 @@ def test_image_to_multiview_keeps_the_reference_pixels(tmp_path, adapter):
     (["--sampler", "2d", "--consistency-scale", "3"], "sampler '2d' has no option 'consistency_scale'"),
     (["--sampler", "refine", "--refine-strength", "1.5"], "sampler 'refine': strength must be in (0, 1]"),
     (["--sampler-option", "wobble=1"], "sampler 'mv' has no option 'wobble'; its options: consistency_scale"),
+    (["--view-chunk", "0"], "--view-chunk must be >= 1"),
 ])
 def test_bad_options_get_one_line_and_exit_2(tmp_path, adapter, capsys, arguments, message):
     code = main(["sample", "--adapter", str(adapter), "--prompt", "a red chair", "--num-views", "2", "--steps", "1",

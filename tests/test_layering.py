@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 # The package root's helpers (errors, atomic, _lazy and the lazy __init__) sit under everything; the CLI
 # (cli, demo, __main__) on top.
 LAYERS = (
-    (("base", ("tunemv", "tunemv.errors", "tunemv.atomic", "tunemv._lazy")),),
+    (("base", ("tunemv", "tunemv.errors", "tunemv.atomic", "tunemv._lazy", "tunemv.log_noise")),),
     (("geometry", ("tunemv.geometry",)),),
     (("data", ("tunemv.data",)), ("neus", ("tunemv.neus",))),
     (("adapters", ("tunemv.adapters",)),),

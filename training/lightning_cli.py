@@ -28,6 +28,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from tunemv.atomic import atomic_path
 from tunemv.data.datamodule import MultiviewDataModule
+from tunemv.errors import TunemvError
 from tunemv.training.system import MultiviewAdapterSystem
 
 SUBCOMMANDS = ("fit", "validate")
@@ -135,8 +136,10 @@ def names_model_class(args: Sequence[str]) -> bool:
             try:
                 with open(path) as file:
                     config = yaml.safe_load(file) or {}
-            except yaml.YAMLError:
-                continue  # LightningCLI reports the bad file itself
+            except yaml.YAMLError as error:  # LightningCLI would name it "<unicode string>"
+                mark = getattr(error, "problem_mark", None)
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                raise TunemvError(f"{path}: not valid YAML{where} ({getattr(error, 'problem', None) or error})") from error
             if isinstance(config, dict) and isinstance(config.get("model"), dict) and "class_path" in config["model"]:
                 return True
     return False
