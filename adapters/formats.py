@@ -143,8 +143,14 @@ def read_adapter_folder(adapter_dir: str | Path) -> tuple[LatentSparseNeuS, Cont
     """(NeuS, control branch, adapter.json) of an adapter folder, the modules in eval mode."""
     adapter_dir = Path(adapter_dir)
     info = read_adapter_info(adapter_dir)
-    neus = LatentSparseNeuS.from_pretrained(adapter_dir / NEUS_FOLDER).eval()
-    branch = ControlBranch.from_pretrained(adapter_dir / BRANCH_FOLDER).eval()
+    modules = []
+    for module, folder in ((LatentSparseNeuS, NEUS_FOLDER), (ControlBranch, BRANCH_FOLDER)):
+        try:
+            modules.append(module.from_pretrained(adapter_dir / folder).eval())
+        except (OSError, ValueError, RuntimeError) as error:  # a truncated or zeroed safetensors, a bad config
+            raise AdapterError(f"{adapter_dir / folder}: cannot load its {module.__name__} weights "
+                               f"({_first_line(error)}); export the adapter again") from error
+    neus, branch = modules
     return neus, branch, info
 
 
@@ -219,6 +225,10 @@ def folder_backbone(path: str | Path) -> str | None:
                 raise AdapterError(f"{path / name}: not valid JSON ({error})") from error
             return resolve_backbone(backbone, path) if isinstance(backbone, str) else None
     return None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def read_pretrained_neus(path: str | Path) -> LatentSparseNeuS:

@@ -72,6 +72,8 @@ def add_sample_parser(commands) -> None:
     out.add_argument("--mesh-resolution", type=int, default=128, help="marching-cubes grid (default: 128)")
     out.add_argument("--turntable-frames", type=int, default=24, help="turntable GIF frames; 0 for none")
     out.add_argument("--overwrite", action="store_true", help="replace existing object folders")
+    out.add_argument("--resume", action="store_true",
+                     help="keep the object folders that already exist (a killed run's finished ones) and make the rest")
     out.add_argument("--quiet", action="store_true", help="no progress bars")
     sample.set_defaults(handler=run_sample)
 
@@ -157,6 +159,11 @@ def run_sample(args: argparse.Namespace) -> int:
     if args.view_chunk is not None and args.view_chunk < 1:
         raise TunemvError(f"--view-chunk must be >= 1 (views per model call), got {args.view_chunk}")
     chosen = check_names(args)  # before minutes of model loading
+    done = check_outputs(args, prompts)
+    check_images(args.image or [])
+    if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise TunemvError(f"--device {args.device}: this torch build has no CUDA or sees no GPU "
+                          f"(torch {torch.__version__}); use --device cpu")
     if args.quiet:
         import diffusers
         import transformers
@@ -175,16 +182,62 @@ def run_sample(args: argparse.Namespace) -> int:
     settings.update(images=args.image, seed=args.seed, backbone=pipe.backbone.name_or_path)
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
     wrote = (lambda message: None) if args.quiet else print  # --quiet: nothing but errors
+    if done:
+        log(f"--resume: keeping {len(done)} finished object(s) in {args.out}")
     for start in range(0, len(prompts), args.batch_size):
         batch = prompts[start: start + args.batch_size]
+        if all(start + index in done for index in range(len(batch))):
+            continue
         # Seeded by the batch's first prompt index: with --batch-size 1 a prompt's views do not depend on the
-        # prompts before it.
+        # prompts before it; a batch is redone whole, so a resumed run writes what an uninterrupted one did.
         try:
             output = pipe(batch, seed=args.seed + start, progress=not args.quiet, **options)
         except ValueError as error:  # option values the pipeline refuses (a bad reference or camera)
             raise TunemvError(str(error)) from error
         write_results(output, args.out, start_index=start, settings=settings,
                       turntable_frames=args.turntable_frames, mesh_resolution=args.mesh_resolution if args.mesh else 0,
-                      overwrite=args.overwrite, log=wrote)
+                      overwrite=args.overwrite or args.resume, log=wrote)
     log(f"{len(prompts)} object(s) in {args.out}")
     return 0
+
+
+def check_images(paths: list[str]) -> None:
+    """Every ``--image`` opens as an image, checked before the model loads."""
+    from PIL import Image, UnidentifiedImageError
+
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (OSError, UnidentifiedImageError) as error:
+            reason = "no such file" if isinstance(error, FileNotFoundError) else "not a readable image"
+            raise TunemvError(f"--image {path}: {reason}") from error
+
+
+def check_outputs(args: argparse.Namespace, prompts: list[str]) -> set[int]:
+    """Refuse, before any model loads, an ``--out`` that is a file, cannot be written, or already holds a
+    prompt's folder (unless ``--overwrite`` or ``--resume``); returns the prompts ``--resume`` keeps."""
+    import os
+    import shutil
+
+    from tunemv.sampling.outputs import object_name
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise TunemvError(f"--out {out}: is a file, not a folder")
+    existing = next((parent for parent in (out, *out.parents) if parent.exists()), Path("."))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise TunemvError(f"--out {out}: {existing} is not writable")
+    if args.overwrite and args.resume:
+        raise TunemvError("--overwrite and --resume exclude each other: replace every object, or keep the finished ones")
+    names = [object_name(index, prompt) for index, prompt in enumerate(prompts)]
+    if out.is_dir() and (args.resume or args.overwrite):  # a killed run's staging folders (write_object's)
+        for name in names:
+            for stale in out.glob(f".{name}.*"):
+                shutil.rmtree(stale, ignore_errors=True)
+    there = {index for index, name in enumerate(names) if (out / name).is_dir()}
+    if there and not (args.overwrite or args.resume):
+        first = out / object_name(min(there), prompts[min(there)])
+        raise TunemvError(f"{first}: already exists ({len(there)} of {len(prompts)} objects); --resume keeps the "
+                          "finished ones and makes the rest, --overwrite replaces them")
+    return there if args.resume else set()

@@ -43,10 +43,18 @@ class MultiviewField:
         return self._renders(self.cameras if cameras is None else cameras).opacity
 
     def _renders(self, cameras: Cameras) -> LatentSparseNeuSOutput:
-        """NeuS fused from the clean views (t = 0), rendered at Cameras ``[B, T]`` at their resolution."""
+        """NeuS fused from the clean views (t = 0), rendered at Cameras ``[B, T]`` at their resolution.
+
+        Always in inference behaviour (uniform, not stratified, ray samples), whatever mode the caller's
+        modules are in: a render of one field is then the same every time (a turntable was not, issue 22)."""
         zeros = torch.zeros(self.latents.shape[:2], dtype=torch.long, device=self.latents.device)
-        return self.neus(self.latents.float(), zeros, self.cameras, cameras.to(self.latents.device),
-                         resolution=(cameras.height, cameras.width))
+        was_training = self.neus.training
+        self.neus.eval()
+        try:
+            return self.neus(self.latents.float(), zeros, self.cameras, cameras.to(self.latents.device),
+                             resolution=(cameras.height, cameras.width))
+        finally:
+            self.neus.train(was_training)
 
     def turntable(self, num_frames: int = 24, elevation_deg: float = 20.0, radius: float = 2.2,
                   fov_deg: float = 50.0) -> torch.Tensor:

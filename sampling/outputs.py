@@ -24,11 +24,10 @@ import torch
 from einops import rearrange
 from PIL import Image
 
-from tunemv.atomic import write_bytes_atomic
 from tunemv.data.format import write_object
-from tunemv.neus.mesh import export_mesh
 from tunemv.sampling.pipeline import MultiviewPipelineOutput
 
+MESH_FILES = ("mesh.ply", "mesh.glb")
 PREVIEW_SIZE = 256  # a 32 px view is a thumbnail on a screen; previews are upscaled to at least this
 
 
@@ -60,8 +59,9 @@ def write_results(output: MultiviewPipelineOutput, out_dir: str | Path, start_in
                   overwrite: bool = False, log: Callable[[str], None] | None = None) -> list[Path]:
     """Write every object of ``output`` under ``out_dir``; returns the object folders.
 
-    Everything is computed before anything is written, and each file is written atomically, so a failure
-    leaves no half-written object.
+    Everything is computed before anything is written, and each object folder (previews and meshes included)
+    is renamed into place in one step, so a folder that exists is complete: a killed run leaves no
+    half-written object, and ``tunemv sample --resume`` can skip the ones that exist.
     """
     out_dir = Path(out_dir)
     folders = []
@@ -73,21 +73,16 @@ def write_results(output: MultiviewPipelineOutput, out_dir: str | Path, start_in
         if turntable_frames > 0:
             frames = upscale_for_preview(output.field.turntable(turntable_frames)[b])
             extras["turntable.gif"] = iio.imwrite("<bytes>", to_uint8(frames), extension=".gif", duration=80, loop=0)
-        meshes = {}
         if mesh_resolution > 0:
             mesh = output.field.mesh(b, mesh_resolution, views=output.views[b])
-            meshes = {"mesh.ply": mesh, "mesh.glb": mesh}
+            extras |= {name: mesh.export(file_type=name.rsplit(".", 1)[1]) for name in MESH_FILES}
         images = list(to_uint8(output.views[b]))
         info = {"prompt": prompt, "references": output.references[b].nonzero().flatten().tolist(), **(settings or {})}
         write_object(folder, images, output.cameras[b].to("cpu"), [prompt], overwrite=overwrite,
-                     extra_files={"sampling.json": json.dumps(info, indent=2, default=str) + "\n"})
-        for name, data in extras.items():
-            write_bytes_atomic(folder / name, data)
-        for name, mesh in meshes.items():
-            export_mesh(mesh, folder / name)
+                     extra_files={"sampling.json": json.dumps(info, indent=2, default=str) + "\n", **extras})
         folders.append(folder)
         if log is not None:
-            log(f"wrote {folder}" + (" (+ mesh.ply, mesh.glb)" if meshes else ""))
+            log(f"wrote {folder}" + (" (+ mesh.ply, mesh.glb)" if mesh_resolution > 0 else ""))
     return folders
 
 

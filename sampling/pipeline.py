@@ -97,6 +97,7 @@ class MultiviewPipeline:
             pipe = cls(backbone, neus, branch)
         except ValueError as error:  # check_compatible: an adapter trained for another backbone
             raise AdapterError(f"{source}: does not fit backbone {backbone.name_or_path} ({error})") from error
+        pipe.denoiser.eval()  # a loaded adapter is for inference (a new Module starts in train mode)
         return pipe.to(device) if device is not None else pipe
 
     def to(self, device: torch.device | str) -> MultiviewPipeline:

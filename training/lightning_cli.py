@@ -152,11 +152,25 @@ def parser_kwargs() -> dict[str, Any]:
     return {"prog": "tunemv", **strict, **{name: dict(strict) for name in SUBCOMMANDS}}
 
 
+def check_checkpoint_path(args: Sequence[str]) -> None:
+    """A ``--ckpt_path`` file that is not a torch checkpoint (truncated, zeroed, another format) is one line
+    naming it, before any model loads; torch's own error is a page of unpickling advice."""
+    import zipfile
+
+    args = list(args)
+    for index, arg in enumerate(args):
+        path = arg.split("=", 1)[1] if arg.startswith("--ckpt_path=") else (
+            args[index + 1] if arg == "--ckpt_path" and index + 1 < len(args) else None)
+        if path and os.path.isfile(path) and not zipfile.is_zipfile(path):
+            raise TunemvError(f"{path}: not a readable checkpoint (truncated, or not written by torch.save)")
+
+
 def run_lightning(args: Sequence[str], run: bool = True) -> TunemvCLI:
     """``fit``/``validate`` with LightningCLI; ``args`` is the command line after ``tunemv``.
 
     With ``run=False`` there is no subcommand in ``args``: the classes are only instantiated (for tests).
     """
+    check_checkpoint_path(args)
     subclass_mode = names_model_class(args)
     # LightningCLI reads sys.argv itself (given both, it warns), so hand it the command line that way.
     with mock.patch.object(sys, "argv", ["tunemv", *args]):

@@ -51,6 +51,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from tunemv.atomic import write_text_atomic
     from tunemv.evaluation.evaluate import evaluate_dataset
 
+    if args.out is not None and Path(args.out).is_dir():
+        raise TunemvError(f"--out {args.out}: is a folder; --out names the metrics JSON file")
     if args.filter_out is not None and args.filter is None:
         raise TunemvError("--filter-out needs --filter MIN_IOU")
     if args.filter is not None and not 0 <= args.filter <= 1:
@@ -123,6 +125,14 @@ def _lightning(argv: list[str]) -> int:
     except SystemExit as exc:  # --help and --print_config exit; main returns codes instead
         return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     return 0
+
+
+def _file_error(exc: BaseException) -> str:
+    """One line naming the file: OSErrors carry it in ``filename`` (read-only folders, a directory given as a
+    file, an unreadable image), ours in their message."""
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return _one_line(exc)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -238,14 +248,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code. ``python -m tunemv`` and the ``tunemv`` script both land here."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere on the line: show the traceback behind a one-line error
+    argv = [arg for arg in argv if arg != "--debug"]
     silence_expected_noise()
     try:
         if argv and argv[0] in ("fit", "validate"):
             return _lightning(argv)
         args = build_parser().parse_args(argv)
         return args.handler(args)
-    except (TunemvError, FileExistsError, FileNotFoundError, NotADirectoryError) as exc:
-        print(f"tunemv: error: {exc}", file=sys.stderr)
+    except (TunemvError, OSError) as exc:  # bad input, or a file the user named that cannot be read or written
+        if debug:
+            raise
+        print(f"tunemv: error: {_file_error(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("tunemv: interrupted", file=sys.stderr)
