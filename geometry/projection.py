@@ -30,7 +30,10 @@ def bilinear_sample(feature_maps: torch.Tensor, pixels: torch.Tensor, twice_diff
                                 align_corners=False)
         return rearrange(sampled, "v c n 1 -> v n c")
     x, y = pixels[..., 0] - 0.5, pixels[..., 1] - 0.5  # continuous index of the pixel centres
-    x0, y0 = x.detach().floor(), y.detach().floor()
+    # A NaN coordinate cast to an index is -2^63 (an IndexError); as 0 it gives NaN corner weights instead,
+    # so the NaN reaches the loss, where training's non-finite guard counts it.
+    x0 = torch.nan_to_num(x.detach(), nan=0.0, posinf=width, neginf=-1.0).floor()
+    y0 = torch.nan_to_num(y.detach(), nan=0.0, posinf=height, neginf=-1.0).floor()
     wx, wy = x - x0, y - y0
     xs = torch.stack([x0, x0 + 1, x0, x0 + 1], -1).clamp(0, width - 1).long()  # clamping = border padding
     ys = torch.stack([y0, y0, y0 + 1, y0 + 1], -1).clamp(0, height - 1).long()

@@ -57,7 +57,10 @@ class NeuSLoss(nn.Module):
                 if masks is None:
                     raise ValueError("opacity_weight > 0 needs object masks")
                 masks = masks.reshape(opacity.shape).float()
-                terms["opacity"] = F.binary_cross_entropy(opacity.float().clamp(1e-4, 1 - 1e-4), masks)
+                # BCE written out: F.binary_cross_entropy raises on a NaN input (diverged weights), where the
+                # training loop's non-finite guard should see a NaN loss and skip the step.
+                o = opacity.float().clamp(1e-4, 1 - 1e-4)
+                terms["opacity"] = -(masks * o.log() + (1 - masks) * (1 - o).log()).mean()
                 total = total + self.opacity_weight * terms["opacity"]
             if self.depth_weight:
                 if target_depth is None:

@@ -165,6 +165,10 @@ def test_fit_checkpoint_resume_validate_export(assets, tmp_path, capsys):
     (["--model.learning_rat", "1e-3"], "--model.learning_rat"),
     (["--optimizer", "Adam"], "--optimizer"),
     (["--lr_scheduler", "StepLR"], "--lr_scheduler"),
+    # An absurd learning rate: NaN weights after step 1 were cast to indices in NeuS's bilinear sampling
+    # (IndexError, a traceback); now each step is skipped and counted, then one line (issue 22, item 1).
+    (["--model.learning_rate", "1e6", "--model.neus_learning_rate", "1e6", "--model.warmup_steps", "0",
+      "--model.max_nonfinite_steps", "3", "--trainer.max_steps", "8"], "not finite for 3 steps in a row"),
 ])
 def test_user_errors_are_one_line(extra, expected, assets, tmp_path, capsys):
     (tmp_path / "empty").mkdir()

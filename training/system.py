@@ -279,15 +279,20 @@ class MultiviewAdapterSystem(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_index: int) -> torch.Tensor | None:
         torch.manual_seed(self.step_generator_seed())  # same randomness on resume (see the module docstring)
-        terms = self.losses(batch)
-        if not torch.isfinite(terms["total"]):
+        # Diverged weights (an absurd learning rate) are caught here, before they become NaN sample points
+        # deep in NeuS; the step is skipped and counted like a non-finite loss.
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        weights_finite = bool(torch.stack([torch.isfinite(p).all() for p in trainable]).all())  # one sync
+        terms = self.losses(batch) if weights_finite else None
+        if terms is None or not torch.isfinite(terms["total"]):
             self.nonfinite_steps += 1
             self.skipped_steps += 1
             self.log("train/skipped_steps", float(self.skipped_steps))
             if self.nonfinite_steps >= self.hparams.max_nonfinite_steps:
-                raise NonFiniteLossError(f"the loss was not finite for {self.nonfinite_steps} steps in a row "
-                                         f"(last terms: { {k: float(v) for k, v in terms.items()} }); lower the "
-                                         "learning rate or check the data")
+                what, detail = ("the trainable weights were", "") if terms is None else (
+                    "the loss was", f" (last terms: { {k: float(v) for k, v in terms.items()} })")
+                raise NonFiniteLossError(f"{what} not finite for {self.nonfinite_steps} steps in a row at step "
+                                         f"{self.global_step}{detail}; lower the learning rate or check the data")
             return None  # Lightning skips the optimizer step
         self.nonfinite_steps = 0
         batch_size = len(batch["caption"])
