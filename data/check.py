@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def check_dataset(root: str | Path, min_views: int = 1) -> CheckReport:
     else:
         object_dirs = [root / name for name in list_objects(root, "all")]
         report.problems += _split_problems(root, {d.name for d in object_dirs})
+        report.problems += _manifest_problems(root, object_dirs)
         if not object_dirs:
             report.problems.append(Problem(str(root), "contains no object folders"))
 
@@ -59,6 +61,30 @@ def check_dataset(root: str | Path, min_views: int = 1) -> CheckReport:
             report.problems += problems
             report.broken_objects.add(directory.name)
     return report
+
+
+def _manifest_problems(root: Path, object_dirs: list[Path]) -> list[Problem]:
+    """A procedural set (``procedural.json``, or objects with ``attributes.json``) that its generation did
+    not finish: killed runs left sets without splits or manifest that otherwise checked OK."""
+    manifest = root / "procedural.json"
+    rerun = "rerun the same `tunemv data procedural` command to complete it"
+    if manifest.is_file():
+        try:
+            recipe = json.loads(manifest.read_text())
+        except ValueError as error:
+            return [Problem(str(manifest), f"not valid JSON ({error})")]
+        if recipe.get("complete") is False:
+            return [Problem(str(manifest), f"the generation did not finish ({len(object_dirs)} of "
+                                           f"{recipe.get('num_objects', '?')} objects written); {rerun}")]
+        expected = recipe.get("num_objects")
+        if isinstance(expected, int) and expected != len(object_dirs):
+            return [Problem(str(manifest), f"lists {expected} objects, but {len(object_dirs)} are here")]
+        return []
+    procedural = [d for d in object_dirs if (d / "attributes.json").is_file()]
+    if procedural and not any((root / f"{split}.txt").is_file() for split in SPLITS):
+        return [Problem(str(root), f"{len(procedural)} procedural objects but no procedural.json, train.txt or "
+                                   f"val.txt: an unfinished generation; {rerun}")]
+    return []
 
 
 def _split_problems(root: Path, object_ids: set[str]) -> list[Problem]:

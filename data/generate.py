@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from tunemv.atomic import write_text_atomic
 from tunemv.data.format import MESH_FILE, list_objects, write_object, write_split_files
 from tunemv.data.procedural import CATEGORIES, make_object
 from tunemv.data.render import render_sdf
@@ -72,6 +75,19 @@ def render_object(root: str | Path, index: int, seed: int, categories: Sequence[
 
 def _init_worker() -> None:
     torch.set_num_threads(1)  # one process per core beats intra-op threads on these small tensors
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when its parent dies (a killed `tunemv data procedural` otherwise
+    left its workers rendering, orphaned)."""
+    if sys.platform.startswith("linux"):
+        import contextlib
+        import ctypes
+        import signal
+
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def generate_procedural_dataset(root: str | Path, num_objects: int = 200, num_views: int = 16, resolution: int = 64,
@@ -89,33 +105,54 @@ def generate_procedural_dataset(root: str | Path, num_objects: int = 200, num_vi
         raise TunemvError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if root.exists() and not root.is_dir():
         raise TunemvError(f"{root}: exists and is not a folder")
-    if root.is_dir() and list_objects(root, "all") and not overwrite:
+    categories = list(categories)
+    manifest = {"seed": seed, "categories": categories, "num_views": num_views, "resolution": resolution,
+                "supersample": supersample, "num_objects": num_objects, "val_fraction": val_fraction,
+                "camera_radius": CAMERA_RADIUS, "fov_deg": FOV_DEG, "elevation_range_deg": list(ELEVATION_RANGE_DEG)}
+    # A rerun of the same command continues an unfinished set (a killed run): each object folder is renamed into
+    # place whole and renders deterministically, so only the missing ones are rendered and the result is the
+    # uninterrupted set byte for byte. Anything else already there needs --overwrite.
+    resuming = not overwrite and _unfinished_with(root, manifest)
+    if root.is_dir() and list_objects(root, "all") and not overwrite and not resuming:
         raise TunemvError(f"{root}: already holds objects; pass --overwrite to replace them or choose another --out")
     root.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(root / MANIFEST_FILE, json.dumps({**manifest, "complete": False}, indent=1))
 
-    categories = list(categories)
     job = dict(root=str(root), seed=seed, categories=categories, num_views=num_views, resolution=resolution,
                supersample=supersample, overwrite=overwrite)
+    ids = [object_id(index, categories[index % len(categories)]) for index in range(num_objects)]
+    todo = [index for index in range(num_objects) if overwrite or not (root / ids[index]).is_dir()]
+    for stale in root.glob(".*"):  # staging folders of a killed run (write_object's)
+        if stale.is_dir() and any(stale.name.startswith(f".{name}.") for name in ids):
+            shutil.rmtree(stale, ignore_errors=True)
     workers = workers or os.cpu_count() or 1
-    bar = tqdm(total=num_objects, desc="rendering objects", unit="obj", disable=not progress)
-    ids = [""] * num_objects
-    if workers == 1 or num_objects < 4:
-        for index in range(num_objects):
-            ids[index] = render_object(index=index, **job)
+    bar = tqdm(total=num_objects, initial=num_objects - len(todo), desc="rendering objects", unit="obj",
+               disable=not progress)
+    if workers == 1 or len(todo) < 4:
+        for index in todo:
+            render_object(index=index, **job)
             bar.update()
     else:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
-            futures = {pool.submit(render_object, index=index, **job): index for index in range(num_objects)}
-            for future in as_completed(futures):
-                ids[futures[future]] = future.result()
+            for future in as_completed([pool.submit(render_object, index=index, **job) for index in todo]):
+                future.result()
                 bar.update()
     bar.close()
 
     num_val = round(val_fraction * num_objects) if num_objects > 1 else 0
     val_index = set(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,))).permutation(num_objects)[:num_val].tolist())
     write_split_files(root, [i for k, i in enumerate(ids) if k not in val_index], [i for k, i in enumerate(ids) if k in val_index])
-    (root / "procedural.json").write_text(json.dumps({**job, "root": None, "num_objects": num_objects,
-                                                      "val_fraction": val_fraction, "camera_radius": CAMERA_RADIUS,
-                                                      "fov_deg": FOV_DEG, "elevation_range_deg": ELEVATION_RANGE_DEG},
-                                                     indent=1))
+    write_text_atomic(root / MANIFEST_FILE, json.dumps({**manifest, "complete": True}, indent=1))
     return ids
+
+
+MANIFEST_FILE = "procedural.json"  # the recipe of a procedural set; "complete" once every object is written
+
+
+def _unfinished_with(root: Path, manifest: dict) -> bool:
+    """Whether ``root`` holds an unfinished procedural set made with these settings."""
+    try:
+        found = json.loads((root / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return found.get("complete") is False and {k: v for k, v in found.items() if k != "complete"} == manifest

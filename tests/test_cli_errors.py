@@ -125,3 +125,55 @@ def test_a_killed_sample_resumes_to_what_an_uninterrupted_run_writes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert tree(killed) == tree(tmp_path / "whole")  # byte-identical, turntables included
     assert not [p for p in killed.iterdir() if p.name.startswith(".")]  # the killed run's staging is cleaned
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            found.append(int(status.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in state
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_procedural_generation_is_reported_then_completed_byte_identically(tmp_path, capsys):
+    command = [sys.executable, "-m", "tunemv", "data", "procedural", "--objects", "10", "--views", "4",
+               "--resolution", "16", "--categories", "chair", "mug", "--seed", "3", "--workers", "2", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    whole = subprocess.run([*command, "--out", str(tmp_path / "whole")], env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([*command, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None and \
+            len([p for p in killed.glob("0*") if p.is_dir()] if killed.is_dir() else []) < 2:
+        time.sleep(0.02)
+    workers = children_of(process.pid)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    written = [p for p in killed.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert 2 <= len(written) < 10, len(written)
+    time.sleep(1.0)
+    assert workers and not [pid for pid in workers if alive(pid)]  # the workers died with their parent
+
+    assert main(["data", "check", str(killed)]) == 1  # not OK: the manifest says unfinished
+    assert "did not finish" in capsys.readouterr().out
+    rerun = subprocess.run([*command, "--out", str(killed)], env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert tree(killed) == tree(tmp_path / "whole")
+    assert main(["data", "check", str(killed)]) == 0
