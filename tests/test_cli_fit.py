@@ -281,3 +281,32 @@ def test_sdxl_fits_exports_reloads_and_samples(assets, tmp_path, capsys):
     assert main(["sample", "--adapter", str(tmp_path / "adapter"), "--prompt", "a red chair", "--num-views", "3",
                  "--steps", "2", "--out", str(tmp_path / "samples"), "--turntable-frames", "0", "--quiet"]) == 0
     assert (tmp_path / "samples/0000_a-red-chair/grid.png").is_file()
+
+
+def test_a_resume_after_a_kill_mid_snapshot_cleans_temporaries_and_writes_the_lost_snapshot(assets, tmp_path):
+    """A kill during a snapshot write left 0-byte ``.*.tmp.ckpt`` files, and the snapshot never appeared: the
+    resumed run starts past its step (last.ckpt at that step is written first). Simulated here: a run to step 4
+    with snapshots every 2, then its step-4 snapshot removed and a 0-byte temporary left, as the kill leaves
+    them (issue 22, item 7)."""
+    folder = tmp_path / "outputs/tiny/checkpoints"
+    checkpoints = {"trainer": {"callbacks": [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"dirpath": str(folder), "save_last": True, "save_top_k": 0, "every_n_train_steps": 1}},
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"dirpath": str(folder), "save_weights_only": True, "save_top_k": -1, "every_n_train_steps": 2}},
+    ]}}
+    (tmp_path / "every2.yaml").write_text(yaml.safe_dump(checkpoints))
+    every = ["--config", str(tmp_path / "every2.yaml")]
+    args = ["fit", *fit_args("tiny.yaml", assets), *TINY_RUN]
+    assert main([*args, "--trainer.max_steps", "4", *every]) == 0
+    snapshots = sorted(p.name for p in folder.glob("epoch=*.ckpt"))
+    assert snapshots, list(folder.iterdir())
+    lost = folder / snapshots[-1]
+    lost.unlink()
+    (folder / ".epoch=0-step=4.abc123.tmp.ckpt").write_bytes(b"")
+    assert main([*args, "--trainer.max_steps", "6", "--ckpt_path", "last", *every]) == 0
+    (again,) = [p for p in folder.glob("epoch=*-step=4.ckpt")]  # its epoch may read one more after a resume
+    assert torch.load(again, weights_only=False)["global_step"] == 4
+    steps = sorted(torch.load(p, weights_only=False)["global_step"] for p in folder.glob("epoch=*.ckpt"))
+    assert steps == [2, 4, 6]  # every snapshot of the run is there
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]

@@ -11,6 +11,7 @@ here so that ``tunemv --help`` and ``tunemv data ...`` do not pay for Lightning.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -68,6 +69,40 @@ class WandbLogger(_LightningWandbLogger):
             os.makedirs(self._save_dir, exist_ok=True)
 
 
+class CheckpointRepair(pl.Callback):
+    """What a run killed mid-save leaves behind, repaired when it resumes (or starts again).
+
+    - Stale temporaries of ``AtomicCheckpointIO`` (``.<name>.*.tmp.ckpt``) in every checkpoint folder are
+      removed at start-up.
+    - A kept snapshot whose step the resumed state has already passed is written again: ``last.ckpt`` is saved
+      before the snapshot at a shared step, so a kill during the snapshot resumes past it, and Lightning would
+      never write that snapshot.
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.is_global_zero:
+            for callback in trainer.checkpoint_callbacks:
+                if isinstance(callback, ModelCheckpoint) and callback.dirpath and os.path.isdir(callback.dirpath):
+                    for name in os.listdir(callback.dirpath):
+                        if name.startswith(".") and name.endswith(".ckpt") and ".tmp" in name:
+                            os.remove(os.path.join(callback.dirpath, name))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        step = trainer.global_step
+        for callback in trainer.checkpoint_callbacks:
+            every = getattr(callback, "_every_n_train_steps", 0)
+            if not (isinstance(callback, ModelCheckpoint) and every and callback.save_top_k == -1 and step
+                    and step % every == 0 and callback.dirpath):
+                continue
+            # By step: the epoch in the name may differ after a resume at an epoch's end.
+            taken = [name for name in os.listdir(callback.dirpath) if not name.startswith(".")
+                     and re.search(rf"step={step}(\D|$)", name) and name.endswith(callback.FILE_EXTENSION)
+                     and not name.startswith(callback.CHECKPOINT_NAME_LAST)]
+            if not taken:
+                path = callback.format_checkpoint_name({"epoch": trainer.current_epoch, "step": step})
+                trainer.save_checkpoint(path, weights_only=callback.save_weights_only)
+
+
 class TunemvCLI(LightningCLI):
     """LightningCLI with only the subcommands tunemv supports, and CPU runs flushing denormals."""
 
@@ -76,7 +111,8 @@ class TunemvCLI(LightningCLI):
         return {name: skip for name, skip in LightningCLI.subcommands().items() if name in SUBCOMMANDS}
 
     def instantiate_trainer(self, **kwargs: Any):
-        """Add a resumable ``last.ckpt`` and weights-only snapshots when the config names no ``ModelCheckpoint``.
+        """Add a resumable ``last.ckpt`` and weights-only snapshots when the config names no ``ModelCheckpoint``,
+        and ``CheckpointRepair`` always.
 
         (LightningCLI appends ``trainer_defaults["callbacks"]`` to a config's own list, which would give two.)
         """
@@ -90,7 +126,8 @@ class TunemvCLI(LightningCLI):
                                           every_n_train_steps=DEFAULT_LAST_EVERY),
                           ModelCheckpoint(dirpath=dirpath, save_weights_only=True, save_top_k=-1,
                                           every_n_train_steps=DEFAULT_SNAPSHOT_EVERY)]
-            kwargs["callbacks"] = [*callbacks, *kwargs.get("callbacks", [])]
+        # (kwargs["callbacks"] replaces the config's list, so it carries the config's callbacks too.)
+        kwargs["callbacks"] = [*callbacks, *kwargs.get("callbacks", []), CheckpointRepair()]
         return super().instantiate_trainer(**kwargs)
 
     def _flush_denormals_on_cpu(self) -> None:
