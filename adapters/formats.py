@@ -135,8 +135,8 @@ def resolve_backbone(backbone: str, folder: Path) -> str:
     directory of the fit, which is what is left when nothing is found beside the folder."""
     if not looks_local(backbone) or os.path.isabs(os.path.expanduser(backbone)):
         return backbone
-    beside = Path(folder) / backbone
-    return str(beside) if beside.is_dir() else backbone
+    beside = os.path.normpath(Path(folder) / backbone)
+    return beside if os.path.isdir(beside) else backbone
 
 
 def read_adapter_folder(adapter_dir: str | Path) -> tuple[LatentSparseNeuS, ControlBranch, dict[str, Any]]:

@@ -20,3 +20,11 @@ def near_far_from_sphere(origins: torch.Tensor, directions: torch.Tensor, radius
     near = (-b - root).clamp(min=min_near)
     far = torch.maximum((-b + root).clamp(min=min_near), near)
     return near, far, disc > 0
+
+
+def sees_sphere(cameras, radius: float = 1.0, grid: int = 8) -> torch.Tensor:
+    """(...) bool per camera of ``cameras`` [...]: whether any of a ``grid`` x ``grid`` set of its rays (across
+    the whole image) crosses the sphere of ``radius`` at the origin in front of it: the object's bounds."""
+    origins, directions = cameras.rescale(grid, grid).rays()  # (..., g, g, 3)
+    near, far, hit = near_far_from_sphere(origins, directions, radius)
+    return (hit & (far > near)).flatten(-2).any(-1)

@@ -103,6 +103,8 @@ def _backbone_from_config(path: str) -> str | None:
     return backbone
 
 
+MAX_VIEWS = 64
+
 FLAG_OPTIONS = {"consistency_scale": "consistency_scale", "consistency_ratio": "consistency_ratio",
                 "two_d_model": "two_d_model", "refine_rounds": "rounds", "refine_strength": "strength"}
 
@@ -156,6 +158,10 @@ def run_sample(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     if args.batch_size < 1 or args.steps < 1 or args.num_views < 1:
         raise TunemvError("--batch-size, --steps and --num-views must be >= 1")
+    if args.num_views > MAX_VIEWS:
+        raise TunemvError(f"--num-views {args.num_views}: at most {MAX_VIEWS}. Every view attends to every other "
+                          "(cost and memory grow with the square of the views) and the adapters were trained "
+                          "with 4-16; sample more views in several runs with --azimuth-start")
     if args.view_chunk is not None and args.view_chunk < 1:
         raise TunemvError(f"--view-chunk must be >= 1 (views per model call), got {args.view_chunk}")
     chosen = check_names(args)  # before minutes of model loading

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from tunemv.adapters.formats import (
     submodule_state,
 )
 from tunemv.geometry.cameras import Cameras, orbit
+from tunemv.geometry.rays import sees_sphere
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 from tunemv.sampling.field import MultiviewField, to_unit_range
 from tunemv.sampling.job import SamplingJob
@@ -189,5 +191,12 @@ class MultiviewPipeline:
         if cameras.height != cameras.width:
             raise ValueError(f"cameras are {cameras.width}x{cameras.height} but the backbone makes square "
                              f"{size}x{size} views")
+        seen = sees_sphere(cameras, radius=1.0)  # (B, V): NeuS's bounds, where the object is
+        if not seen.any(dim=1).all():
+            raise ValueError("no camera sees the unit sphere at the origin, where the object is: every view "
+                             "looks away from it (check the cameras' c2w and their convention)")
+        if not seen.all():
+            warnings.warn(f"{int((~seen).sum())} of {seen.numel()} views see nothing of the unit sphere at the "
+                          "origin; they will show background only", stacklevel=3)
         return cameras.rescale(size, size) if (cameras.height, cameras.width) != (size, size) else cameras
 

@@ -55,6 +55,8 @@ CASES = [
      "0000_a-red-chair: already exists (1 of 1 objects); --resume"),
     ("--view-chunk 0", ["sample", "--adapter", ADAPTER, "--prompt", "x", "--out", "{tmp}/o", "--view-chunk", "0", *QUICK],
      "--view-chunk must be >= 1"),
+    ("--num-views 1000", ["sample", "--adapter", ADAPTER, "--prompt", "x", "--out", "{tmp}/o", "--num-views", "1000",
+                          "--steps", "1", "--quiet"], "--num-views 1000: at most 64"),
     ("evaluate --out is a folder", ["evaluate", str(REPO / "models/tiny-neus"), "--out", "{tmp}/a-folder"],
      "--out {tmp}/a-folder: is a folder"),
     ("fit --ckpt_path is truncated", ["fit", "--config", str(REPO / "configs/tiny.yaml"), "--ckpt_path", "{tmp}/truncated.ckpt"],

@@ -465,3 +465,20 @@ def test_field_renders_are_deterministic_whatever_mode_the_modules_are_in(awake_
     assert awake_pipe.denoiser.training  # the caller's mode is left as it was
     awake_pipe.denoiser.eval()
     assert torch.equal(run(awake_pipe, sampler="mv").field.turntable(3), first)
+
+
+def test_cameras_that_look_away_from_the_object_are_refused_or_warned(zero_pipe):
+    from tunemv.geometry.cameras import Cameras, orbit
+    from tunemv.geometry.rays import sees_sphere
+
+    cameras = orbit(3, 20.0, resolution=32)
+    c2w = cameras.c2w.clone()
+    c2w[:, :3, 0] *= -1  # turn every camera 180° about its own y axis: it now looks away from the origin
+    c2w[:, :3, 2] *= -1
+    away = Cameras(cameras.K, c2w, cameras.width, cameras.height)
+    assert sees_sphere(cameras).all() and not sees_sphere(away).any()
+    with pytest.raises(ValueError, match="no camera sees the unit sphere"):
+        run(zero_pipe, cameras=away)
+    mixed = Cameras(cameras.K, torch.cat([cameras.c2w[:2], c2w[2:]]), cameras.width, cameras.height)
+    with pytest.warns(UserWarning, match="1 of 3 views see nothing"):
+        run(zero_pipe, cameras=mixed)
