@@ -11,26 +11,15 @@ time ratio xformers / SDPA (median of ``--repeats`` after one warm-up). Without 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
 from tunemv.adapters.cross_view_attention import attention
 
-
-def timed(fn, repeats: int, cuda: bool) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from denoiser_overhead import timed
 
 
 def main() -> None:
@@ -58,7 +47,7 @@ def main() -> None:
     print(f"{queries:,} queries x {candidates} candidates, {args.heads} heads of {head_dim}, {args.dtype} on "
           f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}")
     sdpa = attention(query, key, value, bias, backend="sdpa")
-    sdpa_seconds = timed(lambda: attention(query, key, value, bias, backend="sdpa"), args.repeats, device.type == "cuda")
+    sdpa_seconds = timed(lambda: attention(query, key, value, bias, backend="sdpa"), args.repeats, args.device)
     print(f"sdpa      {sdpa_seconds * 1e3:9.3f} ms")
     try:
         import xformers  # noqa: F401
@@ -66,7 +55,7 @@ def main() -> None:
         print("xformers  not installed: no comparison (pip install 'tunemv[xformers]')")
         return
     ours = attention(query, key, value, bias, backend="xformers")
-    seconds = timed(lambda: attention(query, key, value, bias, backend="xformers"), args.repeats, device.type == "cuda")
+    seconds = timed(lambda: attention(query, key, value, bias, backend="xformers"), args.repeats, args.device)
     difference = (ours.float() - sdpa.float()).abs().max().item()
     tolerance = 2 ** -7 if dtype == torch.bfloat16 else 2 ** -10 if dtype == torch.float16 else 1e-5
     print(f"xformers  {seconds * 1e3:9.3f} ms   xformers / sdpa = {seconds / sdpa_seconds:.3f}")

@@ -100,23 +100,30 @@ def tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_a_killed_sample_resumes_to_what_an_uninterrupted_run_writes(tmp_path):
-    command = [sys.executable, "-m", "tunemv", "sample", "--adapter", ADAPTER, "--prompt", "a red chair",
-               "--prompt", "a blue chair", "--prompt", "a green chair", "--steps", "6", "--num-views", "4",
-               "--turntable-frames", "3", "--quiet"]
+def run_whole_then_kill(command: list[str], tmp_path: Path, done, limit: float = 240):
+    """Run ``command --out tmp/whole`` to the end, then ``command --out tmp/killed`` until ``done(killed)``
+    holds and SIGKILL it. Returns the killed output folder and the killed process's children at the kill."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     whole = subprocess.run([*command, "--out", str(tmp_path / "whole")], env=env, capture_output=True, text=True,
                            timeout=300)
     assert whole.returncode == 0, whole.stderr[-2000:]
-
     killed = tmp_path / "killed"
     process = subprocess.Popen([*command, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not (killed / "0000_a-red-chair").is_dir() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and process.poll() is None and not (killed.is_dir() and done(killed)):
+        time.sleep(0.02)
+    children = children_of(process.pid)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
+    return killed, children, env
+
+
+def test_a_killed_sample_resumes_to_what_an_uninterrupted_run_writes(tmp_path):
+    command = [sys.executable, "-m", "tunemv", "sample", "--adapter", ADAPTER, "--prompt", "a red chair",
+               "--prompt", "a blue chair", "--prompt", "a green chair", "--steps", "6", "--num-views", "4",
+               "--turntable-frames", "3", "--quiet"]
+    killed, _, env = run_whole_then_kill(command, tmp_path, lambda out: (out / "0000_a-red-chair").is_dir())
     finished = sorted(p.name for p in killed.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert "0000_a-red-chair" in finished and len(finished) < 3, finished
 
@@ -153,21 +160,8 @@ def alive(pid: int) -> bool:
 def test_a_killed_procedural_generation_is_reported_then_completed_byte_identically(tmp_path, capsys):
     command = [sys.executable, "-m", "tunemv", "data", "procedural", "--objects", "10", "--views", "4",
                "--resolution", "16", "--categories", "chair", "mug", "--seed", "3", "--workers", "2", "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    whole = subprocess.run([*command, "--out", str(tmp_path / "whole")], env=env, capture_output=True, text=True,
-                           timeout=300)
-    assert whole.returncode == 0, whole.stderr[-2000:]
-
-    killed = tmp_path / "killed"
-    process = subprocess.Popen([*command, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None and \
-            len([p for p in killed.glob("0*") if p.is_dir()] if killed.is_dir() else []) < 2:
-        time.sleep(0.02)
-    workers = children_of(process.pid)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
+    killed, workers, env = run_whole_then_kill(
+        command, tmp_path, lambda out: len([p for p in out.glob("0*") if p.is_dir()]) >= 2, limit=120)
     written = [p for p in killed.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert 2 <= len(written) < 10, len(written)
     time.sleep(1.0)
