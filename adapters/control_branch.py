@@ -67,7 +67,7 @@ class ControlBranch(ModelMixin, ConfigMixin):
     def __init__(self, unet_config: dict[str, Any], condition_channels: int,
                  condition_embedding_channels: Sequence[int] = (16, 32), cross_view_blocks: Sequence[int] = (),
                  cross_view_heads: int = 4, cross_view_points: int = 8, cross_view_patch_size: int = 1,
-                 cross_view_weight_gradient: str = "full"):
+                 cross_view_weight_gradient: str = "detached"):
         super().__init__()
         encoder = UNet2DConditionModel.from_config(unet_config)
         # Only the encoder half is trained; drop the decoder so it costs neither memory nor parameters.

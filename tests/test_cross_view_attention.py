@@ -97,3 +97,24 @@ def test_bad_settings_are_rejected():
         CrossViewAttention(30, num_heads=4)
     with pytest.raises(ValueError, match="patch_size"):
         CrossViewAttention(32, patch_size=2)
+
+
+@pytest.mark.parametrize("mode", ["full", "floored", "detached"])
+def test_the_neus_weight_gradient_mode_keeps_or_cuts_the_path_and_detached_keeps_the_forward(mode):
+    """Issue 19, defect 6: log w enters the logits; "detached" (the default) sends no gradient into NeuS
+    through it and gives "full"'s output bit for bit; "floored" changes the forward only where w < 1e-3."""
+    torch.manual_seed(0)
+    layers = {name: CrossViewAttention(16, num_heads=2, num_points=4, weight_gradient=name)
+              for name in ("full", mode)}
+    nn.init.normal_(layers["full"].to_out.weight)
+    layers[mode].load_state_dict(layers["full"].state_dict())
+    cameras = Cameras.stack([orbit(3, 20.0, resolution=8)])
+    points = points_at_depth(cameras, 8, [1.8, 2.2, 2.6, 3.0])
+    features = torch.randn(3, 16, 8, 8)
+    weights = torch.rand(points.shape[:-1]).mul(0.5).add(0.01).requires_grad_()  # all >= 1e-2: no floor bites
+    out = layers[mode](features, CrossViewInputs(cameras, points, weights))
+    out.square().sum().backward()
+    assert (weights.grad is None) == (mode == "detached")
+    assert CrossViewAttention(16).detach_weights  # the default
+    reference = layers["full"](features, CrossViewInputs(cameras, points, weights.detach()))
+    torch.testing.assert_close(out, reference, atol=0, rtol=0)

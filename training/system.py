@@ -109,7 +109,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
         cross_view_blocks, cross_view_heads, cross_view_points, cross_view_patch_size,
         condition_embedding_channels: the control branch (``ControlBranch.from_unet``).
         cross_view_weight_gradient: how the NeuS weights' log in the cross-view attention passes gradient
-            into NeuS: "full", "floored" (log max(w, 1e-3)) or "detached" (see ``cross_view_attention``).
+            into NeuS: "detached" (default), "full" or "floored" (log max(w, 1e-3)); see ``cross_view_attention``.
         learning_rate, neus_learning_rate, weight_decay, warmup_steps: AdamW over the trainable parameters
             only, linear warmup then cosine decay to 0 at ``trainer.max_steps``.
         p_reference: probability that an object gets 1..V-1 clean reference views (image→multiview).
@@ -142,7 +142,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
     def __init__(self, backbone: str, backbone_dtype: str | None = None, neus: dict[str, Any] | None = None,
                  cross_view_blocks: Sequence[int] = (0,), cross_view_heads: int = 4, cross_view_points: int = 8,
                  cross_view_patch_size: int = 1, condition_embedding_channels: Sequence[int] = (16, 32),
-                 cross_view_weight_gradient: str = "full",
+                 cross_view_weight_gradient: str = "detached",
                  learning_rate: float = 1e-4, neus_learning_rate: float = 1e-3, weight_decay: float = 1e-2,
                  warmup_steps: int = 100, p_reference: float = 0.1, p_drop_neus: float = 0.1,
                  p_drop_text: float = 0.1, render_weight: float = 1.0, eikonal_weight: float = 0.1,
