@@ -55,6 +55,16 @@ def border_mask(rgb: torch.Tensor, tolerance: float = BORDER_TOLERANCE) -> torch
     return ((rgb - background).abs() > tolerance).any(0, keepdim=True).float()
 
 
+def silhouette_iou(opacity: torch.Tensor, views: torch.Tensor) -> float:
+    """Mask IoU of a field's rendered (V, h, w) opacity (>= 0.5) with the border masks of the (V, 3, H, W)
+    views it was fused from, in [0, 1], area-resized to the renders' size: whether the turntable shows the
+    object. Border masks, since the tiny backbone's backgrounds are near-white but tinted."""
+    rendered = opacity.cpu() >= 0.5
+    masks = torch.stack([border_mask(view) for view in views.cpu()]).float()
+    masks = torch.nn.functional.interpolate(masks, size=tuple(rendered.shape[-2:]), mode="area")[:, 0] >= 0.5
+    return float((rendered & masks).sum()) / max(float((rendered | masks).sum()), 1.0)
+
+
 def load_views(directory: str | Path, mask_source: str = "auto", white_threshold: float = WHITE_THRESHOLD
                ) -> ObjectViews:
     """Read one object folder. ``mask_source``:

@@ -22,7 +22,7 @@ import trimesh
 from tunemv.data.format import list_objects, read_mesh
 from tunemv.evaluation.hull import carve_visual_hull
 from tunemv.evaluation.mesh_accuracy import mesh_accuracy
-from tunemv.evaluation.views import border_mask
+from tunemv.evaluation.views import border_mask, silhouette_iou
 from tunemv.sampling.pipeline import MultiviewPipeline
 
 
@@ -54,17 +54,16 @@ def main() -> None:
                        guidance_scale=args.guidance_scale, seed=args.seed, progress=False,
                        reference_images=[str(folder / "images" / "000.png")], elevation=attributes["elevation_deg"])
             mesh = out.field.mesh(0, args.mesh_resolution, views=out.views[0])
-            silhouettes = out.field.silhouettes()[0, :, 0] >= 0.5
+            silhouettes = out.field.silhouettes()[0, :, 0]
         views = out.views[0]  # (V, 3, H, W) in [0, 1]
         # The tiny backbone's backgrounds are near-white but tinted: masks against the border's colour.
         masks = torch.stack([border_mask(view) for view in views]).float()
         cameras = out.cameras[0].rescale(*views.shape[-2:])
         hull = carve_visual_hull(masks, cameras, 64)
-        small = torch.nn.functional.interpolate(masks, size=tuple(silhouettes.shape[-2:]), mode="area")[:, 0] >= 0.5
         row = {"object": name, "caption": caption,
                "mesh": mesh_accuracy(mesh, truth), "hull_of_generated_views": mesh_accuracy(hull, truth),
                "sphere": mesh_accuracy(sphere, truth),
-               "silhouette_iou": float((silhouettes & small).sum() / (silhouettes | small).sum().clamp(min=1))}
+               "silhouette_iou": silhouette_iou(silhouettes, views)}
         rows.append(row)
         if args.previews:
             from tunemv.sampling.outputs import grid_image, upscale_for_preview

@@ -159,9 +159,32 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def aggregate(folders: Sequence[Path]) -> str:
+    """Mean ± std over runs with different ``--seed`` (each folder a results.json), variant by variant."""
+    import statistics
+
+    runs = [json.loads((Path(folder) / "results.json").read_text()) for folder in folders]
+    seeds = [run["settings"]["seed"] for run in runs]
+    names = [row["variant"] for row in runs[0]["rows"] if all(
+        any(r["variant"] == row["variant"] for r in run["rows"]) for run in runs)]
+    header = ("| variant | " + " | ".join(f"{split} {metric}" for split in ("in-set", "out-of-set")
+                                          for metric in ("IoU", "photo dB", "category", "colour")) + " |")
+    lines = [f"Seeds {', '.join(map(str, seeds))}: mean ± std over {len(runs)} runs.", "", header, "|" + "---|" * 9]
+    for name in names:
+        cells = []
+        for split in ("in-set", "out-of-set"):
+            for metric in METRICS:
+                values = [next(r for r in run["rows"] if r["variant"] == name)[split][metric] for run in runs]
+                values = [v for v in values if isinstance(v, float)]
+                cells.append(f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1
+                             else (f"{values[0]:.3f}" if values else "n/a"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--adapter", required=True, help="an adapter folder fitted on chairs (tunemv demo's)")
+    parser.add_argument("--adapter", default=None, help="an adapter folder fitted on chairs (tunemv demo's)")
     parser.add_argument("--full-finetune", default=None, help="checkpoint of the train_backbone_unet baseline")
     parser.add_argument("--classifier", default="models/attribute-classifier")
     parser.add_argument("--out", default="outputs/reproduction")
@@ -172,7 +195,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variant", action="append", default=None, help="only these variants (repeatable)")
     parser.add_argument("--evaluate-only", action="store_true", help="re-score the samples already under --out")
+    parser.add_argument("--aggregate", nargs="+", default=None, metavar="OUT",
+                        help="only print mean ± std over these finished runs (one per --seed)")
     args = parser.parse_args(argv)
+    if args.aggregate:
+        print(aggregate([Path(folder) for folder in args.aggregate]))
+        return
+    if args.adapter is None:
+        parser.error("--adapter is required (unless --aggregate)")
     torch.set_flush_denormal(True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -130,16 +130,9 @@ def silhouette_agreement(output) -> float:
     """Mask IoU of the field's rendered opacity (>= 0.5) at the views' cameras with the views' own masks
     (against the border's colour: the tiny backbone's backgrounds are near-white but tinted): whether the
     turntable shows the object."""
-    import torch
-    import torch.nn.functional as F
+    from tunemv.evaluation.views import silhouette_iou
 
-    from tunemv.evaluation.views import border_mask
-
-    rendered = output.field.silhouettes()[0, :, 0].cpu() >= 0.5  # (V, h, w) at model resolution
-    views = output.views[0].cpu()  # (V, 3, H, W) in [0, 1]
-    masks = torch.stack([border_mask(view) for view in views]).float()
-    masks = F.interpolate(masks, size=tuple(rendered.shape[-2:]), mode="area")[:, 0] >= 0.5
-    return float((rendered & masks).sum()) / max(float((rendered | masks).sum()), 1.0)
+    return silhouette_iou(output.field.silhouettes()[0, :, 0], output.views[0])
 
 
 def slug(prompt: str) -> str:
