@@ -121,7 +121,7 @@ def run_whole_then_kill(command: list[str], tmp_path: Path, done, limit: float =
 
 def test_a_killed_sample_resumes_to_what_an_uninterrupted_run_writes(tmp_path):
     command = [sys.executable, "-m", "tunemv", "sample", "--adapter", ADAPTER, "--prompt", "a red chair",
-               "--prompt", "a blue chair", "--prompt", "a green chair", "--steps", "6", "--num-views", "4",
+               "--prompt", "a blue chair", "--prompt", "a green chair", "--steps", "3", "--num-views", "4",
                "--turntable-frames", "3", "--quiet"]
     killed, _, env = run_whole_then_kill(command, tmp_path, lambda out: (out / "0000_a-red-chair").is_dir())
     finished = sorted(p.name for p in killed.iterdir() if p.is_dir() and not p.name.startswith("."))
