@@ -341,7 +341,7 @@ def _model_index(path: str, local: bool, revision: str | None) -> dict[str, Any]
     try:
         return dict(DiffusionPipeline.load_config(path, revision=revision))
     except (OSError, ValueError) as error:
-        raise ModelError(f"{path}: cannot read model_index.json ({_first_line(error)})") from error
+        raise ModelError(f"{path}: cannot read model_index.json ({first_line(error)})") from error
 
 
 def _detect_family(path: str, model_index: dict[str, Any], local: bool) -> str:
@@ -363,8 +363,8 @@ def _load(cls, path: str, local: bool, subfolder: str, method: str = "from_pretr
     try:
         return getattr(cls, method)(path, subfolder=subfolder, **kwargs)
     except (OSError, ValueError) as error:
-        raise ModelError(f"{path}: cannot load '{subfolder}' ({_first_line(error)})") from error
+        raise ModelError(f"{path}: cannot load '{subfolder}' ({first_line(error)})") from error
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]

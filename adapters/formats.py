@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from tunemv.adapters.backbones import looks_local
+from tunemv.adapters.backbones import first_line, looks_local
 from tunemv.adapters.control_branch import ControlBranch
 from tunemv.atomic import apply_umask, make_temporary_dir
 from tunemv.errors import TunemvError
@@ -149,7 +149,7 @@ def read_adapter_folder(adapter_dir: str | Path) -> tuple[LatentSparseNeuS, Cont
             modules.append(module.from_pretrained(adapter_dir / folder).eval())
         except (OSError, ValueError, RuntimeError) as error:  # a truncated or zeroed safetensors, a bad config
             raise AdapterError(f"{adapter_dir / folder}: cannot load its {module.__name__} weights "
-                               f"({_first_line(error)}); export the adapter again") from error
+                               f"({first_line(error)}); export the adapter again") from error
     neus, branch = modules
     return neus, branch, info
 
@@ -225,10 +225,6 @@ def folder_backbone(path: str | Path) -> str | None:
                 raise AdapterError(f"{path / name}: not valid JSON ({error})") from error
             return resolve_backbone(backbone, path) if isinstance(backbone, str) else None
     return None
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def read_pretrained_neus(path: str | Path) -> LatentSparseNeuS:

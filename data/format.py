@@ -431,6 +431,19 @@ def cameras_to_json(cameras: Cameras, image_names: Sequence[str]) -> dict:
     return {"convention": "opencv", "width": cameras.width, "height": cameras.height, "views": views}
 
 
+def _staging_prefix(name: str) -> str:
+    return f".{name}."
+
+
+def remove_stale_staging(root: str | Path, names: Sequence[str]) -> None:
+    """Remove the staging folders ``write_object`` left under ``root`` for objects ``names`` when a run was
+    killed mid-write (a rerun that continues the run calls this first)."""
+    for name in names:
+        for stale in Path(root).glob(f"{_staging_prefix(name)}*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+
+
 def write_object(directory: str | Path, images: Sequence[np.ndarray], cameras: Cameras, captions: Sequence[str],
                  depths: Sequence[np.ndarray] | None = None, masks: Sequence[np.ndarray] | None = None,
                  overwrite: bool = False, extra_files: dict[str, str | bytes] | None = None) -> Path:
@@ -448,7 +461,7 @@ def write_object(directory: str | Path, images: Sequence[np.ndarray], cameras: C
     if directory.exists() and not overwrite:
         raise FileExistsError(f"{directory}: already exists (--overwrite, or overwrite=True, replaces it)")
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = make_temporary_dir(directory.parent, prefix=f".{directory.name}.")
+    staging = make_temporary_dir(directory.parent, prefix=_staging_prefix(directory.name))
     try:
         names = [f"{i:03d}" for i in range(len(images))]
         (staging / "images").mkdir()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -21,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tunemv.atomic import write_text_atomic
-from tunemv.data.format import MESH_FILE, list_objects, write_object, write_split_files
+from tunemv.data.format import MESH_FILE, list_objects, remove_stale_staging, write_object, write_split_files
 from tunemv.data.procedural import CATEGORIES, make_object
 from tunemv.data.render import render_sdf
 from tunemv.data.sdf import shape_mesh
@@ -122,9 +121,7 @@ def generate_procedural_dataset(root: str | Path, num_objects: int = 200, num_vi
                supersample=supersample, overwrite=overwrite)
     ids = [object_id(index, categories[index % len(categories)]) for index in range(num_objects)]
     todo = [index for index in range(num_objects) if overwrite or not (root / ids[index]).is_dir()]
-    for stale in root.glob(".*"):  # staging folders of a killed run (write_object's)
-        if stale.is_dir() and any(stale.name.startswith(f".{name}.") for name in ids):
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_staging(root, ids)
     workers = workers or os.cpu_count() or 1
     bar = tqdm(total=num_objects, initial=num_objects - len(todo), desc="rendering objects", unit="obj",
                disable=not progress)

@@ -224,8 +224,8 @@ def check_outputs(args: argparse.Namespace, prompts: list[str]) -> set[int]:
     """Refuse, before any model loads, an ``--out`` that is a file, cannot be written, or already holds a
     prompt's folder (unless ``--overwrite`` or ``--resume``); returns the prompts ``--resume`` keeps."""
     import os
-    import shutil
 
+    from tunemv.data.format import remove_stale_staging
     from tunemv.sampling.outputs import object_name
 
     out = Path(args.out)
@@ -237,13 +237,11 @@ def check_outputs(args: argparse.Namespace, prompts: list[str]) -> set[int]:
     if args.overwrite and args.resume:
         raise TunemvError("--overwrite and --resume exclude each other: replace every object, or keep the finished ones")
     names = [object_name(index, prompt) for index, prompt in enumerate(prompts)]
-    if out.is_dir() and (args.resume or args.overwrite):  # a killed run's staging folders (write_object's)
-        for name in names:
-            for stale in out.glob(f".{name}.*"):
-                shutil.rmtree(stale, ignore_errors=True)
+    if out.is_dir() and (args.resume or args.overwrite):
+        remove_stale_staging(out, names)
     there = {index for index, name in enumerate(names) if (out / name).is_dir()}
     if there and not (args.overwrite or args.resume):
-        first = out / object_name(min(there), prompts[min(there)])
+        first = out / names[min(there)]
         raise TunemvError(f"{first}: already exists ({len(there)} of {len(prompts)} objects); --resume keeps the "
                           "finished ones and makes the rest, --overwrite replaces them")
     return there if args.resume else set()
