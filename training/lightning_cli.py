@@ -161,14 +161,21 @@ def trainer_defaults() -> dict[str, Any]:
     return {"default_root_dir": "outputs", "plugins": [{"class_path": f"{__name__}.AtomicCheckpointIO"}]}
 
 
+def option_value(args: list[str], index: int, name: str) -> str | None:
+    """The value of ``--name`` at ``args[index]``, written ``--name=V`` or ``--name V``; else None."""
+    arg = args[index]
+    if arg.startswith(f"{name}="):
+        return arg.split("=", 1)[1]
+    return args[index + 1] if arg == name and index + 1 < len(args) else None
+
+
 def names_model_class(args: Sequence[str]) -> bool:
     """Whether the command line or one of its ``--config`` files gives ``model`` a ``class_path``."""
     args = list(args)
     for index, arg in enumerate(args):
         if arg.startswith(("--model.class_path", "--model=")) or (arg == "--model" and index + 1 < len(args)):
             return True
-        path = arg.split("=", 1)[1] if arg.startswith("--config=") else (
-            args[index + 1] if arg == "--config" and index + 1 < len(args) else None)
+        path = option_value(args, index, "--config")
         if path and os.path.isfile(path):
             try:
                 with open(path) as file:
@@ -195,9 +202,8 @@ def check_checkpoint_path(args: Sequence[str]) -> None:
     import zipfile
 
     args = list(args)
-    for index, arg in enumerate(args):
-        path = arg.split("=", 1)[1] if arg.startswith("--ckpt_path=") else (
-            args[index + 1] if arg == "--ckpt_path" and index + 1 < len(args) else None)
+    for index in range(len(args)):
+        path = option_value(args, index, "--ckpt_path")
         if path and os.path.isfile(path) and not zipfile.is_zipfile(path):
             raise TunemvError(f"{path}: not a readable checkpoint (truncated, or not written by torch.save)")
 
