@@ -20,10 +20,14 @@ from tunemv.sampling.job import SamplingJob, SamplingResult
 MIN_ALPHA_BAR = 0.005
 
 
-def one_step_timestep(alphas_cumprod: torch.Tensor, min_alpha_bar: float = MIN_ALPHA_BAR) -> int:
-    """The noisiest training timestep whose ᾱ is at least ``min_alpha_bar`` (t_G of the generator)."""
+def check_min_alpha_bar(min_alpha_bar: float) -> None:
     if not 0.0 < min_alpha_bar < 1.0:
         raise ValueError(f"min_alpha_bar must be in (0, 1), got {min_alpha_bar}")
+
+
+def one_step_timestep(alphas_cumprod: torch.Tensor, min_alpha_bar: float = MIN_ALPHA_BAR) -> int:
+    """The noisiest training timestep whose ᾱ is at least ``min_alpha_bar`` (t_G of the generator)."""
+    check_min_alpha_bar(min_alpha_bar)
     above = torch.nonzero(alphas_cumprod >= min_alpha_bar).flatten()
     if not len(above):
         raise ValueError(f"no timestep of this schedule has ᾱ >= {min_alpha_bar}")
@@ -36,8 +40,7 @@ class OneStepSampler:
     def __init__(self, timestep: int | None = None, min_alpha_bar: float = MIN_ALPHA_BAR):
         if timestep is not None and (int(timestep) != timestep or timestep < 0):
             raise ValueError(f"timestep must be a whole number >= 0, got {timestep}")
-        if not 0.0 < min_alpha_bar < 1.0:
-            raise ValueError(f"min_alpha_bar must be in (0, 1), got {min_alpha_bar}")
+        check_min_alpha_bar(min_alpha_bar)  # a bad option fails when the sampler is built
         self.timestep = None if timestep is None else int(timestep)
         self.min_alpha_bar = float(min_alpha_bar)
 
