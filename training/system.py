@@ -18,7 +18,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from einops import rearrange
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from tunemv.adapters.backbones import Backbone
 from tunemv.adapters.control_branch import ControlBranch
@@ -36,6 +36,7 @@ from tunemv.adapters.formats import (
 from tunemv.errors import TunemvError
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 from tunemv.neus.losses import NeuSLoss
+from tunemv.training.ema import warmup_ema_multi_avg_fn
 from tunemv.training.latent_cache import LatentCache
 from tunemv.training.recipe import neus_arguments, views_and_supervision, warmup_cosine
 from tunemv.training.validation import log_validation_samples
@@ -124,7 +125,8 @@ class MultiviewAdapterSystem(pl.LightningModule):
             in inference behaviour and has no loss, which makes a CPU step about twice as cheap.
         camera_noise: VFusion3D's camera-noise injection: uniform noise of this amplitude on the intrinsics
             and extrinsics of the cameras the model reads (0: off). Renders are supervised at the true ones.
-        ema_decay: keep an exponential moving average of the trainable weights (None: off).
+        ema_decay: keep an exponential moving average of the trainable weights (None: off), with diffusers'
+            decay warm-up min(ema_decay, (1 + n) / (10 + n)), so a short run's EMA is not its initial weights.
         max_nonfinite_steps: consecutive NaN/inf losses that are skipped before training stops.
         gradient_checkpointing, view_chunk: memory options of the denoiser.
         seed: seeds every step's randomness together with the global step.
@@ -185,7 +187,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
         self.validation_neus_loss = NeuSLoss(render_weight, 0.0, opacity_weight, depth_weight=depth_weight)
         self.ema = None if ema_decay is None else AveragedModel(
             torch.nn.ModuleList([self.denoiser.neus, self.denoiser.control_branch]),
-            multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True).requires_grad_(False)
+            multi_avg_fn=warmup_ema_multi_avg_fn(ema_decay), use_buffers=True).requires_grad_(False)
         self.latent_cache = None if latent_cache_dir is None else LatentCache(latent_cache_dir, self.backbone)
         self.strict_loading = False  # checkpoints carry no backbone weights
         self.nonfinite_steps = 0  # consecutive
