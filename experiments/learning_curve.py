@@ -3,7 +3,7 @@
     python experiments/learning_curve.py fit from-tiny-neus      # resumes from its last.ckpt when killed
     python experiments/learning_curve.py fit from-scratch
     python experiments/learning_curve.py fit full-finetune
-    python experiments/learning_curve.py evaluate from-tiny-neus --steps 250 500 1000 2000 3000
+    python experiments/learning_curve.py evaluate from-tiny-neus --steps 250 500 1000 2000 3000 [--wait]
     python experiments/learning_curve.py table                   # markdown of every evaluated snapshot
 
 Every run is ``configs/demo_adapter.yaml`` (the recipe of models/demo-adapter: 180 chairs, batch 2 x 4 views,
@@ -24,6 +24,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path("outputs/curve")
@@ -69,17 +70,21 @@ def fit(run: str, steps: int) -> None:
     sys.exit(subprocess.call(command))
 
 
-def snapshot(run: str, step: int) -> Path:
+def snapshot(run: str, step: int, wait: bool = False) -> Path:
     path = ROOT / run / "checkpoints" / f"step={step}.ckpt"
+    while wait and not path.is_file():  # a fit still running writes it; poll rather than fail
+        time.sleep(30)
     if not path.is_file():
         raise SystemExit(f"{path}: no snapshot at step {step} yet")
     return path
 
 
-def evaluate(run: str, step: int, chairs: str, objects: int) -> dict:
+def evaluate(run: str, step: int, chairs: str, objects: int, wait: bool = False) -> dict:
     """Score one snapshot; the full fine-tune is sampled from its checkpoint (it cannot be exported)."""
     out = ROOT / run / f"step-{step}"
-    ckpt = snapshot(run, step)
+    if (out / "curve.json").is_file():  # scored already: a queue of evaluations can be rerun after a kill
+        return json.loads((out / "curve.json").read_text())
+    ckpt = snapshot(run, step, wait)
     python = sys.executable
     if run == "full-finetune":
         text = ["--full-finetune", str(ckpt), "--variant", "full fine-tune (baseline), mv"]
@@ -133,13 +138,14 @@ def main() -> None:
     evaluate_parser.add_argument("--steps", type=int, nargs="+", required=True)
     evaluate_parser.add_argument("--chairs", default="outputs/demo/chairs")
     evaluate_parser.add_argument("--objects", type=int, default=10)
+    evaluate_parser.add_argument("--wait", action="store_true", help="wait for snapshots a running fit will write")
     sub.add_parser("table")
     args = parser.parse_args()
     if args.command == "fit":
         fit(args.run, args.steps)
     elif args.command == "evaluate":
         for step in args.steps:
-            evaluate(args.run, step, args.chairs, args.objects)
+            evaluate(args.run, step, args.chairs, args.objects, args.wait)
     else:
         print(table())
 
