@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -95,7 +96,12 @@ def evaluate(run: str, step: int, chairs: str, objects: int, wait: bool = False)
             subprocess.check_call(["tunemv", "export", str(ckpt), str(adapter)])
         text = ["--adapter", str(adapter), "--variant", "mv"]
         row_name = "mv"
+    truth = ROOT / "ground-truth"  # seeded renders scored once and shared by every snapshot (see reproduce.py)
+    if truth.is_dir() and not (out / "text" / "ground-truth").exists():
+        shutil.copytree(truth, out / "text" / "ground-truth")
     subprocess.check_call([python, "experiments/reproduce.py", *text, "--out", str(out / "text")])
+    if not truth.is_dir():
+        shutil.copytree(out / "text" / "ground-truth", truth)
     rows = {row["variant"]: row for row in json.loads((out / "text" / "results.json").read_text())["rows"]}
     row = rows[row_name]
     result = {"run": run, "step": step,
