@@ -23,6 +23,7 @@ from tunemv.data.format import list_objects, read_mesh
 from tunemv.evaluation.hull import carve_visual_hull
 from tunemv.evaluation.mesh_accuracy import mesh_accuracy
 from tunemv.evaluation.views import border_mask, silhouette_iou
+from tunemv.sampling.options import parse_option_strings
 from tunemv.sampling.pipeline import MultiviewPipeline
 
 
@@ -35,12 +36,15 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--sampler", default="mv")
+    parser.add_argument("--sampler-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an option of the sampler, as tunemv sample takes it (repeatable)")
     parser.add_argument("--guidance-scale", type=float, default=4.0)
     parser.add_argument("--mesh-resolution", type=int, default=96)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     parser.add_argument("--previews", default=None, help="folder for per-object PNGs: generated views, field renders")
     args = parser.parse_args()
+    options = parse_option_strings(args.sampler, args.sampler_option)
     pipe = MultiviewPipeline.from_pretrained(args.adapter)
     sphere = trimesh.creation.icosphere(4, 0.5)
     rows = []
@@ -51,6 +55,7 @@ def main() -> None:
         caption = (folder / "caption.txt").read_text().splitlines()[0].strip()
         with torch.no_grad():
             out = pipe(caption, num_views=args.views, steps=args.steps, sampler=args.sampler,
+                       sampler_options=options,
                        guidance_scale=args.guidance_scale, seed=args.seed, progress=False,
                        reference_images=[str(folder / "images" / "000.png")], elevation=attributes["elevation_deg"])
             mesh = out.field.mesh(0, args.mesh_resolution, views=out.views[0])
