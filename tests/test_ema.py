@@ -33,5 +33,5 @@ def test_a_short_run_forgets_its_initial_weights_and_a_long_one_is_the_plain_ema
 
 
 def test_a_decay_outside_zero_one_is_refused():
-    with pytest.raises(ValueError, match="ema_decay 1.0"):
+    with pytest.raises(ValueError, match=r"ema_decay 1\.0"):
         warmup_ema_multi_avg_fn(1.0)
