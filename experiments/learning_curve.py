@@ -126,10 +126,12 @@ def table() -> str:
                      key=lambda r: (list(RUNS).index(r["run"]), r["step"]))
     columns = ("in_set_hull_iou", "out_of_set_hull_iou", "out_of_set_category", "out_of_set_colour",
                "mesh_volume_iou", "mesh_chamfer", "hull_volume_iou", "silhouette_iou")
-    lines = ["| run | step | " + " | ".join(columns) + " |", "|---|---:|" + "---:|" * len(columns)]
+    lines = ["| run | step | " + " | ".join(columns) + " | mesh objects |", "|---|---:|" + "---:|" * (len(columns) + 1)]
     for r in results:
         cells = [f"{r[c]:.3f}" if isinstance(r.get(c), float) else "–" for c in columns]
-        lines.append(f"| {r['run']} | {r['step']} | " + " | ".join(cells) + " |")
+        mesh_json = ROOT / r["run"] / f"step-{r['step']}" / "image_to_mesh.json"
+        objects = json.loads(mesh_json.read_text())["summary"]["objects"] if mesh_json.is_file() else "–"
+        lines.append(f"| {r['run']} | {r['step']} | " + " | ".join(cells) + f" | {objects} |")
     return "\n".join(lines)
 
 
