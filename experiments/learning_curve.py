@@ -26,7 +26,10 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+
+import torch
 
 ROOT = Path("outputs/curve")
 RECIPE = "configs/demo_adapter.yaml"
@@ -135,6 +138,27 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def figure(objects: Sequence[str], out: Path) -> None:
+    """One row per scored snapshot and object (e.g. ``in-set/0000_a-red-chair``): its 8 generated views."""
+    from tunemv.data.format import read_image_array
+    from tunemv.sampling.outputs import grid_image, upscale_for_preview
+
+    snapshots = sorted(((p.parent.parent.name, int(p.parent.name.split("-")[1])) for p in ROOT.glob("*/step-*/curve.json")),
+                       key=lambda rs: (list(RUNS).index(rs[0]), rs[1]))
+    rows, labels = [], []
+    for name in objects:
+        for run, step in snapshots:
+            variant = "full-fine-tune-baseline-mv" if run == "full-finetune" else "mv"
+            images = sorted((ROOT / run / f"step-{step}" / "text" / variant / name / "images").glob("*.png"))
+            views = [torch.from_numpy(read_image_array(path)[..., :3].copy()).permute(2, 0, 1) / 255 for path in images]
+            rows.append(torch.stack(views))  # (V, 3, H, W) in [0, 1]
+            labels.append(f"{run} {step}: {name}")
+    grid = grid_image(upscale_for_preview(torch.stack(rows), 64))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out)
+    print("\n".join(f"row {i + 1}: {label}" for i, label in enumerate(labels)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,12 +172,17 @@ def main() -> None:
     evaluate_parser.add_argument("--objects", type=int, default=10)
     evaluate_parser.add_argument("--wait", action="store_true", help="wait for snapshots a running fit will write")
     sub.add_parser("table")
+    figure_parser = sub.add_parser("figure")
+    figure_parser.add_argument("objects", nargs="+", help="e.g. in-set/0000_a-red-chair out-of-set/0001_a-blue-mug")
+    figure_parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.command == "fit":
         fit(args.run, args.steps)
     elif args.command == "evaluate":
         for step in args.steps:
             evaluate(args.run, step, args.chairs, args.objects, args.wait)
+    elif args.command == "figure":
+        figure(args.objects, args.out)
     else:
         print(table())
 
