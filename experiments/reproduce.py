@@ -98,7 +98,7 @@ def run(adapter: str, full_finetune: str | None, out: Path, classifier_dir: str,
     classifier = load_classifier(classifier_dir)
     if isinstance(classifier, str):
         raise SystemExit(f"{classifier_dir}: {classifier}")
-    models = {"adapter": lambda: MultiviewPipeline.from_pretrained(adapter)}
+    models = {"adapter": lambda: MultiviewPipeline.from_pretrained(adapter)} if adapter else {}
     if full_finetune:
         models["full"] = lambda: MultiviewPipeline.from_checkpoint(full_finetune)
     settings = {"adapter": adapter, "full_finetune": full_finetune, "views": views, "scheduler": scheduler, "steps": steps,
@@ -207,8 +207,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.aggregate:
         print(aggregate([Path(folder) for folder in args.aggregate]))
         return
-    if args.adapter is None:
-        parser.error("--adapter is required (unless --aggregate)")
+    if args.adapter is None and args.full_finetune is None:
+        parser.error("--adapter or --full-finetune is required (unless --aggregate)")
     torch.set_flush_denormal(True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
