@@ -140,6 +140,8 @@ def table() -> str:
 
 def figure(objects: Sequence[str], out: Path) -> None:
     """One row per scored snapshot and object (e.g. ``in-set/0000_a-red-chair``): its 8 generated views."""
+    from reproduce import slug  # the script beside this one names the folders
+
     from tunemv.data.format import read_image_array
     from tunemv.sampling.outputs import grid_image, upscale_for_preview
 
@@ -148,7 +150,7 @@ def figure(objects: Sequence[str], out: Path) -> None:
     rows, labels = [], []
     for name in objects:
         for run, step in snapshots:
-            variant = "full-fine-tune-baseline-mv" if run == "full-finetune" else "mv"
+            variant = slug("full fine-tune (baseline), mv" if run == "full-finetune" else "mv")
             images = sorted((ROOT / run / f"step-{step}" / "text" / variant / name / "images").glob("*.png"))
             views = [torch.from_numpy(read_image_array(path)[..., :3].copy()).permute(2, 0, 1) / 255 for path in images]
             rows.append(torch.stack(views))  # (V, 3, H, W) in [0, 1]
