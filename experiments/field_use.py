@@ -19,15 +19,21 @@ from einops import rearrange
 
 from tunemv.data.dataset import MultiviewDataset
 from tunemv.geometry import Cameras
+from tunemv.sampling.algebra import epsilon_to_sample, to_epsilon
 from tunemv.sampling.pipeline import MultiviewPipeline
 
 
-def x0_error(prediction, x_t, t, scheduler, x0, mask):
-    alpha = scheduler.alphas_cumprod[t].view(*t.shape, 1, 1, 1)
-    eps = prediction  # the tiny backbone predicts ε
-    x0_hat = ((x_t - (1 - alpha).sqrt() * eps) / alpha.sqrt()).clamp(-1, 1)
-    per_view = (x0_hat - x0).square().mean(dim=(2, 3, 4))
+def masked_mse(estimate: torch.Tensor, x0: torch.Tensor, mask: torch.Tensor) -> float:
+    """(B, V, C, h, w) estimate against the clean views, averaged over the (B, V) views the mask keeps."""
+    per_view = (estimate.clamp(-1, 1) - x0).square().mean(dim=(2, 3, 4))
     return float((per_view * mask).sum() / mask.sum())
+
+
+def x0_estimate(prediction, x_t, t, backbone) -> torch.Tensor:
+    """x̂0 of the backbone's own parameterisation (ε, v or x0), through the sampling algebra."""
+    alphas = backbone.noise_scheduler.alphas_cumprod
+    epsilon = to_epsilon(prediction, x_t, t, alphas, backbone.prediction_type)
+    return epsilon_to_sample(epsilon, x_t, t, alphas)
 
 
 def main() -> None:
@@ -66,10 +72,9 @@ def main() -> None:
                     for mode in ("2d", "independent", "mv"):
                         out = denoiser(x_t, t, cameras, text.hidden_states.float(), mode=mode,
                                        added_cond_kwargs=text.added_cond_kwargs)
-                        row[mode] = x0_error(out.prediction, x_t, t, scheduler, x0, mask)
+                        row[mode] = masked_mse(x0_estimate(out.prediction, x_t, t, backbone), x0, mask)
                         if mode == "mv":
-                            g = out.condition.clamp(-1, 1)
-                            row["field_render"] = float(((g - x0).square().mean(dim=(2, 3, 4)) * mask).sum() / mask.sum())
+                            row["field_render"] = masked_mse(out.condition, x0, mask)
                 rows.append(row)
     summary = {}
     for t_value in args.timesteps:

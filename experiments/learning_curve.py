@@ -142,7 +142,7 @@ def figure(objects: Sequence[str], out: Path) -> None:
     """One row per scored snapshot and object (e.g. ``in-set/0000_a-red-chair``): its 8 generated views."""
     from reproduce import slug  # the script beside this one names the folders
 
-    from tunemv.data.format import read_image_array
+    from tunemv.data.format import load_image
     from tunemv.sampling.outputs import grid_image, upscale_for_preview
 
     snapshots = sorted(((p.parent.parent.name, int(p.parent.name.split("-")[1])) for p in ROOT.glob("*/step-*/curve.json")),
@@ -152,8 +152,7 @@ def figure(objects: Sequence[str], out: Path) -> None:
         for run, step in snapshots:
             variant = slug("full fine-tune (baseline), mv" if run == "full-finetune" else "mv")
             images = sorted((ROOT / run / f"step-{step}" / "text" / variant / name / "images").glob("*.png"))
-            views = [torch.from_numpy(read_image_array(path)[..., :3].copy()).permute(2, 0, 1) / 255 for path in images]
-            rows.append(torch.stack(views))  # (V, 3, H, W) in [0, 1]
+            rows.append(torch.stack([load_image(path)[0] for path in images]))  # (V, 3, H, W) in [0, 1]
             labels.append(f"{run} {step}: {name}")
     grid = grid_image(upscale_for_preview(torch.stack(rows), 64))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,11 @@
 """The EMA of the trainable weights, with diffusers' decay warm-up.
 
 A fixed decay d keeps d^n of the step-1 weights after n updates: at d = 0.999 a 250-step snapshot is 78% its
-initial weights, and for zero-initialised control branches that is a 78% shrink of what was learned. diffusers'
-``EMAModel`` warms the decay up as min(d, (1 + n) / (10 + n)): the start's weight is under 1e-8 after 50 updates,
-the average spans about the last ninth of the run until n ≈ 9/(1 − d), and then it is the plain EMA. torch's ``AveragedModel`` calls ``multi_avg_fn(ema, live, n)`` with n the updates
-averaged so far, so the warm-up fits there.
+initial weights, and for zero-initialised control branches that is a 78% shrink of what was learned.
+diffusers' ``EMAModel`` warms the decay up as min(d, (1 + n) / (10 + n)): the start's weight is under 1e-8
+after 50 updates, the average spans about the last ninth of the run until n ≈ 9/(1 − d), and then it is the
+plain EMA. torch's ``AveragedModel`` calls ``multi_avg_fn(ema, live, n)`` with n the updates averaged so far,
+so the warm-up fits there.
 """
 
 from __future__ import annotations
