@@ -175,13 +175,19 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def checkpoint_metadata(backbone: str, neus: LatentSparseNeuS, control_branch: ControlBranch,
                         weights: str, **extra) -> dict[str, Any]:
     """The checkpoint's ``"tunemv"`` entry, which ``load_adapter_modules`` reads back."""
-    return {"backbone": backbone, "neus_config": dict(neus.config),
-            "control_branch_config": dict(control_branch.config), "weights": weights, **extra}
+    return {"backbone": backbone, "neus_config": module_config(neus),
+            "control_branch_config": module_config(control_branch), "weights": weights, **extra}
+
+
+def module_config(module) -> dict[str, Any]:
+    """A module's diffusers config for a checkpoint, without ``_name_or_path``: a module loaded from a folder
+    records it as a ``Path``, which ``torch.load(weights_only=True)`` (Lightning's resume) refuses to unpickle."""
+    return {key: value for key, value in dict(module.config).items() if key != "_name_or_path"}
 
 
 def checkpoint_metadata_neus(backbone: str, neus: LatentSparseNeuS, **extra) -> dict[str, Any]:
     """The ``"tunemv"`` entry of a stage-1 checkpoint: a NeuS alone, no control branch."""
-    return {"kind": "neus", "backbone": backbone, "neus_config": dict(neus.config), "weights": "live", **extra}
+    return {"kind": "neus", "backbone": backbone, "neus_config": module_config(neus), "weights": "live", **extra}
 
 
 def is_neus_checkpoint(checkpoint: dict[str, Any]) -> bool:

@@ -38,11 +38,13 @@ def add_sample_parser(commands) -> None:
     views.add_argument("--fov", type=float, default=50.0, help="horizontal field of view in degrees (default: 50)")
     views.add_argument("--azimuth-start", type=float, default=0.0, help="azimuth of view 0 in degrees")
     how = sample.add_argument_group("sampling")
-    how.add_argument("--sampler", default="mv", help="mv, consistency, mixed, 2d, refine or a plugin's (default: mv)")
+    how.add_argument("--sampler", default=None, help="mv, consistency, mixed, 2d, refine, one-step or a plugin's "
+                     "(default: the folder's own: mv for an adapter, one-step for a distilled generator)")
     how.add_argument("--scheduler", default="auto", help="auto, ddim, ddpm, dpmsolver++, euler, ... (default: auto, "
                      "the backbone family's own: ddpm for pixel-space IF-family models, ddim otherwise)")
     how.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
-    how.add_argument("--guidance-scale", type=float, default=7.5, help="text CFG scale w (default: 7.5)")
+    how.add_argument("--guidance-scale", type=float, default=None,
+                     help="text CFG scale w (default: 7.5 for an adapter, 1 for a distilled generator)")
     options = sample.add_argument_group(
         "sampler options", "each maps onto the chosen sampler's own option; a sampler without it refuses it")
     options.add_argument("--consistency-scale", type=float, default=None,
@@ -127,13 +129,29 @@ def sampler_options(args: argparse.Namespace) -> dict:
     return options | parse_option_strings(args.sampler, args.sampler_option)
 
 
+def folder_sampling_defaults(args: argparse.Namespace) -> dict:
+    """Fill an unset ``--sampler`` and ``--guidance-scale`` with the model folder's own (a generator folder's
+    adapter.json names "one-step", unguided; adapters and checkpoints sample "mv" at 7.5); returns the options
+    the folder gives its sampler, which the user's own override."""
+    from tunemv.adapters.formats import read_adapter_info
+    from tunemv.sampling.pipeline import DEFAULTS
+
+    defaults = dict(DEFAULTS)
+    if args.adapter:
+        defaults.update(read_adapter_info(args.adapter).get("sampling") or {})
+    folder_options = defaults.get("sampler_options") or {} if args.sampler is None else {}
+    args.sampler = args.sampler or defaults["sampler"]
+    args.guidance_scale = defaults["guidance_scale"] if args.guidance_scale is None else args.guidance_scale
+    return folder_options
+
+
 def check_names(args: argparse.Namespace) -> dict:
     """Unknown sampler, scheduler or option names and bad option values fail here, with what is available;
     returns the sampler's options."""
     from tunemv.sampling.options import build_sampler
     from tunemv.sampling.schedulers import make_scheduler
 
-    options = sampler_options(args)
+    options = folder_sampling_defaults(args) | sampler_options(args)
     build_sampler(args.sampler, options)  # cheap: models an option names load when it runs
     make_scheduler(args.scheduler, {})
     return options

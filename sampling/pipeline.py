@@ -40,6 +40,8 @@ from tunemv.sampling.references import prepare_references
 from tunemv.sampling.schedulers import make_scheduler
 from tunemv.sampling.score import MultiviewScore
 
+DEFAULTS = {"sampler": "mv", "guidance_scale": 7.5}
+
 
 @dataclass
 class MultiviewPipelineOutput:
@@ -60,6 +62,9 @@ class MultiviewPipeline:
         # its live modules through this class. Samples run under no_grad; loaded adapters come in eval mode.
         self.backbone = backbone
         self.denoiser = MultiviewDenoiser.from_backbone(backbone, neus, control_branch, view_chunk=view_chunk)
+        # What a call without sampler= or guidance_scale= uses: an adapter's are "mv" at CFG 7.5; a distilled
+        # generator folder's adapter.json names its own ("one-step", unguided, at its t_G).
+        self.sampling_defaults: dict[str, Any] = dict(DEFAULTS)
 
     @classmethod
     def from_pretrained(cls, adapter_dir: str | Path, backbone: str | Backbone | None = None,
@@ -68,8 +73,10 @@ class MultiviewPipeline:
         """Load an adapter folder (``neus/``, ``control_branch/``, ``adapter.json``) and the backbone it names
         (or ``backbone``: a hub id, a folder or a loaded ``Backbone``)."""
         neus, branch, info = read_adapter_folder(adapter_dir)
-        return cls._assemble(backbone or info.get("backbone"), neus, branch, torch_dtype, device,
+        pipe = cls._assemble(backbone or info.get("backbone"), neus, branch, torch_dtype, device,
                              Path(adapter_dir) / ADAPTER_FILE, **backbone_options)
+        pipe.sampling_defaults.update(info.get("sampling") or {})
+        return pipe
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, backbone: str | Backbone | None = None, ema: bool | None = None,
@@ -116,10 +123,11 @@ class MultiviewPipeline:
     def __call__(self, prompt: str | Sequence[str], num_views: int = 8, cameras: Cameras | str | Path | None = None,
                  reference_images: Any = None, reference_views: Sequence[int] | None = None,
                  elevation: float = 20.0, radius: float = 2.2, fov: float = 50.0, azimuth_start: float = 0.0,
-                 sampler: str | Any = "mv", sampler_options: Mapping[str, Any] | None = None,
-                 scheduler: str = "auto", steps: int = 50, guidance_scale: float = 7.5,
+                 sampler: str | Any | None = None, sampler_options: Mapping[str, Any] | None = None,
+                 scheduler: str = "auto", steps: int = 50, guidance_scale: float | None = None,
                  negative_prompt: str = "", eta: float = 0.0, seed: int | None = None,
-                 generator: torch.Generator | None = None, view_chunk_size: int | None = None,
+                 generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
+                 view_chunk_size: int | None = None,
                  callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
                  progress: bool = True) -> MultiviewPipelineOutput:
         """Generate ``num_views`` views of each prompt.
@@ -129,8 +137,16 @@ class MultiviewPipeline:
         sampler instance. ``cameras``: Cameras ``[V]`` or ``[B, V]``, or a cameras.json path; default: an
         orbit at ``elevation``, ``radius``, ``fov`` starting at ``azimuth_start``. ``reference_images``:
         (R, 3, H, W) or (B, R, 3, H, W) in [0, 1], PIL images or paths, placed at ``reference_views``
-        (default 0..R−1) as clean views.
+        (default 0..R−1) as clean views. ``latents``: the initial noise x_T (B, V, C, h, w) instead of one
+        drawn from ``seed`` (as diffusers' ``latents=``). ``sampler=None`` and ``guidance_scale=None`` take
+        ``sampling_defaults``: "mv" at 7.5, or what a distilled generator's folder names ("one-step" at 1.0).
         """
+        defaults = self.sampling_defaults
+        if sampler is None:
+            sampler = defaults["sampler"]
+            if sampler_options is None:
+                sampler_options = defaults.get("sampler_options")
+        guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
         sampler = build_sampler(sampler, sampler_options)  # a bad option fails before any work
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         backbone, device = self.backbone, self.device
@@ -139,10 +155,10 @@ class MultiviewPipeline:
         size, model_size = backbone.image_resolution, backbone.sample_size
         model_cameras = cameras.rescale(model_size, model_size).to(device)
         generator = generator or torch.Generator("cpu").manual_seed(0 if seed is None else seed)
-        # Drawn as diffusers' pipelines draw (B·V, C, h, w), so "2d" reproduces them view by view.
-        shape = (batch * views, backbone.in_channels, model_size, model_size)
-        noise = rearrange(randn_tensor(shape, generator=generator, device=device, dtype=torch.float32),
-                          "(b v) c h w -> b v c h w", b=batch)
+        noise = initial_noise(backbone, batch, views, generator, device) if latents is None else latents.to(device)
+        if tuple(noise.shape) != (batch, views, backbone.in_channels, model_size, model_size):
+            raise ValueError(f"latents must be (B, V, C, h, w) = {[batch, views, backbone.in_channels, model_size, model_size]}, "
+                             f"got {list(noise.shape)}")
         references = prepare_references(backbone, reference_images, reference_views, batch, views, size)
         negative_prompts = [negative_prompt] * batch if guidance_scale > 1.0 else None
         text = backbone.encode_prompt(prompts).float()
@@ -200,3 +216,12 @@ class MultiviewPipeline:
                           "origin; they will show background only", stacklevel=3)
         return cameras.rescale(size, size) if (cameras.height, cameras.width) != (size, size) else cameras
 
+
+def initial_noise(backbone: Backbone, batch: int, views: int, generator: torch.Generator,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """x_T (B, V, C, h, w) as the pipeline draws it: as diffusers' pipelines draw (B·V, C, h, w), so "2d"
+    reproduces them view by view, and distillation can pair a teacher's sample with its noise."""
+    size = backbone.sample_size
+    shape = (batch * views, backbone.in_channels, size, size)
+    return rearrange(randn_tensor(shape, generator=generator, device=device, dtype=torch.float32),
+                     "(b v) c h w -> b v c h w", b=batch)

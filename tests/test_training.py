@@ -12,7 +12,7 @@ from tunemv.adapters.formats import TRAINABLE
 from tunemv.data.datamodule import MultiviewDataModule
 from tunemv.data.dataset import collate_multiview
 from tunemv.data.generate import generate_procedural_dataset
-from tunemv.training.system import MultiviewAdapterSystem, NonFiniteLossError
+from tunemv.training.system import MultiviewAdapterSystem, NonFiniteLossError, ema_key_pairs
 
 SMALL_NEUS = {"num_coarse": 16, "num_importance": 16, "upsample_steps": 1}
 
@@ -140,7 +140,7 @@ def test_weights_only_snapshots_hold_one_copy_of_the_ema_and_load_as_it(workspac
     state = validated.state_dict()
     for name, value in snapshot["state_dict"].items():
         assert torch.equal(state[name], value), name
-    assert all(torch.equal(state[ema], state[live]) for ema, live in validated.ema_key_pairs(state))
+    assert all(torch.equal(state[ema], state[live]) for ema, live in ema_key_pairs(state))
 
 
 def test_full_fine_tune_baseline_trains_and_carries_the_unet(workspace, tmp_path):

@@ -21,8 +21,9 @@ from tunemv.adapters.formats import (
 
 def export_adapter(checkpoint_path: str | Path, out_dir: str | Path, ema: bool | None = None,
                    overwrite: bool = False) -> Path:
-    """Write the adapter folder (or, for a stage-1 run, the pretrained NeuS folder) of ``checkpoint_path`` (its EMA weights when the run kept one, or as
-    ``ema`` says) to ``out_dir``, atomically."""
+    """Write the adapter folder of ``checkpoint_path`` (its EMA weights when the run kept one, or as ``ema``
+    says) to ``out_dir``, atomically: for a stage-1 run the pretrained NeuS folder, and for ``tunemv distill``
+    a generator folder, an adapter folder whose ``adapter.json`` also says how it samples ("one-step")."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:  # before reading a checkpoint of gigabytes
         raise CheckpointError(f"{out_dir}: already exists; pass --overwrite to replace it")
@@ -39,4 +40,9 @@ def export_adapter(checkpoint_path: str | Path, out_dir: str | Path, ema: bool |
     neus, branch = load_adapter_modules(checkpoint, ema=ema, source=str(checkpoint_path))
     info = {"backbone": checkpoint["tunemv"]["backbone"], "ema": ema, "global_step": checkpoint.get("global_step"),
             "checkpoint": str(Path(checkpoint_path).resolve())}
+    generator = checkpoint["tunemv"].get("generator")
+    if generator is not None:  # a distilled one-step generator: its folder says how it samples
+        info["sampling"] = {"sampler": "one-step", "sampler_options": {"timestep": generator["timestep"]},
+                            "guidance_scale": 1.0}
+        info["generator"] = {key: generator[key] for key in ("teacher", "vsd_steps", "stage")}
     return write_adapter_folder(out_dir, neus, branch, info, overwrite=overwrite)

@@ -208,17 +208,25 @@ def check_checkpoint_path(args: Sequence[str]) -> None:
             raise TunemvError(f"{path}: not a readable checkpoint (truncated, or not written by torch.save)")
 
 
-def run_lightning(args: Sequence[str], run: bool = True) -> TunemvCLI:
+def run_lightning(args: Sequence[str], run: bool = True, system: str = "adapter") -> TunemvCLI:
     """``fit``/``validate`` with LightningCLI; ``args`` is the command line after ``tunemv``.
 
-    With ``run=False`` there is no subcommand in ``args``: the classes are only instantiated (for tests).
+    ``system="distill"``: the one-step distillation system and its data (``tunemv distill``). With
+    ``run=False`` there is no subcommand in ``args``: the classes are only instantiated (for tests).
     """
     check_checkpoint_path(args)
     subclass_mode = names_model_class(args)
+    if system == "distill":
+        from tunemv.training.distillation import OneStepDistillationSystem
+        from tunemv.training.pseudo_ground_truth import DistillationDataModule
+
+        model_class, data_class = OneStepDistillationSystem, DistillationDataModule
+    else:
+        model_class, data_class = MultiviewAdapterSystem, MultiviewDataModule
     # LightningCLI reads sys.argv itself (given both, it warns), so hand it the command line that way.
     with mock.patch.object(sys, "argv", ["tunemv", *args]):
         return TunemvCLI(
-            pl.LightningModule if subclass_mode else MultiviewAdapterSystem, MultiviewDataModule,
+            pl.LightningModule if subclass_mode else model_class, data_class,
             subclass_mode_model=subclass_mode,
             # `data:` takes class_path + init_args (configs/data/*.yaml are whole `data:` sections), so a
             # project can plug in its own LightningDataModule subclass.

@@ -358,31 +358,15 @@ class MultiviewAdapterSystem(pl.LightningModule):
         periodic snapshots in the configs) keeps one copy: the weights to sample from (EMA when it is on),
         stored under the live names, so that it is a quarter of the resumable size.
         """
-        kept = TRAINABLE + ((UNET_PREFIX,) if self.hparams.get("train_backbone_unet") else ())
-        state = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(kept)}
-        weights = "live+ema" if self.ema is not None else "live"
-        if "optimizer_states" not in checkpoint and self.ema is not None:  # weights-only: the EMA replaces the live
-            averaged = {live: state[ema] for ema, live in self.ema_key_pairs(state)}
-            state = {k: v for k, v in state.items() if not k.startswith("ema.")} | averaged  # (a trained UNet stays)
-            weights = "ema"
-        checkpoint["state_dict"] = state
+        extra = (UNET_PREFIX,) if self.hparams.get("train_backbone_unet") else ()
+        weights = trainable_checkpoint_state(self, checkpoint, extra)
         checkpoint["tunemv"] = checkpoint_metadata(self.hparams.backbone, self.denoiser.neus,
                                                    self.denoiser.control_branch, weights,
                                                    skipped_steps=self.skipped_steps)
 
-    @staticmethod
-    def ema_key_pairs(state: dict) -> list[tuple[str, str]]:
-        """(EMA key, live key) for every averaged weight (``n_averaged`` has no live twin)."""
-        return [(key, live + key[len(ema):]) for key in state
-                for ema, live in zip(PREFIXES[True], PREFIXES[False], strict=True) if key.startswith(ema)]
-
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        meta = checkpoint.get("tunemv", {})
-        self.skipped_steps = meta.get("skipped_steps", 0)
-        if meta.get("weights") == "ema" and self.ema is not None:  # a snapshot: its weights are the EMA too
-            state = checkpoint["state_dict"]
-            inverse = {live: ema for ema, live in self.ema_key_pairs(self.state_dict())}
-            state.update({inverse[key]: value for key, value in list(state.items()) if key in inverse})
+        self.skipped_steps = checkpoint.get("tunemv", {}).get("skipped_steps", 0)
+        load_ema_snapshot(self, checkpoint)
 
     def train(self, mode: bool = True) -> MultiviewAdapterSystem:
         super().train(mode)
@@ -391,3 +375,33 @@ class MultiviewAdapterSystem(pl.LightningModule):
             self.denoiser.neus.eval()
         return self
 
+
+# ------------------------------------------------------------------------ checkpoints (shared with distillation)
+def ema_key_pairs(state: dict) -> list[tuple[str, str]]:
+    """(EMA key, live key) for every averaged weight (``n_averaged`` has no live twin)."""
+    return [(key, live + key[len(ema):]) for key in state
+            for ema, live in zip(PREFIXES[True], PREFIXES[False], strict=True) if key.startswith(ema)]
+
+
+def trainable_checkpoint_state(module: pl.LightningModule, checkpoint: dict, extra_prefixes: tuple[str, ...] = ()
+                               ) -> str:
+    """Trim ``checkpoint["state_dict"]`` to the trainable weights (``TRAINABLE`` and ``extra_prefixes``) and
+    return which weights it holds: "live+ema", "live", or, for a weights-only checkpoint of a module with an
+    EMA, "ema" (the EMA stored under the live names, the weights to sample from)."""
+    state = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(TRAINABLE + extra_prefixes)}
+    ema = getattr(module, "ema", None)
+    weights = "live+ema" if ema is not None else "live"
+    if "optimizer_states" not in checkpoint and ema is not None:  # weights-only: the EMA replaces the live
+        averaged = {live: state[key] for key, live in ema_key_pairs(state)}
+        state = {k: v for k, v in state.items() if not k.startswith("ema.")} | averaged  # (other parts stay)
+        weights = "ema"
+    checkpoint["state_dict"] = state
+    return weights
+
+
+def load_ema_snapshot(module: pl.LightningModule, checkpoint: dict) -> None:
+    """A weights-only EMA snapshot (``weights == "ema"``) loads into both the live and the EMA weights."""
+    if checkpoint.get("tunemv", {}).get("weights") == "ema" and getattr(module, "ema", None) is not None:
+        state = checkpoint["state_dict"]
+        inverse = {live: ema for ema, live in ema_key_pairs(module.state_dict())}
+        state.update({inverse[key]: value for key, value in list(state.items()) if key in inverse})

@@ -88,8 +88,9 @@ def _export(args: argparse.Namespace) -> int:
     if not (out / ADAPTER_FILE).is_file():
         print(f"exported the stage-1 NeuS to {out} (start an adapter fit from it with model.init_from)")
         return 0
-    ema = read_adapter_info(out)["ema"]
-    print(f"exported {'EMA' if ema else 'live'} adapter weights to {out}")
+    info = read_adapter_info(out)
+    what = "one-step generator" if info.get("sampling") else "adapter"
+    print(f"exported {'EMA' if info['ema'] else 'live'} {what} weights to {out}")
     return 0
 
 
@@ -111,14 +112,15 @@ def _foundation_train_classifier(args: argparse.Namespace) -> int:
 
 
 def _lightning(argv: list[str]) -> int:
-    """``tunemv fit|validate ...`` through LightningCLI; config errors become one line and exit code 2."""
+    """``tunemv fit|validate|distill ...`` through LightningCLI; config errors become one line and exit code 2."""
     from jsonargparse import ArgumentError
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from tunemv.training.lightning_cli import run_lightning
 
     try:
-        run_lightning(argv)
+        # `tunemv distill ...` is LightningCLI's fit with the distillation system and its pseudo-ground-truth data.
+        run_lightning(["fit", *argv[1:]], system="distill") if argv[0] == "distill" else run_lightning(argv)
     except (ArgumentError, MisconfigurationException) as exc:  # a config Lightning refuses is the user's too
         print(f"tunemv {argv[0]}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -146,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     # fit/validate never reach argparse (main hands them to LightningCLI); they are listed for --help only.
     commands.add_parser("fit", add_help=False,
                         help="train an adapter: tunemv fit --config configs/X.yaml (see tunemv fit --help)")
+    commands.add_parser("distill", add_help=False,
+                        help="distil an adapter into a one-step generator (GECO): tunemv distill --config "
+                             "configs/distill_demo.yaml")
     commands.add_parser("validate", add_help=False, help="validation losses of a checkpoint: "
                         "tunemv validate --config configs/X.yaml --ckpt_path CKPT")
 
@@ -252,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = [arg for arg in argv if arg != "--debug"]
     silence_expected_noise()
     try:
-        if argv and argv[0] in ("fit", "validate"):
+        if argv and argv[0] in ("fit", "validate", "distill"):
             return _lightning(argv)
         args = build_parser().parse_args(argv)
         return args.handler(args)

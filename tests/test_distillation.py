@@ -1,0 +1,165 @@
+"""``tunemv distill``: the one-step generator's distillation (GECO §3.1–3.2) on tiny pipelines.
+
+The surrogate's gradient is eq. 1 in ``test_vsd``; here: one step of each stage changes G and nothing frozen,
+resume is exact across the stage switch, the exported folder samples what G computed, and the teacher's
+pseudo ground truth is cached once and refuses to mix settings.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from sampling_fixtures import adapter_pipeline, save_adapter
+from tiny_pipelines import tiny_if
+
+from tunemv.cli import main
+from tunemv.data.dataset import collate_multiview
+from tunemv.sampling.pipeline import MultiviewPipeline
+from tunemv.training.distillation import OneStepDistillationSystem
+from tunemv.training.pseudo_ground_truth import CacheError, DistillationDataModule, PseudoGroundTruthCache
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PROMPTS = ["a red chair", "a blue mug"]
+CACHE = {"num_objects": 2, "num_views": 2, "num_render_views": 1, "steps": 2, "prompts": PROMPTS}
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A tiny IF backbone and a randomly woken adapter folder on it, with its pseudo ground truth cached."""
+    root = tmp_path_factory.mktemp("distill")
+    tiny_if().save_pretrained(root / "if")
+    folder = save_adapter(adapter_pipeline(root / "if", awake=True), root / "teacher")
+    data(folder, root / "cache").prepare_data()
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: two threads on a busy 2-core machine were slower
+    yield
+    torch.set_num_threads(threads)
+
+
+def data(folder, cache_dir, **overrides) -> DistillationDataModule:
+    return DistillationDataModule(str(folder), cache_dir=str(cache_dir), batch_size=2, **{**CACHE, **overrides})
+
+
+def system(folder, **kwargs) -> OneStepDistillationSystem:
+    return OneStepDistillationSystem(str(folder), warmup_steps=0, learning_rate=1e-3, neus_learning_rate=1e-3,
+                                     student_learning_rate=1e-3, **kwargs)
+
+
+def trainer(max_steps: int, **kwargs) -> pl.Trainer:
+    return pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, **{"enable_checkpointing": False, **kwargs})
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def changed(before: dict, module: torch.nn.Module) -> bool:
+    return any(not torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+@pytest.mark.parametrize("vsd_steps", [1, 0], ids=["stage I (VSD)", "stage II (3D-consistent)"])
+def test_one_step_of_each_stage_changes_the_generator_and_leaves_everything_frozen(teacher, vsd_steps):
+    model = system(teacher, vsd_steps=vsd_steps)
+    backbone, teacher_parts = snapshot(model.backbone.unet), snapshot(model.teacher)
+    generator, student, neus = snapshot(model.denoiser.control_branch), snapshot(model.student), \
+        snapshot(model.denoiser.neus)
+    trainer(1).fit(model, data(teacher, teacher.parent / "cache"))
+    assert not changed(backbone, model.backbone.unet), "the frozen backbone changed"
+    assert not changed(teacher_parts, model.teacher), "the teacher changed"
+    assert changed(generator, model.denoiser.control_branch)
+    # Stage I trains the student (eq. 2) and leaves G's NeuS (vsd_train_neus off); stage II the reverse.
+    assert changed(student, model.student) == (vsd_steps == 1)
+    assert changed(neus, model.denoiser.neus) == (vsd_steps == 0)
+
+
+def test_resume_across_the_stage_switch_is_exact(teacher, tmp_path):
+    def run(max_steps: int, resume: str | None = None) -> OneStepDistillationSystem:
+        model = system(teacher, vsd_steps=2, ema_decay=0.9)
+        checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True, save_top_k=0,
+                                      every_n_train_steps=1)
+        trainer(max_steps, enable_checkpointing=True, callbacks=[checkpoints]).fit(
+            model, data(teacher, teacher.parent / "cache"), ckpt_path=resume)
+        return model
+
+    straight = snapshot(run(4))
+    run(2)  # "killed" after stage I
+    resumed = snapshot(run(4, resume=str(tmp_path / "checkpoints" / "last.ckpt")))
+    kept = [k for k in straight if k.startswith(("denoiser.neus.", "denoiser.control_branch.", "student.", "ema."))]
+    assert kept and all(torch.equal(straight[k], resumed[k]) for k in kept)
+    # Calibration: a run one step shorter differs, so the comparison can fail.
+    shorter = snapshot(run(3))
+    assert any(not torch.equal(straight[k], shorter[k]) for k in kept)
+
+
+def test_the_exported_generator_samples_what_g_computed(teacher, tmp_path, capsys):
+    """``tunemv distill`` then ``tunemv export``: a generator folder whose pipeline defaults to one-step, and
+    whose one-step views are G(z) of the trained system for the same noise."""
+    root = tmp_path / "run"
+    args = ["distill", "--config", str(CONFIGS / "distill_demo.yaml"), "--model.teacher", str(teacher),
+            "--data.init_args.teacher", str(teacher), "--data.init_args.cache_dir", str(teacher.parent / "cache"),
+            *[f"--data.init_args.{key}={json.dumps(value)}" for key, value in CACHE.items()],
+            "--model.vsd_steps", "1", "--trainer.max_steps", "2", "--trainer.default_root_dir", str(root),
+            "--trainer.logger", "false", "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false"]
+    assert main(args) == 0
+    last = root / "checkpoints" / "last.ckpt"
+    assert main(["export", str(last), str(tmp_path / "generator")]) == 0
+    assert "one-step generator" in capsys.readouterr().out
+    info = json.loads((tmp_path / "generator" / "adapter.json").read_text())
+    assert info["sampling"]["sampler"] == "one-step" and info["generator"]["vsd_steps"] == 1
+
+    pipe = MultiviewPipeline.from_pretrained(tmp_path / "generator")
+    noise = torch.randn(1, 2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    out = pipe(PROMPTS[0], num_views=2, latents=noise, progress=False)  # defaults: one-step, unguided
+    model = OneStepDistillationSystem.load_from_checkpoint(last, map_location="cpu")
+    # The export holds the EMA weights when the run kept one; this config does.
+    model.denoiser.neus.load_state_dict(pipe.denoiser.neus.state_dict())
+    model.denoiser.control_branch.load_state_dict(pipe.denoiser.control_branch.state_dict())
+    model.eval()
+    with torch.no_grad():
+        text = model.backbone.encode_prompt([PROMPTS[0]]).float()
+        expected = model.generate(noise, out.cameras.rescale(16, 16), text)
+    torch.testing.assert_close(out.latents, expected, rtol=1e-4, atol=1e-4)
+    guided = pipe(PROMPTS[0], num_views=2, latents=noise, guidance_scale=3.0, progress=False)
+    assert (guided.latents - expected).abs().max() > 1e-3  # calibration: CFG changes the views
+
+
+def test_the_cache_is_built_once_and_refuses_other_settings(teacher, tmp_path):
+    cache_dir = teacher.parent / "cache"
+    cache = PseudoGroundTruthCache(cache_dir, str(teacher), **CACHE)
+    item = cache[1]
+    assert item["caption"] in PROMPTS and item["renders"].shape == (3, 3, 16, 16)  # 2 views + 1 novel viewpoint
+    assert tuple(item["cameras"].shape) == (2,) and tuple(item["render_cameras"].shape) == (3,)
+    # A rebuilt object is the one that was there: sampling and rendering are seeded per object.
+    copy_dir = tmp_path / "copy"
+    rebuilt = PseudoGroundTruthCache(copy_dir, str(teacher), **CACHE)
+    rebuilt.root.mkdir()
+    (copy_dir / "settings.json").write_text((cache_dir / "settings.json").read_text())
+    rebuilt.build(log=lambda message: None)
+    again = rebuilt[1]
+    for key in ("noise", "views", "renders", "opacity"):  # (to float rounding: other thread counts here)
+        torch.testing.assert_close(again[key], item[key], rtol=0, atol=1e-4)
+    assert (rebuilt[0]["views"] - item["views"]).abs().max() > 1e-2  # calibration: another object differs
+    with pytest.raises(CacheError, match=r"settings\.json.*other settings \(steps\)"):
+        PseudoGroundTruthCache(cache_dir, str(teacher), **{**CACHE, "steps": 3}).build()
+    (copy_dir / "objects" / "000000.safetensors").write_bytes(b"broken")
+    with pytest.raises(CacheError, match=r"000000\.safetensors: not a readable cache object"):
+        rebuilt[0]
+
+
+def test_a_batch_of_the_cache_collates_for_the_system(teacher):
+    module = data(teacher, teacher.parent / "cache")
+    module.setup("fit")
+    batch = next(iter(module.train_dataloader()))
+    assert batch["noise"].shape == (2, 2, 3, 16, 16) and tuple(batch["render_cameras"].shape) == (2, 3)
+    assert sorted(batch["caption"]) == sorted(collate_multiview([module.cache[0], module.cache[1]])["caption"])

@@ -1,0 +1,222 @@
+"""The teacher's samples and 3D renders, cached once on disk, for distilling a one-step generator (GECO §3.2).
+
+For each of ``num_objects`` (prompt, seed) pairs the teacher adapter samples ``num_views`` views with its
+multi-step sampler from the pipeline's own noise for that seed; its NeuS, fused from those clean views, then
+renders them at the views' cameras and at ``num_render_views`` random viewpoints (GECO renders its teacher's
+reconstruction at novel views, not only the generated ones). One file per object::
+
+    CACHE/settings.json                  what made the cache; another setting refuses to mix with it
+    CACHE/objects/000000.safetensors     noise, views, cameras, renders, opacity (model space); prompt, seed
+
+Each object is written atomically, so a killed build resumes where it stopped; the dataset reads the files
+and gives the generator the same noise the teacher started from (DMD's paired regression) and the renders
+its own field must reproduce (stage II).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Dataset
+
+from tunemv.atomic import atomic_path, current_umask, write_text_atomic
+from tunemv.data.datamodule import ResumableDataLoader
+from tunemv.data.dataset import EpochSampler, collate_multiview
+from tunemv.data.vocabulary import CATEGORIES, COLOURS
+from tunemv.errors import TunemvError
+from tunemv.geometry.cameras import Cameras, orbit
+
+SETTINGS_FILE, OBJECTS = "settings.json", "objects"
+
+
+class CacheError(TunemvError):
+    """A pseudo-ground-truth cache that is unreadable or was made with other settings."""
+
+
+def default_prompts() -> list[str]:
+    """Every "a {colour} {category}" of the procedural vocabulary: what the tiny backbone was trained on."""
+    return [f"a {colour} {category}" for category in CATEGORIES for colour in COLOURS]
+
+
+def random_viewpoints(count: int, generator: torch.Generator, elevation: tuple[float, float], radius: float,
+                      fov: float, resolution: int) -> Cameras:
+    """``count`` cameras at uniform random azimuth and elevation in ``elevation`` (degrees), looking at the origin."""
+    azimuth = torch.rand(count, generator=generator, dtype=torch.float64) * 2 * math.pi
+    low, high = elevation
+    tilt = torch.deg2rad(low + torch.rand(count, generator=generator, dtype=torch.float64) * (high - low))
+    eye = radius * torch.stack([tilt.cos() * azimuth.cos(), tilt.cos() * azimuth.sin(), tilt.sin()], -1)
+    return Cameras.look_at(eye.float(), Cameras.intrinsics_from_fov(fov, resolution, resolution), resolution,
+                           resolution)
+
+
+class PseudoGroundTruthCache:
+    """Build (``build``) and read (``__getitem__``) the cache at ``root`` for the teacher adapter folder ``teacher``."""
+
+    def __init__(self, root: str | Path, teacher: str, prompts: Sequence[str] | None = None, num_objects: int = 64,
+                 num_views: int = 4, num_render_views: int = 4, sampler: str = "mv", steps: int = 25,
+                 guidance_scale: float = 4.0, scheduler: str = "auto", elevation: float = 20.0,
+                 render_elevation: tuple[float, float] = (0.0, 40.0), radius: float = 2.2, fov: float = 50.0,
+                 seed: int = 0):
+        if num_objects < 1 or num_views < 1 or num_render_views < 0 or steps < 1:
+            raise CacheError(f"{root}: num_objects, num_views and steps must be >= 1 and num_render_views >= 0")
+        self.root = Path(root)
+        self.prompts = list(prompts) if prompts else default_prompts()
+        self.settings = {"teacher": str(teacher), "prompts": self.prompts, "num_objects": num_objects,
+                         "num_views": num_views, "num_render_views": num_render_views, "sampler": sampler,
+                         "steps": steps, "guidance_scale": guidance_scale, "scheduler": scheduler,
+                         "elevation": elevation, "render_elevation": list(render_elevation), "radius": radius,
+                         "fov": fov, "seed": seed}
+
+    def __len__(self) -> int:
+        return self.settings["num_objects"]
+
+    def path(self, index: int) -> Path:
+        return self.root / OBJECTS / f"{index:06d}.safetensors"
+
+    def object_spec(self, index: int) -> tuple[str, int, float]:
+        """(prompt, seed, azimuth of the first view) of object ``index``: prompts cycle in a seeded order."""
+        s = self.settings
+        order = torch.randperm(len(self.prompts), generator=torch.Generator().manual_seed(s["seed"])).tolist()
+        prompt = self.prompts[order[index % len(order)]]
+        seed = s["seed"] * 1_000_003 + index
+        azimuth = float(torch.rand((), generator=torch.Generator().manual_seed(seed)) * 360.0 / s["num_views"])
+        return prompt, seed, azimuth
+
+    def check_settings(self) -> None:
+        """Refuse a cache made with other settings (its objects would silently mix two teachers or recipes)."""
+        path = self.root / SETTINGS_FILE
+        if not path.is_file():
+            return
+        try:
+            stored = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise CacheError(f"{path}: not valid JSON ({error}); delete the cache folder to rebuild it") from error
+        differ = sorted(key for key in set(stored) | set(self.settings) if stored.get(key) != self.settings.get(key))
+        if differ:
+            raise CacheError(f"{path}: this cache was made with other settings ({', '.join(differ)}); delete it or "
+                             "point cache_dir at another folder")
+
+    def missing(self) -> list[int]:
+        return [index for index in range(len(self)) if not self.path(index).is_file()]
+
+    def build(self, batch_size: int = 4, device: str | torch.device | None = None, log=print) -> None:
+        """Sample and render every missing object with the teacher (the existing ones are kept)."""
+        from tunemv.sampling.pipeline import MultiviewPipeline, initial_noise
+
+        self.check_settings()
+        todo = self.missing()
+        if not todo:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.root / SETTINGS_FILE, json.dumps(self.settings, indent=2) + "\n")
+        s = self.settings
+        pipe = MultiviewPipeline.from_pretrained(s["teacher"], device=device)
+        size = pipe.backbone.sample_size
+        log(f"pseudo ground truth: sampling {len(todo)} of {len(self)} objects with {s['teacher']} into {self.root}")
+        for start in range(0, len(todo), batch_size):
+            indices = todo[start: start + batch_size]
+            specs = [self.object_spec(index) for index in indices]
+            cameras = Cameras.stack([orbit(s["num_views"], s["elevation"], s["radius"], s["fov"], resolution=size,
+                                           azimuth_start_deg=azimuth) for _, _, azimuth in specs])
+            noise = torch.cat([initial_noise(pipe.backbone, 1, s["num_views"], torch.Generator().manual_seed(seed))
+                               for _, seed, _ in specs])
+            out = pipe([prompt for prompt, _, _ in specs], cameras=cameras, sampler=s["sampler"],
+                       scheduler=s["scheduler"], steps=s["steps"], guidance_scale=s["guidance_scale"],
+                       latents=noise, progress=False)
+            extra = [random_viewpoints(s["num_render_views"], torch.Generator().manual_seed(seed + 1),
+                                       tuple(s["render_elevation"]), s["radius"], s["fov"], size)
+                     for _, seed, _ in specs]
+            targets = Cameras.cat([out.field.cameras, Cameras.stack(extra)], dim=1) if s["num_render_views"] else \
+                out.field.cameras
+            renders = out.field.render(targets, decode=False).float()
+            opacity = out.field.silhouettes(targets).float()
+            for row, (index, (prompt, seed, _)) in enumerate(zip(indices, specs, strict=True)):
+                tensors = {"noise": noise[row], "views": out.latents[row].float(), "K": out.field.cameras.K[row],
+                           "c2w": out.field.cameras.c2w[row], "render_K": targets.K[row],
+                           "render_c2w": targets.c2w[row], "renders": renders[row], "opacity": opacity[row]}
+                with atomic_path(self.path(index)) as temporary:
+                    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(temporary),
+                              metadata={"prompt": prompt, "seed": str(seed)})
+                    os.chmod(temporary, 0o666 & ~current_umask())  # safetensors writes owner-only files
+            log(f"pseudo ground truth: {min(start + batch_size, len(todo))} of {len(todo)} objects written")
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.path(index)
+        try:
+            with safe_open(str(path), framework="pt") as file:
+                tensors = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118 (not a dict)
+                prompt = file.metadata()["prompt"]
+        except (OSError, SafetensorError, ValueError, KeyError) as error:
+            raise CacheError(f"{path}: not a readable cache object ({error}); delete it and build again") from error
+        size = tensors["views"].shape[-1]
+        return {"caption": prompt, "noise": tensors["noise"], "views": tensors["views"],
+                "cameras": Cameras(tensors["K"], tensors["c2w"], size, size),
+                "render_cameras": Cameras(tensors["render_K"], tensors["render_c2w"], size, size),
+                "renders": tensors["renders"], "opacity": tensors["opacity"]}
+
+
+class CacheDataset(Dataset):
+    """The cache's objects; the index carries the epoch (``EpochSampler``) and is taken modulo the length."""
+
+    def __init__(self, cache: PseudoGroundTruthCache):
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.cache[index % len(self.cache)], "index": index % len(self.cache)}
+
+
+class DistillationDataModule(pl.LightningDataModule):
+    """``tunemv distill``'s data: the teacher's pseudo ground truth, built once in ``prepare_data``.
+
+    Args:
+        teacher: the adapter folder to distil (``tunemv export``'s); the system's ``model.teacher`` must be it.
+        cache_dir: where the pseudo ground truth is written (and read back on every later run).
+        prompts: text prompts (default: every colour and category of the procedural vocabulary).
+        num_objects: how many (prompt, seed) pairs the teacher samples once.
+        num_views, num_render_views: generated views per object and extra random viewpoints of its field.
+        sampler, steps, guidance_scale, scheduler: the teacher's multi-step sampling.
+        elevation, render_elevation, radius, fov: the orbit of the views and the range of the extra viewpoints.
+        batch_size: objects per training step; build_batch_size: objects the teacher samples at once.
+        seed: the prompts' order, every object's noise and viewpoints, and the shuffling.
+    """
+
+    def __init__(self, teacher: str, cache_dir: str = "outputs/distill/pseudo-ground-truth",
+                 prompts: list[str] | None = None, num_objects: int = 64, num_views: int = 4,
+                 num_render_views: int = 4, sampler: str = "mv", steps: int = 25, guidance_scale: float = 4.0,
+                 scheduler: str = "auto", elevation: float = 20.0, render_elevation: tuple[float, float] = (0.0, 40.0),
+                 radius: float = 2.2, fov: float = 50.0, batch_size: int = 2, build_batch_size: int = 4,
+                 num_workers: int = 0, seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.cache = PseudoGroundTruthCache(cache_dir, teacher, prompts, num_objects, num_views, num_render_views,
+                                            sampler, steps, guidance_scale, scheduler, elevation,
+                                            tuple(render_elevation), radius, fov, seed)
+
+    def prepare_data(self) -> None:  # rank 0 only under DDP: the teacher samples each object once
+        self.cache.build(self.hparams.build_batch_size)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.cache.check_settings()
+        missing = self.cache.missing()
+        if missing:
+            raise CacheError(f"{self.cache.path(missing[0])}: missing ({len(missing)} of {len(self.cache)} objects); "
+                             "prepare_data builds them")
+
+    def train_dataloader(self) -> DataLoader:
+        h = self.hparams
+        dataset = CacheDataset(self.cache)
+        return ResumableDataLoader(dataset, batch_size=h.batch_size, sampler=EpochSampler(len(dataset), h.seed),
+                                   num_workers=h.num_workers, collate_fn=collate_multiview,
+                                   drop_last=len(dataset) >= h.batch_size, persistent_workers=h.num_workers > 0)
