@@ -11,7 +11,8 @@ procedural ground-truth renders as the ceiling:
 - (b) the adapter: "mv" (= "consistency" at K = 0), "consistency" at K in {0.25, 0.5} and α in {2, 5, 10},
   "mixed" with a constant, a linear and the quadratic λ schedule (Distillation-free Text-to-3D §3.4);
 - (c) a baseline that fine-tuned the whole backbone UNet as a multiview model on the same set
-  (``model.train_backbone_unet``), sampled with "mv".
+  (``model.train_backbone_unet``), sampled with "mv";
+- (d) a one-step generator distilled from the adapter (``--generator``, ``tunemv distill``), sampled "one-step".
 Writes OUT/<variant>/<split>/ (dataset-format samples with grids), OUT/results.json and OUT/results.md.
 A run with ``--variant`` replaces those rows of an existing results.json made with the same settings and keeps
 the others, so the table can be built a few rows at a time.
@@ -56,6 +57,7 @@ VARIANTS: tuple[tuple[str, str, dict], ...] = (
     ("mixed linear λ 0→1", "adapter", mixed("linear", 0.0, 1.0)),
     ("mixed quadratic λ 0.2→1", "adapter", mixed("quadratic", 0.2, 1.0)),
     ("full fine-tune (baseline), mv", "full", {"sampler": "mv"}),
+    ("one-step generator", "generator", {"sampler": "one-step", "guidance_scale": 1.0}),
 )
 METRICS = ("hull_iou", "photo_psnr", "prompt_category", "prompt_colour")
 
@@ -90,7 +92,7 @@ def evaluate(root: Path, classifier) -> dict[str, float | str]:
 
 def run(adapter: str, full_finetune: str | None, out: Path, classifier_dir: str, views: int, steps: int,
         guidance_scale: float, seed: int, variants: Sequence[str] | None, evaluate_only: bool = False,
-        scheduler: str = "auto") -> dict:
+        scheduler: str = "auto", generator: str | None = None) -> dict:
     from tunemv.evaluation.prompt import load_classifier
     from tunemv.sampling.outputs import write_results
     from tunemv.sampling.pipeline import MultiviewPipeline
@@ -101,7 +103,10 @@ def run(adapter: str, full_finetune: str | None, out: Path, classifier_dir: str,
     models = {"adapter": lambda: MultiviewPipeline.from_pretrained(adapter)} if adapter else {}
     if full_finetune:
         models["full"] = lambda: MultiviewPipeline.from_checkpoint(full_finetune)
-    settings = {"adapter": adapter, "full_finetune": full_finetune, "views": views, "scheduler": scheduler, "steps": steps,
+    if generator:
+        models["generator"] = lambda: MultiviewPipeline.from_pretrained(generator)
+    settings = {"adapter": adapter, "full_finetune": full_finetune, "generator": generator, "views": views,
+                "scheduler": scheduler, "steps": steps,
                 "guidance_scale": guidance_scale, "seed": seed, "in_set": list(IN_SET), "out_of_set": list(OUT_OF_SET)}
     results: dict = {"settings": settings, "rows": []}
     kept = {}  # rows of an earlier run with the same settings, replaced by any variant run now
@@ -130,8 +135,7 @@ def run(adapter: str, full_finetune: str | None, out: Path, classifier_dir: str,
             root = out / slug(name) / split
             if not evaluate_only:
                 output = loaded[model](list(prompts), num_views=views, scheduler=scheduler, steps=steps,
-                                       guidance_scale=guidance_scale,
-                                       seed=seed, progress=False, **options)
+                                       seed=seed, progress=False, **{"guidance_scale": guidance_scale, **options})
                 write_results(output, root, settings={"variant": name, **options}, turntable_frames=0,
                               overwrite=True)
             row[split] = evaluate(root, classifier)
@@ -192,6 +196,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--adapter", default=None, help="an adapter folder fitted on chairs (tunemv demo's)")
     parser.add_argument("--full-finetune", default=None, help="checkpoint of the train_backbone_unet baseline")
+    parser.add_argument("--generator", default=None, help="a distilled one-step generator folder (tunemv distill)")
     parser.add_argument("--classifier", default="models/attribute-classifier")
     parser.add_argument("--out", default="outputs/reproduction")
     parser.add_argument("--views", type=int, default=8)
@@ -207,13 +212,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.aggregate:
         print(aggregate([Path(folder) for folder in args.aggregate]))
         return
-    if args.adapter is None and args.full_finetune is None:
-        parser.error("--adapter or --full-finetune is required (unless --aggregate)")
+    if args.adapter is None and args.full_finetune is None and args.generator is None:
+        parser.error("--adapter, --full-finetune or --generator is required (unless --aggregate)")
     torch.set_flush_denormal(True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = run(args.adapter, args.full_finetune, out, args.classifier, args.views, args.steps,
-                  args.guidance_scale, args.seed, args.variant, args.evaluate_only, args.scheduler)
+                  args.guidance_scale, args.seed, args.variant, args.evaluate_only, args.scheduler, args.generator)
     print(markdown(results))
 
 

@@ -18,14 +18,15 @@ from sampling_fixtures import adapter_pipeline, save_adapter
 from tiny_pipelines import tiny_if
 
 from tunemv.cli import main
-from tunemv.data.dataset import collate_multiview
+from tunemv.data.generate import generate_procedural_dataset
 from tunemv.sampling.pipeline import MultiviewPipeline
 from tunemv.training.distillation import OneStepDistillationSystem
 from tunemv.training.pseudo_ground_truth import CacheError, DistillationDataModule, PseudoGroundTruthCache
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PROMPTS = ["a red chair", "a blue mug"]
-CACHE = {"num_objects": 2, "num_views": 2, "num_render_views": 1, "steps": 2, "prompts": PROMPTS}
+CACHE = {"num_objects": 2, "num_views": 2, "num_render_views": 1, "steps": 2, "prompts": PROMPTS,
+         "num_reference_objects": 1}
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,8 @@ def teacher(tmp_path_factory):
     """A tiny IF backbone and a randomly woken adapter folder on it, with its pseudo ground truth cached."""
     root = tmp_path_factory.mktemp("distill")
     tiny_if().save_pretrained(root / "if")
+    generate_procedural_dataset(root / "chairs", num_objects=2, num_views=4, resolution=16, val_fraction=0,
+                                categories=["chair"], progress=False, workers=1)
     folder = save_adapter(adapter_pipeline(root / "if", awake=True), root / "teacher")
     data(folder, root / "cache").prepare_data()
     return folder
@@ -47,7 +50,8 @@ def _one_thread():
 
 
 def data(folder, cache_dir, **overrides) -> DistillationDataModule:
-    return DistillationDataModule(str(folder), cache_dir=str(cache_dir), batch_size=2, **{**CACHE, **overrides})
+    return DistillationDataModule(str(folder), cache_dir=str(cache_dir), batch_size=2,
+                                  reference_root=str(Path(folder).parent / "chairs"), **{**CACHE, **overrides})
 
 
 def system(folder, **kwargs) -> OneStepDistillationSystem:
@@ -108,6 +112,7 @@ def test_the_exported_generator_samples_what_g_computed(teacher, tmp_path, capsy
     root = tmp_path / "run"
     args = ["distill", "--config", str(CONFIGS / "distill_demo.yaml"), "--model.teacher", str(teacher),
             "--data.init_args.teacher", str(teacher), "--data.init_args.cache_dir", str(teacher.parent / "cache"),
+            "--data.init_args.reference_root", str(teacher.parent / "chairs"),
             *[f"--data.init_args.{key}={json.dumps(value)}" for key, value in CACHE.items()],
             "--model.vsd_steps", "1", "--trainer.max_steps", "2", "--trainer.default_root_dir", str(root),
             "--trainer.logger", "false", "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false"]
@@ -136,13 +141,15 @@ def test_the_exported_generator_samples_what_g_computed(teacher, tmp_path, capsy
 
 def test_the_cache_is_built_once_and_refuses_other_settings(teacher, tmp_path):
     cache_dir = teacher.parent / "cache"
-    cache = PseudoGroundTruthCache(cache_dir, str(teacher), **CACHE)
+    chairs = str(teacher.parent / "chairs")
+    cache = PseudoGroundTruthCache(cache_dir, str(teacher), reference_root=chairs, **CACHE)
+    assert len(cache) == 3
     item = cache[1]
     assert item["caption"] in PROMPTS and item["renders"].shape == (3, 3, 16, 16)  # 2 views + 1 novel viewpoint
     assert tuple(item["cameras"].shape) == (2,) and tuple(item["render_cameras"].shape) == (3,)
     # A rebuilt object is the one that was there: sampling and rendering are seeded per object.
     copy_dir = tmp_path / "copy"
-    rebuilt = PseudoGroundTruthCache(copy_dir, str(teacher), **CACHE)
+    rebuilt = PseudoGroundTruthCache(copy_dir, str(teacher), reference_root=chairs, **CACHE)
     rebuilt.root.mkdir()
     (copy_dir / "settings.json").write_text((cache_dir / "settings.json").read_text())
     rebuilt.build(log=lambda message: None)
@@ -151,7 +158,7 @@ def test_the_cache_is_built_once_and_refuses_other_settings(teacher, tmp_path):
         torch.testing.assert_close(again[key], item[key], rtol=0, atol=1e-4)
     assert (rebuilt[0]["views"] - item["views"]).abs().max() > 1e-2  # calibration: another object differs
     with pytest.raises(CacheError, match=r"settings\.json.*other settings \(steps\)"):
-        PseudoGroundTruthCache(cache_dir, str(teacher), **{**CACHE, "steps": 3}).build()
+        PseudoGroundTruthCache(cache_dir, str(teacher), reference_root=chairs, **{**CACHE, "steps": 3}).build()
     (copy_dir / "objects" / "000000.safetensors").write_bytes(b"broken")
     with pytest.raises(CacheError, match=r"000000\.safetensors: not a readable cache object"):
         rebuilt[0]
@@ -162,4 +169,24 @@ def test_a_batch_of_the_cache_collates_for_the_system(teacher):
     module.setup("fit")
     batch = next(iter(module.train_dataloader()))
     assert batch["noise"].shape == (2, 2, 3, 16, 16) and tuple(batch["render_cameras"].shape) == (2, 3)
-    assert sorted(batch["caption"]) == sorted(collate_multiview([module.cache[0], module.cache[1]])["caption"])
+    assert batch["reference"].dtype == torch.bool and batch["reference"].shape == (2, 2)
+    assert set(batch["caption"]) <= {module.cache[i]["caption"] for i in range(len(module.cache))}
+
+
+def test_image_objects_keep_their_reference_view_and_its_orbit(teacher):
+    """An image→multiview object: view 0 is the training chair's view 0, clean, on that view's own camera."""
+    from tunemv.data.format import load_image, read_cameras
+    from tunemv.sampling.references import prepare_references
+
+    cache = PseudoGroundTruthCache(teacher.parent / "cache", str(teacher), reference_root=str(teacher.parent / "chairs"),
+                                   **CACHE)
+    item, folder = cache[2], cache.reference_object(2)
+    assert item["reference"].tolist() == [True, False]
+    assert item["caption"] == (folder / "caption.txt").read_text().splitlines()[0].strip()
+    pipe = MultiviewPipeline.from_pretrained(teacher)
+    expected = prepare_references(pipe.backbone, [str(folder / "images" / "000.png")], None, 1, 2,
+                                  pipe.backbone.image_resolution).latents[0, 0]
+    torch.testing.assert_close(item["views"][0], expected)
+    truth = read_cameras(folder / "cameras.json")[0]
+    torch.testing.assert_close(item["cameras"][0].c2w, truth.c2w.float(), atol=1e-4, rtol=0)
+    assert load_image(folder / "images" / "000.png")[0].shape[-1] == 16

@@ -124,9 +124,14 @@ class OneStepDistillationSystem(pl.LightningModule):
         self.strict_loading = False  # checkpoints carry no backbone or teacher weights
 
     # ----------------------------------------------------------------------------------------- G itself
-    def generate(self, noise: torch.Tensor, cameras, text) -> torch.Tensor:
-        """G(z): (B, V, C, h, w) noise at t_G -> clean views, as the ``one-step`` sampler computes them unguided."""
+    def generate(self, noise: torch.Tensor, cameras, text, reference: torch.Tensor | None = None,
+                 clean: torch.Tensor | None = None) -> torch.Tensor:
+        """G(z): (B, V, C, h, w) noise at t_G -> clean views, as the ``one-step`` sampler computes them unguided;
+        (B, V) ``reference`` views are the ``clean`` ones, entering at t = 0 and returned unchanged."""
         timesteps = torch.full(noise.shape[:2], self.generator_timestep, device=noise.device, dtype=torch.long)
+        if reference is not None:
+            timesteps = torch.where(reference, torch.zeros_like(timesteps), timesteps)
+            noise = keep(reference, clean, noise)
         out = self.denoiser(noise, timesteps, cameras, text.hidden_states.float(), mode="mv",
                             added_cond_kwargs=text.added_cond_kwargs)
         x0 = self.to_sample(out.prediction, noise, timesteps)
@@ -134,7 +139,7 @@ class OneStepDistillationSystem(pl.LightningModule):
         if self.backbone.vae is None and config.get("clip_sample", False):
             bound = float(config.get("clip_sample_range", 1.0))
             x0 = x0.clamp(-bound, bound)  # pixel space: the schedule's own clip, as the sampler applies it
-        return x0
+        return x0 if reference is None else keep(reference, clean, x0)
 
     def to_epsilon(self, prediction: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         return to_epsilon(prediction, sample, timesteps, self.alphas_cumprod, self.backbone.prediction_type)
@@ -153,16 +158,17 @@ class OneStepDistillationSystem(pl.LightningModule):
     # ------------------------------------------------------------------------------------------ stage I
     def vsd_losses(self, batch: dict, text, uncond) -> dict[str, torch.Tensor]:
         h = self.hparams
-        cameras = batch["cameras"]
+        cameras, reference, clean = batch["cameras"], batch["reference"], batch["views"]
         noise = torch.randn_like(batch["noise"])  # fresh z: VSD matches G's distribution, not the cached pairs
         update_generator = self.global_step % h.generator_every == 0
         with torch.set_grad_enabled(update_generator):
-            x = self.generate(noise, cameras, text)
+            x = self.generate(noise, cameras, text, reference, clean)
         objects, views = x.shape[:2]
         t = sample_timesteps(objects, len(self.alphas_cumprod), t_range=tuple(h.t_range), device=self.device)
-        timesteps = t[:, None].expand(objects, views)
+        timesteps = torch.where(reference, 0, t[:, None].expand(objects, views))  # references stay clean
         epsilon = torch.randn_like(x)
-        x_t = self.add_noise(x.detach(), epsilon, timesteps)
+        x_t = keep(reference, x.detach(), self.add_noise(x.detach(), epsilon, timesteps))
+        generated = (~reference)[:, :, None, None, None].float()  # the loss terms skip the references
         with torch.no_grad():
             teacher = self.teacher.predict(x_t, timesteps, cameras, text, ("mv",), uncond)
             cond = self.to_epsilon(teacher.cond["mv"], x_t, timesteps)
@@ -170,7 +176,8 @@ class OneStepDistillationSystem(pl.LightningModule):
                 h.teacher_guidance_scale * (cond - self.to_epsilon(teacher.uncond["mv"], x_t, timesteps))
         student = self.student(x_t, timesteps, cameras, text.hidden_states.float(), mode="mv",
                                added_cond_kwargs=text.added_cond_kwargs).prediction
-        terms = {"student": F.mse_loss(student.float(), self.diffusion_target(x.detach(), epsilon, timesteps))}
+        terms = {"student": masked_mse(student.float(), self.diffusion_target(x.detach(), epsilon, timesteps),
+                                       generated)}
         if update_generator:
             epsilon_student = self.to_epsilon(student.detach(), x_t, timesteps)
             a = alpha_bar(self.alphas_cumprod, timesteps)[:, 0, 0, 0, 0].float()  # (B,)
@@ -181,8 +188,8 @@ class OneStepDistillationSystem(pl.LightningModule):
                 weight = sds_weight(self.alphas_cumprod, t)
             terms["vsd"] = vsd_surrogate_loss(x, epsilon_teacher, epsilon_student, weight / x[0].numel())
             if h.regression_weight:
-                paired = self.generate(batch["noise"], cameras, text)
-                terms["regression"] = F.mse_loss(paired, batch["views"])
+                paired = self.generate(batch["noise"], cameras, text, reference, clean)
+                terms["regression"] = masked_mse(paired, clean, generated)
         terms["total"] = terms["student"] + terms.get("vsd", 0.0) + h.regression_weight * terms.get("regression", 0.0)
         return terms
 
@@ -202,7 +209,8 @@ class OneStepDistillationSystem(pl.LightningModule):
     # ----------------------------------------------------------------------------------------- stage II
     def consistency_losses(self, batch: dict, text) -> dict[str, torch.Tensor]:
         h = self.hparams
-        x = self.generate(batch["noise"], batch["cameras"], text)
+        reference = batch["reference"]
+        x = self.generate(batch["noise"], batch["cameras"], text, reference, batch["views"])
         zeros = torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
         targets = batch["render_cameras"]
         field = self.denoiser.neus(x, zeros, batch["cameras"], targets, resolution=(targets.height, targets.width))
@@ -211,7 +219,7 @@ class OneStepDistillationSystem(pl.LightningModule):
         ssim = structural_similarity_index_measure(renders, truth, data_range=2.0)
         terms = {"field_mse": F.mse_loss(renders, truth), "field_ssim": ssim,
                  "opacity": F.mse_loss(flat(field.opacity), flat(batch["opacity"])),
-                 "views": F.mse_loss(x, batch["views"])}
+                 "views": masked_mse(x, batch["views"], (~reference)[:, :, None, None, None].float())}
         terms["total"] = (h.field_weight * (terms["field_mse"] + h.ssim_weight * (1 - ssim))
                           + h.opacity_weight * terms["opacity"] + h.view_weight * terms["views"])
         return terms
@@ -310,3 +318,14 @@ class OneStepDistillationSystem(pl.LightningModule):
         if not self.hparams.train_neus:
             self.denoiser.neus.eval()
         return self
+
+
+def keep(reference: torch.Tensor, clean: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+    """``views`` (B, V, C, h, w) with the (B, V) ``reference`` views replaced by their ``clean`` ones."""
+    return torch.where(reference[:, :, None, None, None], clean.to(views.dtype), views)
+
+
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the views ``weight`` (B, V, 1, 1, 1) keeps."""
+    squared = (prediction.float() - target.float()).square() * weight
+    return squared.sum() / (weight.expand_as(squared).sum()).clamp(min=1)

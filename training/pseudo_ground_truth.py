@@ -1,7 +1,9 @@
 """The teacher's samples and 3D renders, cached once on disk, for distilling a one-step generator (GECO §3.2).
 
 For each of ``num_objects`` (prompt, seed) pairs the teacher adapter samples ``num_views`` views with its
-multi-step sampler from the pipeline's own noise for that seed; its NeuS, fused from those clean views, then
+multi-step sampler from the pipeline's own noise for that seed (text→multiview), and for each of
+``num_reference_objects`` more, from view 0 of a training object of ``reference_root`` as a clean reference
+on that view's orbit, with the object's caption (image→multiview: GECO distils an image-conditioned model); its NeuS, fused from those clean views, then
 renders them at the views' cameras and at ``num_render_views`` random viewpoints (GECO renders its teacher's
 reconstruction at novel views, not only the generated ones). One file per object::
 
@@ -65,19 +67,38 @@ class PseudoGroundTruthCache:
                  num_views: int = 4, num_render_views: int = 4, sampler: str = "mv", steps: int = 25,
                  guidance_scale: float = 4.0, scheduler: str = "auto", elevation: float = 20.0,
                  render_elevation: tuple[float, float] = (0.0, 40.0), radius: float = 2.2, fov: float = 50.0,
-                 seed: int = 0):
-        if num_objects < 1 or num_views < 1 or num_render_views < 0 or steps < 1:
-            raise CacheError(f"{root}: num_objects, num_views and steps must be >= 1 and num_render_views >= 0")
+                 seed: int = 0, reference_root: str | None = None, num_reference_objects: int = 0):
+        if num_objects < 0 or num_reference_objects < 0 or num_objects + num_reference_objects < 1 \
+                or num_views < 1 or num_render_views < 0 or steps < 1:
+            raise CacheError(f"{root}: needs at least one object, num_views and steps >= 1 and num_render_views >= 0")
+        if num_reference_objects and not reference_root:
+            raise CacheError(f"{root}: num_reference_objects needs reference_root, a dataset folder")
+        if num_reference_objects and not Path(reference_root).is_dir():
+            raise CacheError(f"{reference_root}: reference_root is not a dataset folder")
+        if num_reference_objects and num_views < 2:
+            raise CacheError(f"{root}: image→multiview objects need num_views >= 2 (view 0 is the reference)")
         self.root = Path(root)
         self.prompts = list(prompts) if prompts else default_prompts()
         self.settings = {"teacher": str(teacher), "prompts": self.prompts, "num_objects": num_objects,
                          "num_views": num_views, "num_render_views": num_render_views, "sampler": sampler,
                          "steps": steps, "guidance_scale": guidance_scale, "scheduler": scheduler,
                          "elevation": elevation, "render_elevation": list(render_elevation), "radius": radius,
-                         "fov": fov, "seed": seed}
+                         "fov": fov, "seed": seed, "reference_root": reference_root,
+                         "num_reference_objects": num_reference_objects}
 
     def __len__(self) -> int:
-        return self.settings["num_objects"]
+        return self.settings["num_objects"] + self.settings["num_reference_objects"]
+
+    def reference_object(self, index: int) -> Path | None:
+        """The dataset object whose view 0 is object ``index``'s reference (None: a text→multiview object)."""
+        s = self.settings
+        if index < s["num_objects"]:
+            return None
+        from tunemv.data.format import list_objects
+
+        names = list_objects(s["reference_root"], "train")
+        order = torch.randperm(len(names), generator=torch.Generator().manual_seed(s["seed"] + 1)).tolist()
+        return Path(s["reference_root"]) / names[order[(index - s["num_objects"]) % len(names)]]
 
     def path(self, index: int) -> Path:
         return self.root / OBJECTS / f"{index:06d}.safetensors"
@@ -110,7 +131,7 @@ class PseudoGroundTruthCache:
 
     def build(self, batch_size: int = 4, device: str | torch.device | None = None, log=print) -> None:
         """Sample and render every missing object with the teacher (the existing ones are kept)."""
-        from tunemv.sampling.pipeline import MultiviewPipeline, initial_noise
+        from tunemv.sampling.pipeline import MultiviewPipeline
 
         self.check_settings()
         todo = self.missing()
@@ -120,34 +141,59 @@ class PseudoGroundTruthCache:
         write_text_atomic(self.root / SETTINGS_FILE, json.dumps(self.settings, indent=2) + "\n")
         s = self.settings
         pipe = MultiviewPipeline.from_pretrained(s["teacher"], device=device)
-        size = pipe.backbone.sample_size
         log(f"pseudo ground truth: sampling {len(todo)} of {len(self)} objects with {s['teacher']} into {self.root}")
-        for start in range(0, len(todo), batch_size):
-            indices = todo[start: start + batch_size]
-            specs = [self.object_spec(index) for index in indices]
-            cameras = Cameras.stack([orbit(s["num_views"], s["elevation"], s["radius"], s["fov"], resolution=size,
-                                           azimuth_start_deg=azimuth) for _, _, azimuth in specs])
-            noise = torch.cat([initial_noise(pipe.backbone, 1, s["num_views"], torch.Generator().manual_seed(seed))
-                               for _, seed, _ in specs])
-            out = pipe([prompt for prompt, _, _ in specs], cameras=cameras, sampler=s["sampler"],
-                       scheduler=s["scheduler"], steps=s["steps"], guidance_scale=s["guidance_scale"],
-                       latents=noise, progress=False)
-            extra = [random_viewpoints(s["num_render_views"], torch.Generator().manual_seed(seed + 1),
-                                       tuple(s["render_elevation"]), s["radius"], s["fov"], size)
-                     for _, seed, _ in specs]
-            targets = Cameras.cat([out.field.cameras, Cameras.stack(extra)], dim=1) if s["num_render_views"] else \
-                out.field.cameras
-            renders = out.field.render(targets, decode=False).float()
-            opacity = out.field.silhouettes(targets).float()
-            for row, (index, (prompt, seed, _)) in enumerate(zip(indices, specs, strict=True)):
-                tensors = {"noise": noise[row], "views": out.latents[row].float(), "K": out.field.cameras.K[row],
-                           "c2w": out.field.cameras.c2w[row], "render_K": targets.K[row],
-                           "render_c2w": targets.c2w[row], "renders": renders[row], "opacity": opacity[row]}
-                with atomic_path(self.path(index)) as temporary:
-                    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(temporary),
-                              metadata={"prompt": prompt, "seed": str(seed)})
-                    os.chmod(temporary, 0o666 & ~current_umask())  # safetensors writes owner-only files
-            log(f"pseudo ground truth: {min(start + batch_size, len(todo))} of {len(todo)} objects written")
+        text = [index for index in todo if self.reference_object(index) is None]
+        image = [index for index in todo if self.reference_object(index) is not None]
+        batches = [text[i: i + batch_size] for i in range(0, len(text), batch_size)] + \
+            [image[i: i + batch_size] for i in range(0, len(image), batch_size)]  # one kind per pipeline call
+        written = 0
+        for indices in batches:
+            self.build_batch(pipe, indices)
+            written += len(indices)
+            log(f"pseudo ground truth: {written} of {len(todo)} objects written")
+
+    def build_batch(self, pipe, indices: list[int]) -> None:
+        from tunemv.data.format import read_cameras
+        from tunemv.sampling.pipeline import initial_noise
+        from tunemv.sampling.references import load_reference_image
+
+        s, size = self.settings, pipe.backbone.sample_size
+        specs = [self.object_spec(index) for index in indices]
+        folders = [self.reference_object(index) for index in indices]
+        prompts, orbits, references = [prompt for prompt, _, _ in specs], [], None
+        if folders[0] is None:
+            orbits = [orbit(s["num_views"], s["elevation"], s["radius"], s["fov"], resolution=size,
+                            azimuth_start_deg=azimuth) for _, _, azimuth in specs]
+        else:  # image→multiview: the reference's own camera starts the orbit, its caption is the prompt
+            prompts = [(folder / "caption.txt").read_text().splitlines()[0].strip() for folder in folders]
+            for folder in folders:
+                first = read_cameras(folder / "cameras.json")[0]
+                centre = first.centers.double()
+                distance = float(centre.norm())
+                tilt = float(torch.rad2deg(torch.asin(centre[2] / distance)))
+                azimuth = float(torch.rad2deg(torch.atan2(centre[1], centre[0])))
+                fov = float(torch.rad2deg(2 * torch.atan(first.width / (2 * first.K[0, 0]))))
+                orbits.append(orbit(s["num_views"], tilt, distance, fov, resolution=size, azimuth_start_deg=azimuth))
+            references = torch.stack([load_reference_image(folder / "images" / "000.png")[None] for folder in folders])
+        noise = torch.cat([initial_noise(pipe.backbone, 1, s["num_views"], torch.Generator().manual_seed(seed))
+                           for _, seed, _ in specs])
+        out = pipe(prompts, cameras=Cameras.stack(orbits), sampler=s["sampler"], scheduler=s["scheduler"],
+                   steps=s["steps"], guidance_scale=s["guidance_scale"], latents=noise, reference_images=references,
+                   progress=False)
+        extra = [random_viewpoints(s["num_render_views"], torch.Generator().manual_seed(seed + 1),
+                                   tuple(s["render_elevation"]), s["radius"], s["fov"], size) for _, seed, _ in specs]
+        targets = Cameras.cat([out.field.cameras, Cameras.stack(extra)], dim=1) if s["num_render_views"] else \
+            out.field.cameras
+        renders = out.field.render(targets, decode=False).float()
+        opacity = out.field.silhouettes(targets).float()
+        for row, (index, prompt, (_, seed, _)) in enumerate(zip(indices, prompts, specs, strict=True)):
+            tensors = {"noise": noise[row], "views": out.latents[row].float(), "reference": out.references[row],
+                       "K": out.field.cameras.K[row], "c2w": out.field.cameras.c2w[row], "render_K": targets.K[row],
+                       "render_c2w": targets.c2w[row], "renders": renders[row], "opacity": opacity[row]}
+            with atomic_path(self.path(index)) as temporary:
+                save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(temporary),
+                          metadata={"prompt": prompt, "seed": str(seed)})
+                os.chmod(temporary, 0o666 & ~current_umask())  # safetensors writes owner-only files
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.path(index)
@@ -158,7 +204,8 @@ class PseudoGroundTruthCache:
         except (OSError, SafetensorError, ValueError, KeyError) as error:
             raise CacheError(f"{path}: not a readable cache object ({error}); delete it and build again") from error
         size = tensors["views"].shape[-1]
-        return {"caption": prompt, "noise": tensors["noise"], "views": tensors["views"],
+        reference = tensors.get("reference", torch.zeros(len(tensors["views"]), dtype=torch.bool)).bool()
+        return {"caption": prompt, "noise": tensors["noise"], "views": tensors["views"], "reference": reference,
                 "cameras": Cameras(tensors["K"], tensors["c2w"], size, size),
                 "render_cameras": Cameras(tensors["render_K"], tensors["render_c2w"], size, size),
                 "renders": tensors["renders"], "opacity": tensors["opacity"]}
@@ -184,7 +231,9 @@ class DistillationDataModule(pl.LightningDataModule):
         teacher: the adapter folder to distil (``tunemv export``'s); the system's ``model.teacher`` must be it.
         cache_dir: where the pseudo ground truth is written (and read back on every later run).
         prompts: text prompts (default: every colour and category of the procedural vocabulary).
-        num_objects: how many (prompt, seed) pairs the teacher samples once.
+        num_objects: how many (prompt, seed) pairs the teacher samples once (text→multiview).
+        reference_root, num_reference_objects: a dataset folder, and how many image→multiview objects the
+            teacher samples from view 0 of its training objects (0: none).
         num_views, num_render_views: generated views per object and extra random viewpoints of its field.
         sampler, steps, guidance_scale, scheduler: the teacher's multi-step sampling.
         elevation, render_elevation, radius, fov: the orbit of the views and the range of the extra viewpoints.
@@ -196,13 +245,15 @@ class DistillationDataModule(pl.LightningDataModule):
                  prompts: list[str] | None = None, num_objects: int = 64, num_views: int = 4,
                  num_render_views: int = 4, sampler: str = "mv", steps: int = 25, guidance_scale: float = 4.0,
                  scheduler: str = "auto", elevation: float = 20.0, render_elevation: tuple[float, float] = (0.0, 40.0),
-                 radius: float = 2.2, fov: float = 50.0, batch_size: int = 2, build_batch_size: int = 4,
+                 radius: float = 2.2, fov: float = 50.0, reference_root: str | None = None,
+                 num_reference_objects: int = 0, batch_size: int = 2, build_batch_size: int = 4,
                  num_workers: int = 0, seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
         self.cache = PseudoGroundTruthCache(cache_dir, teacher, prompts, num_objects, num_views, num_render_views,
                                             sampler, steps, guidance_scale, scheduler, elevation,
-                                            tuple(render_elevation), radius, fov, seed)
+                                            tuple(render_elevation), radius, fov, seed, reference_root,
+                                            num_reference_objects)
 
     def prepare_data(self) -> None:  # rank 0 only under DDP: the teacher samples each object once
         self.cache.build(self.hparams.build_batch_size)
