@@ -58,7 +58,7 @@ def main() -> None:
     models = {"teacher": (MultiviewPipeline.from_pretrained(args.teacher),
                           {"sampler": "mv", "steps": args.steps, "guidance_scale": args.guidance_scale}),
               "one-step": (MultiviewPipeline.from_pretrained(args.generator), {})}
-    for name, (pipe, options) in models.items():  # warm-up: first-call allocations and lazy imports
+    for pipe, options in models.values():  # warm-up: first-call allocations and lazy imports
         timed(pipe, PROMPTS[0], 0, args.views, options, 32)
     times: dict[str, list[dict[str, float]]] = {name: [] for name in models}
     for index in range(args.repeats):

@@ -138,6 +138,14 @@ def test_the_exported_generator_samples_what_g_computed(teacher, tmp_path, capsy
     guided = pipe(PROMPTS[0], num_views=2, latents=noise, guidance_scale=3.0, progress=False)
     assert (guided.latents - expected).abs().max() > 1e-3  # calibration: CFG changes the views
 
+    # `tunemv sample` takes the folder's sampler and scale too, and writes them down.
+    samples = tmp_path / "samples"
+    assert main(["sample", "--adapter", str(tmp_path / "generator"), "--prompt", PROMPTS[0], "--num-views", "2",
+                 "--out", str(samples), "--turntable-frames", "0", "--quiet"]) == 0
+    written = json.loads(next(samples.glob("*/sampling.json")).read_text())
+    assert written["sampler"] == "one-step" and written["guidance_scale"] == 1.0
+    assert written["sampler_options"] == {"timestep": info["sampling"]["sampler_options"]["timestep"]}
+
 
 def test_the_cache_is_built_once_and_refuses_other_settings(teacher, tmp_path):
     cache_dir = teacher.parent / "cache"
