@@ -15,7 +15,7 @@ from tiny_pipelines import tiny_if, tiny_sd
 from tunemv.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TRAINING_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml"))
+TRAINING_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("distill"))
 LARGE = {"sd15_chairs": "sd", "sd21_objaverse_mini": "sd", "if_xl_objaverse_mini": "if"}
 # The tiny IF pipeline works at 16x16 pixels; the procedural set has 6 views per object.
 TINY_RUN = ["--data.resolution", "16", "--data.num_views", "3", "--data.num_supervision_views", "3",
@@ -67,7 +67,7 @@ def test_help_lists_training_commands(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("fit", "validate", "export", "data"):
+    for command in ("fit", "validate", "distill", "export", "data"):
         assert f"\n    {command} " in out
 
 
@@ -80,6 +80,13 @@ def test_every_config_prints(config, capsys):
     assert model(printed)["backbone"] == model(written)["backbone"]
     assert printed["data"]["init_args"]["root"] == written["data"]["init_args"]["root"]
     assert printed["trainer"]["plugins"] == [{"class_path": "tunemv.training.lightning_cli.AtomicCheckpointIO"}]
+
+
+def test_distill_config_prints(capsys):
+    assert main(["distill", "--config", str(CONFIGS / "distill_demo.yaml"), "--print_config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["teacher"] == "./models/demo-adapter" == printed["data"]["init_args"]["teacher"]
+    assert printed["model"]["vsd_steps"] < printed["trainer"]["max_steps"]  # both stages run
 
 
 def test_data_section_config_prints(capsys):
