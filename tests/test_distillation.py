@@ -19,6 +19,7 @@ from tiny_pipelines import tiny_if
 
 from tunemv.cli import main
 from tunemv.data.generate import generate_procedural_dataset
+from tunemv.geometry.cameras import Cameras
 from tunemv.sampling.pipeline import MultiviewPipeline
 from tunemv.training.distillation import OneStepDistillationSystem
 from tunemv.training.pseudo_ground_truth import CacheError, DistillationDataModule, PseudoGroundTruthCache
@@ -198,3 +199,22 @@ def test_image_objects_keep_their_reference_view_and_its_orbit(teacher):
     truth = read_cameras(folder / "cameras.json")[0]
     torch.testing.assert_close(item["cameras"][0].c2w, truth.c2w.float(), atol=1e-4, rtol=0)
     assert load_image(folder / "images" / "000.png")[0].shape[-1] == 16
+
+
+def test_g_clips_as_the_sampler_does_but_passes_gradient_through_the_clip(teacher):
+    """Forward: x̂0 in [-1, 1] (pixel space clips as the sampler does). Backward: a pixel outside the range
+    still moves G; under a plain clamp it would get no gradient and could never come back."""
+    model = system(teacher)
+    noise = 20 * torch.randn(1, 2, 3, 16, 16, generator=torch.Generator().manual_seed(0))  # far out of range
+    cameras = PseudoGroundTruthCache(teacher.parent / "cache", str(teacher),
+                                     reference_root=str(teacher.parent / "chairs"), **CACHE)[0]["cameras"]
+    text = model.backbone.encode_prompt([PROMPTS[0]]).float()
+    x = model.generate(noise, Cameras.stack([cameras]), text)
+    assert x.abs().max() <= 1.0
+    unclipped = model.to_sample(model.denoiser(noise, torch.full((1, 2), model.generator_timestep), Cameras.stack([cameras]),
+                                               text.hidden_states).prediction, noise,
+                                torch.full((1, 2), model.generator_timestep))
+    outside = (unclipped.abs() > 1).detach()
+    assert outside.any()
+    (x * outside).sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.denoiser.control_branch.parameters())

@@ -137,8 +137,11 @@ class OneStepDistillationSystem(pl.LightningModule):
         x0 = self.to_sample(out.prediction, noise, timesteps)
         config = self.backbone.noise_scheduler.config
         if self.backbone.vae is None and config.get("clip_sample", False):
+            # Pixel space: the schedule's own clip, as the sampler applies it, but straight-through. At init
+            # 1/√ᾱ_tG (~14) amplifies ε's errors far outside [-1, 1]; a plain clamp would give those pixels
+            # no gradient, and a pixel clipped to the wrong end could never come back.
             bound = float(config.get("clip_sample_range", 1.0))
-            x0 = x0.clamp(-bound, bound)  # pixel space: the schedule's own clip, as the sampler applies it
+            x0 = x0 + (x0.clamp(-bound, bound) - x0).detach()
         return x0 if reference is None else keep(reference, clean, x0)
 
     def to_epsilon(self, prediction: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
