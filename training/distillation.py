@@ -42,7 +42,7 @@ from tunemv.errors import TunemvError
 from tunemv.sampling.algebra import alpha_bar, epsilon_to_sample, to_epsilon
 from tunemv.sampling.one_step import MIN_ALPHA_BAR, one_step_timestep
 from tunemv.training.ema import warmup_ema_multi_avg_fn
-from tunemv.training.recipe import warmup_cosine
+from tunemv.training.recipe import add_noise, diffusion_target, warmup_cosine
 from tunemv.training.system import check_precision, trainable_checkpoint_state
 from tunemv.training.vsd import dmd_weight, sample_timesteps, sds_weight, vsd_surrogate_loss
 
@@ -170,7 +170,7 @@ class OneStepDistillationSystem(pl.LightningModule):
         t = sample_timesteps(objects, len(self.alphas_cumprod), t_range=tuple(h.t_range), device=self.device)
         timesteps = torch.where(reference, 0, t[:, None].expand(objects, views))  # references stay clean
         epsilon = torch.randn_like(x)
-        x_t = keep(reference, x.detach(), self.add_noise(x.detach(), epsilon, timesteps))
+        x_t = keep(reference, x.detach(), add_noise(self.backbone.noise_scheduler, x.detach(), epsilon, timesteps))
         generated = (~reference)[:, :, None, None, None].float()  # the loss terms skip the references
         with torch.no_grad():
             teacher = self.teacher.predict(x_t, timesteps, cameras, text, ("mv",), uncond)
@@ -179,8 +179,9 @@ class OneStepDistillationSystem(pl.LightningModule):
                 h.teacher_guidance_scale * (cond - self.to_epsilon(teacher.uncond["mv"], x_t, timesteps))
         student = self.student(x_t, timesteps, cameras, text.hidden_states.float(), mode="mv",
                                added_cond_kwargs=text.added_cond_kwargs).prediction
-        terms = {"student": masked_mse(student.float(), self.diffusion_target(x.detach(), epsilon, timesteps),
-                                       generated)}
+        target = diffusion_target(self.backbone.noise_scheduler, self.backbone.prediction_type, x.detach(), epsilon,
+                                  timesteps)
+        terms = {"student": masked_mse(student.float(), target, generated)}
         if update_generator:
             epsilon_student = self.to_epsilon(student.detach(), x_t, timesteps)
             a = alpha_bar(self.alphas_cumprod, timesteps)[:, 0, 0, 0, 0].float()  # (B,)
@@ -195,19 +196,6 @@ class OneStepDistillationSystem(pl.LightningModule):
                 terms["regression"] = masked_mse(paired, clean, generated)
         terms["total"] = terms["student"] + terms.get("vsd", 0.0) + h.regression_weight * terms.get("regression", 0.0)
         return terms
-
-    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        a = alpha_bar(self.alphas_cumprod, timesteps).to(x0.dtype)
-        return a.sqrt() * x0 + (1 - a).sqrt() * noise
-
-    def diffusion_target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        kind = self.backbone.prediction_type
-        if kind == "epsilon":
-            return noise
-        if kind == "sample":
-            return x0
-        a = alpha_bar(self.alphas_cumprod, timesteps).to(x0.dtype)
-        return a.sqrt() * noise - (1 - a).sqrt() * x0  # v
 
     # ----------------------------------------------------------------------------------------- stage II
     def consistency_losses(self, batch: dict, text) -> dict[str, torch.Tensor]:

@@ -47,3 +47,22 @@ def views_and_supervision(batch: dict, key: str, height: int, width: int) -> tor
     if tuple(flat.shape[-2:]) != (height, width):
         flat = resize_depth(flat, height, width) if key == "depths" else F.interpolate(flat, (height, width), mode="area")
     return flat.unflatten(0, maps.shape[:2])
+
+
+def flat_views(x: torch.Tensor) -> torch.Tensor:
+    return rearrange(x, "b v ... -> (b v) ...")
+
+
+def add_noise(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """(B, V, C, h, w) views noised at (B, V) timesteps by the backbone's training ``scheduler``."""
+    return scheduler.add_noise(flat_views(x0), flat_views(noise), flat_views(t)).unflatten(0, x0.shape[:2])
+
+
+def diffusion_target(scheduler, prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+                     ) -> torch.Tensor:
+    """The plain denoising loss's target in the backbone's parameterisation: ε, x0 or v, for (B, V) views."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "sample":
+        return x0
+    return scheduler.get_velocity(flat_views(x0), flat_views(noise), flat_views(t)).unflatten(0, x0.shape[:2])

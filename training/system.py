@@ -17,7 +17,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from einops import rearrange
 from torch.optim.swa_utils import AveragedModel
 
 from tunemv.adapters.backbones import Backbone
@@ -38,7 +37,13 @@ from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 from tunemv.neus.losses import NeuSLoss
 from tunemv.training.ema import warmup_ema_multi_avg_fn
 from tunemv.training.latent_cache import LatentCache
-from tunemv.training.recipe import neus_arguments, views_and_supervision, warmup_cosine
+from tunemv.training.recipe import (
+    add_noise,
+    diffusion_target,
+    neus_arguments,
+    views_and_supervision,
+    warmup_cosine,
+)
 from tunemv.training.validation import log_validation_samples
 
 
@@ -220,8 +225,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
                 reference[b, torch.randperm(views)[:count]] = True
         t = torch.where(reference, torch.zeros_like(t), t)
         noise = torch.randn_like(x0)
-        flat = lambda x: rearrange(x, "b v c h w -> (b v) c h w")  # noqa: E731
-        x_t = scheduler.add_noise(flat(x0), flat(noise), rearrange(t, "b v -> (b v)")).unflatten(0, (objects, views))
+        x_t = add_noise(scheduler, x0, noise, t)
         x_t = torch.where(reference[..., None, None, None], x0, x_t)  # references are clean
         mode = "independent" if torch.rand(()) < p_drop_neus else "mv"
         captions = [("" if torch.rand(()) < p_drop_text else caption) for caption in batch["caption"]]
@@ -240,14 +244,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
         return self.latent_cache.encode(images, object_ids, view_indices).float()
 
     def diffusion_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        kind = self.backbone.prediction_type
-        if kind == "epsilon":
-            return noise
-        if kind == "sample":
-            return x0
-        flat = lambda x: rearrange(x, "b v c h w -> (b v) c h w")  # noqa: E731
-        velocity = self.backbone.noise_scheduler.get_velocity(flat(x0), flat(noise), rearrange(t, "b v -> (b v)"))
-        return velocity.unflatten(0, x0.shape[:2])
+        return diffusion_target(self.backbone.noise_scheduler, self.backbone.prediction_type, x0, noise, t)
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Named loss terms; in eval mode without dropouts or the eikonal term (no SDF gradients there)."""
