@@ -60,11 +60,13 @@ class CheckpointError(TunemvError):
 
 # ------------------------------------------------------------------------------------------ adapter folder
 def write_adapter_folder(out_dir: str | Path, neus: LatentSparseNeuS, control_branch: ControlBranch,
-                         info: dict[str, Any], overwrite: bool = False) -> Path:
+                         info: dict[str, Any], overwrite: bool = False, extra_files: dict[str, str] | None = None
+                         ) -> Path:
     """Write an adapter folder atomically: a temporary sibling folder renamed into place.
 
-    ``info`` must name the ``backbone``; the tunemv version is added. With ``overwrite`` the old folder is
-    moved aside first, so a failure never loses both.
+    ``info`` must name the ``backbone``; the tunemv version is added. ``extra_files`` (name -> text, e.g. the
+    model card's README.md) are written into the folder too. With ``overwrite`` the old folder is moved aside
+    first, so a failure never loses both.
     """
     from tunemv import __version__
 
@@ -76,6 +78,8 @@ def write_adapter_folder(out_dir: str | Path, neus: LatentSparseNeuS, control_br
         neus.save_pretrained(staging / NEUS_FOLDER)
         control_branch.save_pretrained(staging / BRANCH_FOLDER)
         (staging / ADAPTER_FILE).write_text(json.dumps({**info, "tunemv_version": __version__}, indent=2) + "\n")
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text, encoding="utf-8")
     return out_dir
 
 

@@ -29,7 +29,9 @@ from tunemv.adapters.formats import (
     read_adapter_folder,
     read_checkpoint,
     submodule_state,
+    write_adapter_folder,
 )
+from tunemv.adapters.hub import CARD_FILE, model_card, push_folder, resolve_folder
 from tunemv.geometry.cameras import Cameras, orbit
 from tunemv.geometry.rays import sees_sphere
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
@@ -65,18 +67,46 @@ class MultiviewPipeline:
         # What a call without sampler= or guidance_scale= uses: an adapter's are "mv" at CFG 7.5; a distilled
         # generator folder's adapter.json names its own ("one-step", unguided, at its t_G).
         self.sampling_defaults: dict[str, Any] = dict(DEFAULTS)
+        self.info: dict[str, Any] = {}  # adapter.json of a loaded folder (what save_pretrained writes back)
 
     @classmethod
-    def from_pretrained(cls, adapter_dir: str | Path, backbone: str | Backbone | None = None,
+    def from_pretrained(cls, adapter: str | Path, backbone: str | Backbone | None = None,
                         torch_dtype: torch.dtype | str | None = None, device: torch.device | str | None = None,
+                        revision: str | None = None, subfolder: str | None = None,
+                        cache_dir: str | Path | None = None, token: str | bool | None = None,
                         **backbone_options) -> MultiviewPipeline:
-        """Load an adapter folder (``neus/``, ``control_branch/``, ``adapter.json``) and the backbone it names
-        (or ``backbone``: a hub id, a folder or a loaded ``Backbone``)."""
-        neus, branch, info = read_adapter_folder(adapter_dir)
+        """Load an adapter or generator folder (``neus/``, ``control_branch/``, ``adapter.json``) and the backbone
+        it names (or ``backbone``: a hub id, a folder or a loaded ``Backbone``).
+
+        ``adapter`` is a local folder or a hub id ("owner/name"), fetched at ``revision`` (and ``subfolder``)
+        through the Hub's cache, so ``HF_HUB_OFFLINE=1`` loads a cached one without network, as in diffusers.
+        """
+        folder = resolve_folder(adapter, revision=revision, subfolder=subfolder, cache_dir=cache_dir, token=token)
+        neus, branch, info = read_adapter_folder(folder)
         pipe = cls._assemble(backbone or info.get("backbone"), neus, branch, torch_dtype, device,
-                             Path(adapter_dir) / ADAPTER_FILE, **backbone_options)
+                             folder / ADAPTER_FILE, **backbone_options)
         pipe.sampling_defaults.update(info.get("sampling") or {})
+        pipe.info = {key: value for key, value in info.items() if key != "tunemv_version"}
         return pipe
+
+    def save_pretrained(self, out_dir: str | Path, overwrite: bool = False,
+                        figures: Mapping[str, Any] | None = None) -> Path:
+        """Write this pipeline's adapter (or generator) folder, with a model card (``figures``: measured
+        figures for it), naming the backbone as it was loaded; atomically, as ``tunemv export`` does."""
+        info = {**self.info, "backbone": self.backbone.name_or_path}
+        if self.sampling_defaults != DEFAULTS:
+            info["sampling"] = dict(self.sampling_defaults)
+        return write_adapter_folder(out_dir, self.denoiser.neus, self.denoiser.control_branch, info,
+                                    overwrite=overwrite, extra_files={CARD_FILE: model_card(info, figures)})
+
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None,
+                    commit_message: str = "Upload tunemv adapter", figures: Mapping[str, Any] | None = None) -> str:
+        """``save_pretrained`` into a temporary folder, then upload it to ``repo_id``; returns the commit URL."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as temporary:
+            folder = self.save_pretrained(Path(temporary) / "adapter", figures=figures)
+            return push_folder(folder, repo_id, private=private, token=token, commit_message=commit_message)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, backbone: str | Backbone | None = None, ema: bool | None = None,

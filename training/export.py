@@ -17,6 +17,7 @@ from tunemv.adapters.formats import (
     write_adapter_folder,
     write_neus_folder,
 )
+from tunemv.adapters.hub import CARD_FILE, model_card
 
 
 def export_adapter(checkpoint_path: str | Path, out_dir: str | Path, ema: bool | None = None,
@@ -30,7 +31,7 @@ def export_adapter(checkpoint_path: str | Path, out_dir: str | Path, ema: bool |
     checkpoint = read_checkpoint(checkpoint_path)
     if is_neus_checkpoint(checkpoint):  # stage 1: a NeuS alone
         info = {"backbone": checkpoint["tunemv"]["backbone"], "global_step": checkpoint.get("global_step"),
-                "checkpoint": str(Path(checkpoint_path).resolve())}
+                "checkpoint": Path(checkpoint_path).name}
         return write_neus_folder(out_dir, load_neus_checkpoint(checkpoint, str(checkpoint_path)), info,
                                  overwrite=overwrite)
     if carries_unet(checkpoint):
@@ -38,11 +39,16 @@ def export_adapter(checkpoint_path: str | Path, out_dir: str | Path, ema: bool |
                               "which an adapter folder cannot carry; sample it with tunemv sample --ckpt")
     ema = has_ema(checkpoint) if ema is None else ema
     neus, branch = load_adapter_modules(checkpoint, ema=ema, source=str(checkpoint_path))
+    # No absolute path: the folder is meant to be shared (the Hub, another machine).
     info = {"backbone": checkpoint["tunemv"]["backbone"], "ema": ema, "global_step": checkpoint.get("global_step"),
-            "checkpoint": str(Path(checkpoint_path).resolve())}
+            "checkpoint": Path(checkpoint_path).name}
+    data = (checkpoint.get("datamodule_hyper_parameters") or {}).get("root")
+    if data:
+        info["data"] = str(data)
     generator = checkpoint["tunemv"].get("generator")
     if generator is not None:  # a distilled one-step generator: its folder says how it samples
         info["sampling"] = {"sampler": "one-step", "sampler_options": {"timestep": generator["timestep"]},
                             "guidance_scale": 1.0}
         info["generator"] = {key: generator[key] for key in ("teacher", "vsd_steps", "stage")}
-    return write_adapter_folder(out_dir, neus, branch, info, overwrite=overwrite)
+    return write_adapter_folder(out_dir, neus, branch, info, overwrite=overwrite,
+                                extra_files={CARD_FILE: model_card(info)})
