@@ -479,6 +479,7 @@ def write_object(directory: str | Path, images: Sequence[np.ndarray], cameras: C
         (staging / CAMERAS_FILE).write_text(json.dumps(meta, indent=1))
         (staging / CAPTION_FILE).write_text("\n".join(c.strip() for c in captions) + "\n", encoding="utf-8")
         for name, data in (extra_files or {}).items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)  # e.g. "transforms/images/000.png"
             if isinstance(data, bytes):
                 (staging / name).write_bytes(data)
             else:

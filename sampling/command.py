@@ -72,6 +72,9 @@ def add_sample_parser(commands) -> None:
     out = sample.add_argument_group("output")
     out.add_argument("--out", required=True, help="output root; one object folder per prompt")
     out.add_argument("--mesh", action="store_true", help="also extract mesh.ply and mesh.glb")
+    out.add_argument("--export", choices=["transforms"], action="append", default=[],
+                     help="also write transforms/ (NeRF-synthetic transforms.json, RGBA views with the field's "
+                          "opacity as alpha) for nerfstudio, instant-ngp or a 3DGS trainer")
     out.add_argument("--mesh-resolution", type=int, default=128, help="marching-cubes grid (default: 128)")
     out.add_argument("--turntable-frames", type=int, default=24, help="turntable GIF frames; 0 for none")
     out.add_argument("--overwrite", action="store_true", help="replace existing object folders")
@@ -223,6 +226,7 @@ def run_sample(args: argparse.Namespace) -> int:
             raise TunemvError(str(error)) from error
         write_results(output, args.out, start_index=start, settings=settings,
                       turntable_frames=args.turntable_frames, mesh_resolution=args.mesh_resolution if args.mesh else 0,
+                      export_transforms="transforms" in args.export,
                       overwrite=args.overwrite or args.resume, log=wrote)
     log(f"{len(prompts)} object(s) in {args.out}")
     return 0

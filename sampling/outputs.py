@@ -56,8 +56,13 @@ def object_name(index: int, prompt: str) -> str:
 
 def write_results(output: MultiviewPipelineOutput, out_dir: str | Path, start_index: int = 0,
                   settings: dict[str, Any] | None = None, turntable_frames: int = 24, mesh_resolution: int = 0,
-                  overwrite: bool = False, log: Callable[[str], None] | None = None) -> list[Path]:
+                  overwrite: bool = False, log: Callable[[str], None] | None = None,
+                  export_transforms: bool = False) -> list[Path]:
     """Write every object of ``output`` under ``out_dir``; returns the object folders.
+
+    ``export_transforms`` also writes ``transforms/`` in each (``transforms.json`` with RGBA views whose alpha is
+    the fused field's opacity), for nerfstudio, instant-ngp or a 3DGS trainer. The turntable is also written
+    as ``turntable.mp4`` when imageio-ffmpeg is installed.
 
     Everything is computed before anything is written, and each object folder (previews and meshes included)
     is renamed into place in one step, so a folder that exists is complete: a killed run leaves no
@@ -73,6 +78,10 @@ def write_results(output: MultiviewPipelineOutput, out_dir: str | Path, start_in
         if turntable_frames > 0:
             frames = upscale_for_preview(output.field.turntable(turntable_frames)[b])
             extras["turntable.gif"] = iio.imwrite("<bytes>", to_uint8(frames), extension=".gif", duration=80, loop=0)
+            if has_ffmpeg():
+                extras["turntable.mp4"] = mp4_bytes(to_uint8(frames))
+        if export_transforms:
+            extras |= transforms_files(output, b)
         if mesh_resolution > 0:
             mesh = output.field.mesh(b, mesh_resolution, views=output.views[b])
             extras |= {name: mesh.export(file_type=name.rsplit(".", 1)[1]) for name in MESH_FILES}
@@ -91,3 +100,46 @@ def _png(image: Image.Image) -> bytes:
     image.save(buffer, format="PNG")
     return buffer.getvalue()
 
+
+def transforms_files(output: MultiviewPipelineOutput, index: int) -> dict[str, bytes]:
+    """``transforms/`` of object ``index``: transforms.json and RGBA views, alpha from the field's opacity."""
+    import torch.nn.functional as F
+
+    from tunemv.data.exporters import TRANSFORMS_FILE, rgba_over_white, transforms_json
+
+    views = output.views[index]  # (V, 3, H, W)
+    opacity = output.field.silhouettes()[index].float()  # (V, 1, h, w) at model resolution
+    if opacity.shape[-2:] != views.shape[-2:]:
+        opacity = F.interpolate(opacity, size=views.shape[-2:], mode="bilinear", align_corners=False)
+    names = [f"{view:03d}" for view in range(len(views))]
+    files = {f"transforms/images/{name}.png": _png(Image.fromarray(rgba_over_white(
+        views[view].permute(1, 2, 0).cpu().numpy().astype(np.float64), opacity[view, 0].clamp(0, 1).cpu().numpy()),
+        "RGBA")) for view, name in enumerate(names)}
+    meta = transforms_json(output.cameras[index].to("cpu"), [f"images/{name}.png" for name in names])
+    files[f"transforms/{TRANSFORMS_FILE}"] = json.dumps(meta, indent=1).encode()
+    return files
+
+
+def has_ffmpeg() -> bool:
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def mp4_bytes(frames) -> bytes:
+    """(F, H, W, 3) uint8 frames -> H.264 MP4 bytes at 12.5 fps (the GIF's 80 ms per frame)."""
+    import os
+    import tempfile
+
+    import imageio.v2 as imageio_v2
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "turntable.mp4")
+        # Even sizes for yuv420p; macro_block_size=1 keeps small previews from being resized.
+        with imageio_v2.get_writer(path, fps=12.5, codec="libx264", macro_block_size=1, quality=8) as writer:
+            for frame in frames:
+                writer.append_data(frame)
+        with open(path, "rb") as file:
+            return file.read()

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
+import torch
 import trimesh
 from PIL import Image
 from sampling_fixtures import adapter_pipeline, save_adapter, save_backbones
@@ -28,7 +30,7 @@ def test_sample_writes_checkable_objects_with_grid_turntable_and_mesh(tmp_path, 
     prompts.write_text("a red chair\n\na blue mug\n")
     code = main(["sample", "--adapter", str(adapter), "--prompts", str(prompts), "--num-views", "4", "--steps", "2",
                  "--sampler", "consistency", "--out", str(out), "--mesh", "--mesh-resolution", "32",
-                 "--turntable-frames", "3", "--quiet"])
+                 "--turntable-frames", "4", "--export", "transforms", "--quiet"])
     assert code == 0
     folders = sorted(p for p in out.iterdir() if p.is_dir())
     assert [p.name for p in folders] == ["0000_a-red-chair", "0001_a-blue-mug"]
@@ -39,7 +41,15 @@ def test_sample_writes_checkable_objects_with_grid_turntable_and_mesh(tmp_path, 
     assert record.captions[0] == "a blue mug" and record.num_views == 4
     for name in ("grid.png", "turntable.gif", "mesh.ply", "mesh.glb", "sampling.json"):
         assert (folders[0] / name).is_file(), name
-    assert Image.open(folders[0] / "turntable.gif").n_frames == 3
+    assert Image.open(folders[0] / "turntable.gif").n_frames == 4
+    frames = iio.imread(folders[0] / "turntable.mp4", index=None)  # imageio-ffmpeg is installed with [dev]
+    assert frames.shape[0] == 4 and frames.shape[-1] == 3
+    # transforms/ re-imports as the same cameras, with the field's opacity as the views' alpha.
+    assert main(["data", "import-transforms", str(folders[0] / "transforms"), str(tmp_path / "back")]) == 0
+    back = read_object(tmp_path / "back")
+    torch.testing.assert_close(back.cameras.c2w, record_cameras(folders[0]).c2w, atol=1e-6, rtol=0)
+    alpha = np.asarray(Image.open(folders[0] / "transforms" / "images" / "000.png"))[..., 3]
+    assert alpha.shape == (32, 32)
     assert json.loads((folders[0] / "sampling.json").read_text())["sampler"] == "consistency"
     assert isinstance(trimesh.load(folders[0] / "mesh.ply"), trimesh.Trimesh)
 
@@ -135,3 +145,9 @@ def test_a_plugin_option_reaches_the_sampler_and_an_unknown_one_fails_before_loa
     assert "sampler 'decaying' has no option 'decai'; its options: decay" in capsys.readouterr().err
     assert main([*arguments, "--adapter", str(tmp_path / "nowhere"), "--sampler-option", "decay=fast"]) == 2
     assert "option 'decay' expects float, got 'fast'" in capsys.readouterr().err
+
+
+def record_cameras(folder):
+    from tunemv.data.format import read_cameras
+
+    return read_cameras(folder / "cameras.json")

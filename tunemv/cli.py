@@ -31,6 +31,14 @@ def _data_import_transforms(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_export_transforms(args: argparse.Namespace) -> int:
+    from tunemv.data.exporters import export_transforms
+
+    written = export_transforms(args.src, args.out, depth=args.depth, overwrite=args.overwrite)
+    print(f"exported {len(written)} object(s) as transforms.json folders into {args.out}")
+    return 0
+
+
 def _data_procedural(args: argparse.Namespace) -> int:
     from tunemv.data.generate import generate_procedural_dataset
 
@@ -219,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="multiply camera positions so the object fits the unit sphere (NeRF-synthetic: ~0.66)")
     imp.add_argument("--overwrite", action="store_true", help="replace existing output object folders")
     imp.set_defaults(handler=_data_import_transforms)
+
+    exp = data_commands.add_parser("export-transforms",
+                                   help="write NeRF-synthetic/nerfstudio transforms.json folders (RGBA) for objects")
+    exp.add_argument("src", help="an object folder, or a dataset root (every object)")
+    exp.add_argument("out", help="output transforms folder (one object) or a folder of them (a root)")
+    exp.add_argument("--depth", action="store_true", help="also write depth/NNN.npy (the objects need depth/)")
+    exp.add_argument("--overwrite", action="store_true", help="replace existing output folders")
+    exp.set_defaults(handler=_data_export_transforms)
 
     from tunemv.data.vocabulary import CATEGORIES  # plain Python: --help imports no torch
 
