@@ -179,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_demo_parser(commands)
 
+    from tunemv.app import add_app_parser  # argparse only; Gradio and torch load when it runs
+
+    add_app_parser(commands)
+
     evaluate = commands.add_parser("evaluate", help="multiview consistency, fidelity and alignment metrics of a "
                                    "dataset-format folder (e.g. what tunemv sample wrote)")
     evaluate.add_argument("root", help="dataset root (or a single object folder)")
