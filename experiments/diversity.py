@@ -50,7 +50,7 @@ def main() -> None:
         options = {} if one_step else {"steps": args.steps, "guidance_scale": args.guidance_scale}
         per_prompt = {}
         for prompt in prompts:
-            views = torch.cat([pipe(prompt, num_views=args.views, seed=seed, progress=False, **options).views
+            views = torch.cat([pipe(prompt, num_views=args.views, seed=seed, progress=False, **options).pixels
                                for seed in range(args.seeds)])
             per_prompt[prompt] = mean_pairwise_distance(views)
         results["models"][name] = {"folder": folder, "sampler": pipe.sampling_defaults["sampler"] if one_step else "mv",

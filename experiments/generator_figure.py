@@ -39,7 +39,7 @@ def main() -> None:
         options = {"steps": 25, "guidance_scale": 4.0} if multi_step else {}
         for prompt in prompts:
             out = pipe(prompt, num_views=args.views, seed=args.seed, progress=False, **options)
-            rows[prompt].append(out.views[0])
+            rows[prompt].append(out.pixels[0])
             if index == len(args.model) - 1:
                 rows[prompt].append(out.field.render(out.field.cameras[0])[0])
         print(f"{label}: {folder}", flush=True)

@@ -58,9 +58,9 @@ def main() -> None:
                        sampler_options=options,
                        guidance_scale=args.guidance_scale, seed=args.seed, progress=False,
                        reference_images=[str(folder / "images" / "000.png")], elevation=attributes["elevation_deg"])
-            mesh = out.field.mesh(0, args.mesh_resolution, views=out.views[0])
+            mesh = out.field.mesh(0, args.mesh_resolution, views=out.pixels[0])
             silhouettes = out.field.silhouettes()[0, :, 0]
-        views = out.views[0]  # (V, 3, H, W) in [0, 1]
+        views = out.pixels[0]  # (V, 3, H, W) in [0, 1]
         # The tiny backbone's backgrounds are near-white but tinted: masks against the border's colour.
         masks = torch.stack([border_mask(view) for view in views]).float()
         cameras = out.cameras[0].rescale(*views.shape[-2:])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from diffusers import SchedulerMixin
@@ -45,8 +45,10 @@ class SamplingJob:
     reference_latents: torch.Tensor | None = None  # (B, V, C, h, w), used where ``references``
     eta: float = 0.0  # DDIM's stochasticity
     generator: torch.Generator | None = None
-    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None  # (step, t, latents)
+    # (step, t, latents) after every step; a tensor it returns replaces the latents (callback_on_step_end)
+    callback: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None
     progress: bool = True
+    progress_bar: dict = field(default_factory=dict)  # further tqdm options (set_progress_bar_config)
 
     def __post_init__(self):
         if self.steps < 1:
@@ -115,7 +117,8 @@ def denoise(job: SamplingJob, epsilon_fn: Callable[[torch.Tensor, torch.Tensor, 
         scheduler.set_begin_index(start_index * scheduler.order)
     x = job.keep_references(job.noise * scheduler.init_noise_sigma if latents is None else latents)
     step_kwargs = step_arguments(scheduler, job.eta, job.generator, pixel_space=job.score.backbone.vae is None)
-    for index, t in enumerate(tqdm(timesteps, desc=desc, disable=not job.progress, leave=False)):
+    bar = {"desc": desc, "leave": False, **job.progress_bar, "disable": not job.progress}
+    for index, t in enumerate(tqdm(timesteps, **bar)):
         model_input = job.keep_references(unflat(scheduler.scale_model_input(flat(x), t)))
         epsilon = epsilon_fn(model_input, job.view_timesteps(t), index, len(timesteps))
         epsilon, variance = epsilon if isinstance(epsilon, tuple) else (epsilon, None)
@@ -123,7 +126,8 @@ def denoise(job: SamplingJob, epsilon_fn: Callable[[torch.Tensor, torch.Tensor, 
             epsilon = torch.cat([epsilon, variance.to(epsilon.dtype)], dim=2)
         x = job.keep_references(unflat(scheduler.step(flat(epsilon), t, flat(x), **step_kwargs).prev_sample))
         if job.callback is not None:
-            job.callback(index, t, x)
+            replaced = job.callback(index, t, x)
+            x = x if replaced is None else job.keep_references(replaced.to(x))
     return x
 
 

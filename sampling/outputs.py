@@ -74,7 +74,7 @@ def write_results(output: MultiviewPipelineOutput, out_dir: str | Path, start_in
         folder = out_dir / object_name(start_index + b, prompt)
         if folder.exists() and not overwrite:
             raise FileExistsError(f"{folder}: already exists; pass --overwrite to replace it")
-        extras = {"grid.png": _png(grid_image(upscale_for_preview(output.views[b])))}
+        extras = {"grid.png": _png(grid_image(upscale_for_preview(output.pixels[b])))}
         if turntable_frames > 0:
             frames = upscale_for_preview(output.field.turntable(turntable_frames)[b])
             extras["turntable.gif"] = iio.imwrite("<bytes>", to_uint8(frames), extension=".gif", duration=80, loop=0)
@@ -83,10 +83,11 @@ def write_results(output: MultiviewPipelineOutput, out_dir: str | Path, start_in
         if export_transforms:
             extras |= transforms_files(output, b)
         if mesh_resolution > 0:
-            mesh = output.field.mesh(b, mesh_resolution, views=output.views[b])
+            mesh = output.field.mesh(b, mesh_resolution, views=output.pixels[b])
             extras |= {name: mesh.export(file_type=name.rsplit(".", 1)[1]) for name in MESH_FILES}
-        images = list(to_uint8(output.views[b]))
-        info = {"prompt": prompt, "references": output.references[b].nonzero().flatten().tolist(), **(settings or {})}
+        images = list(to_uint8(output.pixels[b]))
+        info = {"prompt": prompt, "references": output.references[b].nonzero().flatten().tolist(),
+                "seed": output.seed, **(settings or {})}
         write_object(folder, images, output.cameras[b].to("cpu"), [prompt], overwrite=overwrite,
                      extra_files={"sampling.json": json.dumps(info, indent=2, default=str) + "\n", **extras})
         folders.append(folder)
@@ -107,7 +108,7 @@ def transforms_files(output: MultiviewPipelineOutput, index: int) -> dict[str, b
 
     from tunemv.data.exporters import TRANSFORMS_FILE, rgba_over_white, transforms_json
 
-    views = output.views[index]  # (V, 3, H, W)
+    views = output.pixels[index]  # (V, 3, H, W)
     opacity = output.field.silhouettes()[index].float()  # (V, 1, h, w) at model resolution
     if opacity.shape[-2:] != views.shape[-2:]:
         opacity = F.interpolate(opacity, size=views.shape[-2:], mode="bilinear", align_corners=False)

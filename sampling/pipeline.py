@@ -2,15 +2,15 @@
 
     pipe = MultiviewPipeline.from_pretrained("outputs/tiny/adapter")       # the folder `tunemv export` writes
     out = pipe("a red chair", num_views=8, sampler="consistency", seed=0)
-    out.views          # (B, V, 3, H, W) in [0, 1]
+    out.images         # per object, its views as PIL images (output_type="pt": a (B, V, 3, H, W) tensor)
     out.field.mesh(0)  # the NeuS field fused from the views
 """
 
 from __future__ import annotations
 
+import secrets
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,21 +38,12 @@ from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 from tunemv.sampling.field import MultiviewField, to_unit_range
 from tunemv.sampling.job import SamplingJob
 from tunemv.sampling.options import build_sampler
+from tunemv.sampling.pipeline_output import MultiviewPipelineOutput, check_output_type, convert_images
 from tunemv.sampling.references import prepare_references
 from tunemv.sampling.schedulers import make_scheduler
 from tunemv.sampling.score import MultiviewScore
 
 DEFAULTS = {"sampler": "mv", "guidance_scale": 7.5}
-
-
-@dataclass
-class MultiviewPipelineOutput:
-    views: torch.Tensor  # (B, V, 3, H, W) RGB in [0, 1]; reference views exactly as given
-    latents: torch.Tensor  # (B, V, C, h, w) model space
-    cameras: Cameras  # [B, V] at the image resolution H x W
-    prompts: list[str]
-    references: torch.Tensor  # (B, V) bool
-    field: MultiviewField
 
 
 class MultiviewPipeline:
@@ -68,6 +59,7 @@ class MultiviewPipeline:
         # generator folder's adapter.json names its own ("one-step", unguided, at its t_G).
         self.sampling_defaults: dict[str, Any] = dict(DEFAULTS)
         self.info: dict[str, Any] = {}  # adapter.json of a loaded folder (what save_pretrained writes back)
+        self._progress_bar_config: dict[str, Any] = {}
 
     @classmethod
     def from_pretrained(cls, adapter: str | Path, backbone: str | Backbone | None = None,
@@ -157,9 +149,10 @@ class MultiviewPipeline:
                  scheduler: str = "auto", steps: int = 50, guidance_scale: float | None = None,
                  negative_prompt: str = "", eta: float = 0.0, seed: int | None = None,
                  generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
-                 view_chunk_size: int | None = None,
+                 view_chunk_size: int | None = None, output_type: str = "pil",
+                 callback_on_step_end: Callable[..., dict | None] | None = None,
                  callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-                 progress: bool = True) -> MultiviewPipelineOutput:
+                 progress: bool | None = None) -> MultiviewPipelineOutput:
         """Generate ``num_views`` views of each prompt.
 
         ``sampler``: a registered name (``available_samplers()``), built with ``sampler_options``, its own
@@ -170,7 +163,17 @@ class MultiviewPipeline:
         (default 0..R−1) as clean views. ``latents``: the initial noise x_T (B, V, C, h, w) instead of one
         drawn from ``seed`` (as diffusers' ``latents=``). ``sampler=None`` and ``guidance_scale=None`` take
         ``sampling_defaults``: "mv" at 7.5, or what a distilled generator's folder names ("one-step" at 1.0).
+
+        As in diffusers: ``output_type`` ("pil", "np", "pt") shapes ``.images``; ``seed=None`` without a
+        ``generator`` draws a random seed, reported in ``.seed``; ``callback_on_step_end(pipe, step, t,
+        {"latents": x})`` runs after every denoising step and may return ``{"latents": ...}`` to replace them;
+        ``set_progress_bar_config`` configures the progress bar (``progress=False`` hides it). ``callback(step,
+        t, latents)`` is the deprecated form.
         """
+        check_output_type(output_type)
+        if callback is not None:
+            warnings.warn("callback= is deprecated and will be removed in the next release; use "
+                          "callback_on_step_end(pipe, step, t, {'latents': ...})", FutureWarning, stacklevel=2)
         defaults = self.sampling_defaults
         if sampler is None:
             sampler = defaults["sampler"]
@@ -184,7 +187,11 @@ class MultiviewPipeline:
         batch, views = cameras.shape
         size, model_size = backbone.image_resolution, backbone.sample_size
         model_cameras = cameras.rescale(model_size, model_size).to(device)
-        generator = generator or torch.Generator("cpu").manual_seed(0 if seed is None else seed)
+        if generator is None:
+            seed = secrets.randbits(31) if seed is None and latents is None else seed
+            generator = torch.Generator("cpu").manual_seed(seed or 0)
+        else:
+            seed = None  # the caller's generator: its seed is not known here
         noise = initial_noise(backbone, batch, views, generator, device) if latents is None else latents.to(device)
         if tuple(noise.shape) != (batch, views, backbone.in_channels, model_size, model_size):
             raise ValueError(f"latents must be (B, V, C, h, w) = {[batch, views, backbone.in_channels, model_size, model_size]}, "
@@ -205,7 +212,9 @@ class MultiviewPipeline:
                 prompts=prompts, negative_prompts=negative_prompts, steps=steps, guidance_scale=guidance_scale,
                 references=None if references is None else references.mask,
                 reference_latents=None if references is None else references.latents,
-                eta=eta, generator=generator, callback=callback, progress=progress)
+                eta=eta, generator=generator, callback=self._step_callback(callback, callback_on_step_end),
+                progress=self._progress_bar_config.get("disable") is not True if progress is None else progress,
+                progress_bar={k: v for k, v in self._progress_bar_config.items() if k != "disable"})
             # A half-precision backbone next to fp32 adapters: autocast gives every matmul one dtype.
             with torch.autocast(device.type, dtype=backbone.dtype, enabled=backbone.dtype != torch.float32):
                 latents = sampler(job).latents.float()
@@ -217,8 +226,29 @@ class MultiviewPipeline:
         if references is not None:
             mask = references.mask
             images = torch.where(mask[:, :, None, None, None], references.images.to(images), images)
-        return MultiviewPipelineOutput(images, latents, cameras, prompts, mask,
-                                       MultiviewField(self.denoiser.neus, backbone, latents, model_cameras))
+        return MultiviewPipelineOutput(convert_images(images, output_type), latents, cameras, prompts, mask,
+                                       MultiviewField(self.denoiser.neus, backbone, latents, model_cameras),
+                                       seed=seed, pixels=images)
+
+    def _step_callback(self, callback, callback_on_step_end):
+        """The job's per-step callback: the deprecated ``callback`` and diffusers' ``callback_on_step_end``."""
+        if callback is None and callback_on_step_end is None:
+            return None
+
+        def on_step(step: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor | None:
+            if callback is not None:
+                callback(step, t, latents)
+            if callback_on_step_end is not None:
+                returned = callback_on_step_end(self, step, t, {"latents": latents})
+                if isinstance(returned, dict) and returned.get("latents") is not None:
+                    return returned["latents"]
+            return None
+
+        return on_step
+
+    def set_progress_bar_config(self, **kwargs) -> None:
+        """tqdm options for the denoising progress bar (``disable=True`` hides it), as in diffusers."""
+        self._progress_bar_config = dict(kwargs)
 
     def _cameras(self, cameras, num_views: int, batch: int, elevation, radius, fov, azimuth_start) -> Cameras:
         size = self.backbone.image_resolution

@@ -283,7 +283,7 @@ def test_sdxl_fits_exports_reloads_and_samples(assets, tmp_path, capsys):
     exported = pipe.denoiser.control_branch.state_dict()
     assert all(torch.equal(exported[k], state[f"denoiser.control_branch.{k}"]) for k in exported)
     out = pipe("a red chair", num_views=3, steps=2, seed=0, progress=False, sampler="consistency")
-    assert out.views.shape[:3] == (1, 3, 3) and torch.isfinite(out.views).all()
+    assert out.pixels.shape[:3] == (1, 3, 3) and torch.isfinite(out.pixels).all()
     capsys.readouterr()
     assert main(["sample", "--adapter", str(tmp_path / "adapter"), "--prompt", "a red chair", "--num-views", "3",
                  "--steps", "2", "--out", str(tmp_path / "samples"), "--turntable-frames", "0", "--quiet"]) == 0

@@ -65,7 +65,7 @@ pipe = MultiviewPipeline.from_pretrained("tunemv-test/tiny-adapter", subfolder={
                                          backbone={str(folders["backbone"])!r})
 out = pipe({PROMPT!r}, num_views=2, steps=1, seed=0, progress=False)
 local = MultiviewPipeline.from_pretrained({str(folders["adapter"])!r}, backbone={str(folders["backbone"])!r})
-assert torch.equal(local({PROMPT!r}, num_views=2, steps=1, seed=0, progress=False).views, out.views)
+assert torch.equal(local({PROMPT!r}, num_views=2, steps=1, seed=0, progress=False).pixels, out.pixels)
 try:
     MultiviewPipeline.from_pretrained("tunemv-test/not-cached")
 except Exception as error:

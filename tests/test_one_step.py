@@ -73,8 +73,8 @@ def test_one_step_keeps_references_and_is_deterministic(pipe):
     reference = torch.rand(1, 3, size, size)
     runs = [pipe(PROMPT, num_views=VIEWS, sampler="one-step", reference_images=reference, seed=1, progress=False)
             for _ in range(2)]
-    assert torch.equal(runs[0].views, runs[1].views)
-    assert torch.equal(runs[0].views[0, 0], reference[0])
+    assert torch.equal(runs[0].pixels, runs[1].pixels)
+    assert torch.equal(runs[0].pixels[0, 0], reference[0])
     assert runs[0].references[0].tolist() == [True, False, False]
 
 

@@ -159,7 +159,7 @@ def test_reference_views_come_back_bit_exact(awake_pipe):
     reference = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(3))
     out = run(awake_pipe, sampler="consistency", num_views=5, reference_images=reference, reference_views=[0, 3])
     assert out.references[0].tolist() == [True, False, False, True, False]
-    assert torch.equal(out.views[0, 0], reference[0]) and torch.equal(out.views[0, 3], reference[1])
+    assert torch.equal(out.pixels[0, 0], reference[0]) and torch.equal(out.pixels[0, 3], reference[1])
     encoded = awake_pipe.backbone.encode_views(reference[None] * 2 - 1)[0]
     assert torch.equal(out.latents[0, [0, 3]], encoded)  # never updated by the sampler
     free = run(awake_pipe, sampler="consistency", num_views=5)
@@ -170,7 +170,7 @@ def test_reference_views_come_back_bit_exact(awake_pipe):
 def test_any_number_of_views(awake_pipe, views):
     out = awake_pipe(PROMPT, num_views=views, steps=1, seed=0, progress=False, sampler="consistency")
     size = awake_pipe.backbone.image_resolution
-    assert out.views.shape == (1, views, 3, size, size) and torch.isfinite(out.views).all()
+    assert out.pixels.shape == (1, views, 3, size, size) and torch.isfinite(out.pixels).all()
     assert out.cameras.shape == (1, views)
 
 

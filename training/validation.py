@@ -25,7 +25,7 @@ def log_validation_samples(system, prompts: list[str]) -> Path:
         out = pipe(prompts, num_views=h.validation_views, sampler=h.validation_sampler, scheduler="auto",
                    steps=h.validation_steps, guidance_scale=h.validation_guidance_scale, seed=h.seed, progress=False)
         renders = out.field.render(out.field.cameras)
-    rows = torch.stack([out.views, renders], dim=1).flatten(0, 1)  # (2B, V, 3, H, W): views, then renders
+    rows = torch.stack([out.pixels, renders], dim=1).flatten(0, 1)  # (2B, V, 3, H, W): views, then renders
     image = grid_image(rows)
     folder = Path(system.trainer.log_dir or system.trainer.default_root_dir) / "samples"
     folder.mkdir(parents=True, exist_ok=True)

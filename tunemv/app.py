@@ -88,7 +88,7 @@ class MultiviewApp:
         folder = Path(tempfile.mkdtemp(dir=self.outputs))
         from PIL import Image
 
-        views = [Image.fromarray(frame) for frame in to_uint8(upscale_for_preview(out.views[0], 256))]
+        views = [Image.fromarray(frame) for frame in to_uint8(upscale_for_preview(out.pixels[0], 256))]
         frames = to_uint8(upscale_for_preview(out.field.turntable(self.turntable_frames)[0], 256))
         if has_ffmpeg():
             turntable = folder / "turntable.mp4"
@@ -98,7 +98,7 @@ class MultiviewApp:
             Image.fromarray(frames[0]).save(turntable, save_all=True, append_images=[Image.fromarray(f) for f in frames[1:]],
                                             duration=80, loop=0)
         mesh = folder / "mesh.glb"
-        out.field.mesh(0, self.mesh_resolution, views=out.views[0]).export(mesh)
+        out.field.mesh(0, self.mesh_resolution, views=out.pixels[0]).export(mesh)
         info = {"prompt": prompt, "sampler": sampler, "steps": 1 if sampler == "one-step" else steps,
                 "views": num_views, "guidance_scale": guidance_scale, "seed": seed,
                 "seconds": round(time.perf_counter() - start, 2), "adapter": self.adapter}

@@ -132,7 +132,7 @@ def silhouette_agreement(output) -> float:
     turntable shows the object."""
     from tunemv.evaluation.views import silhouette_iou
 
-    return silhouette_iou(output.field.silhouettes()[0, :, 0], output.views[0])
+    return silhouette_iou(output.field.silhouettes()[0, :, 0], output.pixels[0])
 
 
 def slug(prompt: str) -> str:

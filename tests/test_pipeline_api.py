@@ -1,0 +1,79 @@
+"""The diffusers-style call: output types, seeds, callback_on_step_end, the progress bar and deprecations."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sampling_fixtures import PROMPT, adapter_pipeline, save_backbones
+
+VIEWS, STEPS = 2, 3
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    folders = save_backbones(tmp_path_factory.mktemp("api"))
+    return adapter_pipeline(folders["if"], awake=True)
+
+
+def call(pipe, **kwargs):
+    return pipe(PROMPT, num_views=VIEWS, steps=STEPS, progress=False, **{"seed": 0, **kwargs})
+
+
+def test_output_types_carry_the_same_pixels(pipe):
+    pt, np_out, pil = (call(pipe, output_type=kind) for kind in ("pt", "np", "pil"))
+    assert pt.images.shape == (1, VIEWS, 3, 16, 16) and torch.equal(pt.images, pt.pixels)
+    assert np_out.images.shape == (1, VIEWS, 16, 16, 3)
+    np.testing.assert_allclose(np_out.images, pt.images.permute(0, 1, 3, 4, 2).numpy())
+    assert len(pil.images) == 1 and len(pil.images[0]) == VIEWS and isinstance(pil.images[0][0], Image.Image)
+    assert np.abs(np.asarray(pil.images[0][1]) / 255 - np_out.images[0, 1]).max() <= 0.5 / 255 + 1e-6
+    with pytest.raises(ValueError, match="output_type"):
+        call(pipe, output_type="latent")
+
+
+def test_no_seed_means_a_random_seed_that_is_reported_and_reproduces(pipe):
+    first, second = call(pipe, seed=None), call(pipe, seed=None)
+    assert first.seed != second.seed and not torch.equal(first.latents, second.latents)
+    again = call(pipe, seed=first.seed)
+    assert again.seed == first.seed and torch.equal(again.latents, first.latents)
+    assert call(pipe, generator=torch.Generator().manual_seed(1), seed=None).seed is None
+
+
+def test_callback_on_step_end_sees_every_step_and_may_replace_the_latents(pipe):
+    seen = []
+
+    def record(caller, step, t, tensors):
+        seen.append((step, tuple(tensors["latents"].shape)))
+        assert caller is pipe
+
+    call(pipe, callback_on_step_end=record)
+    assert [step for step, _ in seen] == list(range(STEPS)) and seen[0][1] == (1, VIEWS, 3, 16, 16)
+    zeroed = call(pipe, callback_on_step_end=lambda caller, step, t, tensors:
+                  {"latents": torch.zeros_like(tensors["latents"])} if step == STEPS - 1 else None)
+    assert torch.equal(zeroed.latents, torch.zeros_like(zeroed.latents))
+
+
+def test_the_progress_bar_is_configurable(pipe, capsys):
+    pipe.set_progress_bar_config(disable=True)
+    pipe(PROMPT, num_views=VIEWS, steps=STEPS, seed=0)
+    assert capsys.readouterr().err == ""
+    pipe.set_progress_bar_config(desc="denoising")
+    pipe(PROMPT, num_views=VIEWS, steps=STEPS, seed=0)
+    assert "denoising" in capsys.readouterr().err
+    pipe.set_progress_bar_config()
+
+
+def test_the_old_names_still_work_with_a_deprecation_warning(pipe):
+    steps = []
+    with pytest.warns(FutureWarning, match="callback_on_step_end"):
+        out = call(pipe, callback=lambda step, t, latents: steps.append(step))
+    assert steps == list(range(STEPS))
+    with pytest.warns(FutureWarning, match=r"\.views is deprecated"):
+        views = out.views
+    assert torch.equal(views, out.pixels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert call(pipe).pixels.shape[1] == VIEWS  # the new names warn about nothing
