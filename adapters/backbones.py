@@ -144,7 +144,9 @@ class Backbone(torch.nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        # Under model CPU offload (MultiviewPipeline.enable_model_cpu_offload) the weights wait on the CPU
+        # and hop to the execution device for each forward; inputs are made there.
+        return getattr(self, "execution_device", None) or self.unet.device
 
     @property
     def dtype(self) -> torch.dtype:

@@ -32,6 +32,7 @@ from tunemv.adapters.formats import (
     write_adapter_folder,
 )
 from tunemv.adapters.hub import CARD_FILE, model_card, push_folder, resolve_folder
+from tunemv.errors import TunemvError
 from tunemv.geometry.cameras import Cameras, orbit
 from tunemv.geometry.rays import sees_sphere
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
@@ -245,6 +246,28 @@ class MultiviewPipeline:
             return None
 
         return on_step
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str = "cuda") -> None:
+        """Keep the frozen text encoders, UNet and VAE on the CPU and move each to ``device`` only while it runs
+        (accelerate's ``cpu_offload_with_hook``, as diffusers does): peak GPU memory is the largest part, not
+        their sum. The trainable NeuS and control branch are small and stay on ``device``."""
+        try:
+            from accelerate import cpu_offload_with_hook
+        except ImportError as error:
+            raise TunemvError("enable_model_cpu_offload needs accelerate: pip install accelerate") from error
+        device = torch.device(device)
+        if gpu_id is not None:
+            device = torch.device(device.type, gpu_id)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise TunemvError(f"enable_model_cpu_offload: no {device} here (torch sees no GPU)")
+        backbone, hook = self.backbone, None
+        backbone.to("cpu")
+        for model in (backbone.text_encoder, backbone.text_encoder_2, backbone.unet, backbone.vae):
+            if model is not None:
+                _, hook = cpu_offload_with_hook(model, device, prev_module_hook=hook)
+        self.denoiser.neus.to(device)
+        self.denoiser.control_branch.to(device)
+        backbone.execution_device = device
 
     def set_progress_bar_config(self, **kwargs) -> None:
         """tqdm options for the denoising progress bar (``disable=True`` hides it), as in diffusers."""

@@ -77,3 +77,19 @@ def test_the_old_names_still_work_with_a_deprecation_warning(pipe):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert call(pipe).pixels.shape[1] == VIEWS  # the new names warn about nothing
+
+
+def test_model_cpu_offload_gives_the_same_views(tmp_path):
+    """On this CPU machine the execution device is the CPU: what is tested is that the hooks wrap the frozen
+    parts and sampling through them gives the same result."""
+    pytest.importorskip("accelerate")
+    folders = save_backbones(tmp_path)
+    plain, offloaded = adapter_pipeline(folders["sd"], awake=True), adapter_pipeline(folders["sd"], awake=True)
+    offloaded.enable_model_cpu_offload(device="cpu")
+    assert hasattr(offloaded.backbone.unet, "_hf_hook")
+    torch.testing.assert_close(call(offloaded, output_type="pt").latents, call(plain, output_type="pt").latents)
+    if not torch.cuda.is_available():
+        from tunemv.errors import TunemvError
+
+        with pytest.raises(TunemvError, match="no cuda"):
+            plain.enable_model_cpu_offload()
