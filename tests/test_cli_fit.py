@@ -152,8 +152,13 @@ def test_fit_checkpoint_resume_validate_export(assets, tmp_path, capsys):
         info = json.loads((out / "adapter.json").read_text())
         assert (out / info["backbone"]).resolve() == (assets / "tiny-if").resolve()  # relative to the folder
         assert info["ema"] is ema and info["global_step"] == 5
-    assert main(["export", str(last), str(tmp_path / "adapter-auto")]) == 0  # a run with EMA exports the EMA
-    assert json.loads((tmp_path / "adapter-auto/adapter.json").read_text())["ema"] is True
+    (tmp_path / "figures.json").write_text('{"hull IoU": 0.5}')
+    assert main(["export", str(last), str(tmp_path / "adapter-auto"), "--figures", str(tmp_path / "figures.json")]) == 0
+    auto = json.loads((tmp_path / "adapter-auto/adapter.json").read_text())
+    assert auto["ema"] is True  # a run with EMA exports the EMA
+    assert not any(isinstance(value, str) and Path(value).is_absolute() for value in auto.values())  # shareable
+    card = (tmp_path / "adapter-auto/README.md").read_text()  # a model card: backbone, steps, data, figures
+    assert "library_name: tunemv" in card and "| training steps | `5` |" in card and "| hull IoU | 0.5 |" in card
     capsys.readouterr()
     assert main(["export", str(last), str(tmp_path / "adapter-False")]) == 2
     assert "--overwrite" in one_error_line(capsys)

@@ -21,7 +21,7 @@ from tunemv.adapters.hub import CARD_FILE, model_card
 
 
 def export_adapter(checkpoint_path: str | Path, out_dir: str | Path, ema: bool | None = None,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False, figures: dict | None = None) -> Path:
     """Write the adapter folder of ``checkpoint_path`` (its EMA weights when the run kept one, or as ``ema``
     says) to ``out_dir``, atomically: for a stage-1 run the pretrained NeuS folder, and for ``tunemv distill``
     a generator folder, an adapter folder whose ``adapter.json`` also says how it samples ("one-step")."""
@@ -43,12 +43,12 @@ def export_adapter(checkpoint_path: str | Path, out_dir: str | Path, ema: bool |
     info = {"backbone": checkpoint["tunemv"]["backbone"], "ema": ema, "global_step": checkpoint.get("global_step"),
             "checkpoint": Path(checkpoint_path).name}
     data = (checkpoint.get("datamodule_hyper_parameters") or {}).get("root")
-    if data:
-        info["data"] = str(data)
+    if data:  # as the config named it; an absolute path (this machine's) is cut to the folder's name
+        info["data"] = Path(data).name if Path(data).is_absolute() else str(data)
     generator = checkpoint["tunemv"].get("generator")
     if generator is not None:  # a distilled one-step generator: its folder says how it samples
         info["sampling"] = {"sampler": "one-step", "sampler_options": {"timestep": generator["timestep"]},
                             "guidance_scale": 1.0}
         info["generator"] = {key: generator[key] for key in ("teacher", "vsd_steps", "stage")}
     return write_adapter_folder(out_dir, neus, branch, info, overwrite=overwrite,
-                                extra_files={CARD_FILE: model_card(info)})
+                                extra_files={CARD_FILE: model_card(info, figures)})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from tunemv.errors import TunemvError
 from tunemv.log_noise import silence_expected_noise
@@ -92,7 +93,17 @@ def _export(args: argparse.Namespace) -> int:
     from tunemv.adapters.formats import ADAPTER_FILE, read_adapter_info
     from tunemv.training.export import export_adapter
 
-    out = export_adapter(args.checkpoint, args.out_dir, ema=args.ema, overwrite=args.overwrite)
+    figures = None
+    if args.figures is not None:
+        import json
+
+        try:
+            figures = json.loads(Path(args.figures).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise TunemvError(f"--figures {args.figures}: not a readable JSON file ({error})") from error
+        if not isinstance(figures, dict):
+            raise TunemvError(f"--figures {args.figures}: must be a JSON object of name: value")
+    out = export_adapter(args.checkpoint, args.out_dir, ema=args.ema, overwrite=args.overwrite, figures=figures)
     if not (out / ADAPTER_FILE).is_file():
         print(f"exported the stage-1 NeuS to {out} (start an adapter fit from it with model.init_from)")
         return 0
@@ -169,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="export the EMA (--ema) or the live (--no-ema) weights; default: the EMA when the "
                              "run kept one (model.ema_decay)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    export.add_argument("--figures", default=None, metavar="JSON",
+                        help="a JSON object of measured figures (name: value) for the folder's model card")
     export.set_defaults(handler=_export)
 
     from tunemv.sampling.command import add_sample_parser  # argparse only; torch loads when it runs
