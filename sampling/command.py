@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import sys
 from pathlib import Path
+from typing import Any
 
 from tunemv.errors import TunemvError
 
@@ -81,6 +82,15 @@ def add_sample_parser(commands) -> None:
     out.add_argument("--resume", action="store_true",
                      help="keep the object folders that already exist (a killed run's finished ones) and make the rest")
     out.add_argument("--quiet", action="store_true", help="no progress bars")
+    engine = sample.add_argument_group(
+        "data engine", "split the prompts across processes with Lightning's DDP (object i is seeded seed + i, "
+        "as with --batch-size 1, so N processes write what one does)")
+    engine.add_argument("--devices", type=int, default=1, help="processes (GPUs, or CPU processes) (default: 1)")
+    engine.add_argument("--accelerator", default="auto", help="auto, cpu, gpu (default: auto)")
+    engine.add_argument("--strategy", default="ddp", help="Lightning strategy for --devices > 1 (default: ddp)")
+    engine.add_argument("--num-nodes", type=int, default=1, help="machines, each with --devices (default: 1)")
+    engine.add_argument("--filter", type=float, default=None, metavar="MIN_IOU",
+                        help="then list the objects whose mean hull IoU reaches MIN_IOU in OUT/passed.txt")
     sample.set_defaults(handler=run_sample)
 
 
@@ -174,10 +184,9 @@ def load_pipeline(args: argparse.Namespace):
     return MultiviewPipeline.from_checkpoint(args.ckpt, backbone=backbone, ema=args.ema, torch_dtype=args.dtype)
 
 
-def run_sample(args: argparse.Namespace) -> int:
+def prepare_sample(args: argparse.Namespace) -> tuple[list[str], dict[str, Any], set[int]]:
+    """Every check that needs no model, then (prompts, the pipeline's options, the prompts --resume keeps)."""
     import torch
-
-    from tunemv.sampling.outputs import write_results
 
     prompts = read_prompts(args)
     if args.batch_size < 1 or args.steps < 1 or args.num_views < 1:
@@ -200,16 +209,30 @@ def run_sample(args: argparse.Namespace) -> int:
 
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()
-    pipe = load_pipeline(args)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe.to(device)
     options = dict(num_views=args.num_views, cameras=args.cameras, reference_images=args.image or None,
                    elevation=args.elevation, radius=args.radius, fov=args.fov, azimuth_start=args.azimuth_start,
                    sampler=args.sampler, sampler_options=chosen, scheduler=args.scheduler, steps=args.steps,
                    guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt,
                    view_chunk_size=args.view_chunk)
-    settings = {key: value for key, value in options.items() if key != "reference_images"}  # JSON: repr of others
-    settings.update(images=args.image, seed=args.seed, backbone=pipe.backbone.name_or_path)
+    return prompts, options, done
+
+
+def sample_settings(args: argparse.Namespace, options: dict[str, Any], backbone: str) -> dict[str, Any]:
+    """What sampling.json records besides the seed: the options (JSON: repr of the others), images, backbone."""
+    settings = {key: value for key, value in options.items() if key != "reference_images"}
+    return settings | {"images": args.image, "backbone": backbone}  # the seed: each output's own
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from tunemv.sampling.outputs import write_results
+
+    prompts, options, done = prepare_sample(args)
+    pipe = load_pipeline(args)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe.to(device)
+    settings = sample_settings(args, options, pipe.backbone.name_or_path)
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
     wrote = (lambda message: None) if args.quiet else print  # --quiet: nothing but errors
     if done:

@@ -130,6 +130,37 @@ def _foundation_train_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample(args: argparse.Namespace) -> int:
+    """``tunemv sample``: one process, or the data engine across ``--devices`` (and ``--filter``)."""
+    from tunemv.sampling.command import run_sample
+
+    if args.devices == 1 and args.num_nodes == 1 and args.filter is None:
+        return run_sample(args)
+    from tunemv.sampling.command import load_pipeline, prepare_sample, sample_settings
+    from tunemv.training.predict import predict_dataset
+
+    if args.devices < 1 or args.num_nodes < 1:
+        raise TunemvError(f"--devices and --num-nodes must be >= 1, got {args.devices} and {args.num_nodes}")
+    if args.batch_size != 1:
+        raise TunemvError("--devices and --filter sample one prompt per call (each seeded seed + index); "
+                          "drop --batch-size")
+    if args.filter is not None and not 0 <= args.filter <= 1:
+        raise TunemvError(f"--filter takes a mean hull IoU in [0, 1], got {args.filter}")
+    prompts, options, done = prepare_sample(args)
+    backbone = args.backbone or args.adapter or args.ckpt
+    write = {"settings": sample_settings(args, options, backbone), "turntable_frames": args.turntable_frames,
+             "mesh_resolution": args.mesh_resolution if args.mesh else 0,
+             "export_transforms": "transforms" in args.export, "overwrite": args.overwrite or args.resume}
+    options = {**options, "progress": False}
+    passed = predict_dataset(lambda: load_pipeline(args), prompts, args.out, args.seed, options, write,
+                             devices=args.devices, accelerator=args.accelerator, strategy=args.strategy,
+                             num_nodes=args.num_nodes, done=done, filter_iou=args.filter, progress=not args.quiet)
+    if passed is not None:
+        print(f"{len(passed)} of {len(prompts)} objects have a mean hull IoU >= {args.filter:g}; "
+              f"list written to {Path(args.out) / 'passed.txt'}")
+    return 0
+
+
 def _lightning(argv: list[str]) -> int:
     """``tunemv fit|validate|distill ...`` through LightningCLI; config errors become one line and exit code 2."""
     from jsonargparse import ArgumentError
@@ -187,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tunemv.sampling.command import add_sample_parser  # argparse only; torch loads when it runs
 
     add_sample_parser(commands)
+    commands.choices["sample"].set_defaults(handler=_sample)  # the data engine (training/) sits above sampling/
 
     from tunemv.demo import add_demo_parser
 

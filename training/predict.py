@@ -1,0 +1,101 @@
+"""The distributed data engine: ``tunemv sample --devices N`` (VFusion3D §3's use of a multiview generator).
+
+A prompt list is split across processes by Lightning's own ``Trainer.predict`` (DDP, any accelerator, any
+number of nodes); every process writes its objects into one dataset-format root. Object i goes to rank
+i mod world size (no padding: each object is sampled and written exactly once) and is seeded ``seed + i``, as
+``tunemv sample --batch-size 1`` seeds it, so the union of the ranks' outputs is a single-process run's, byte
+for byte. Each object folder is renamed into place whole (``write_results``). After a barrier, rank 0 runs
+the ``--filter`` quality pass over the root (hull IoU, as ``tunemv evaluate --filter``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class PromptList(Dataset):
+    def __init__(self, prompts: Sequence[str], done: set[int]):
+        self.items = [(index, prompt) for index, prompt in enumerate(prompts) if index not in done]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, position: int) -> tuple[int, str]:
+        return self.items[position]
+
+
+class StridedSampler(Sampler[int]):
+    """Positions rank, rank + world, ...: a disjoint cover with no padding (DistributedSampler pads, which
+    would sample and write some objects twice)."""
+
+    def __init__(self, length: int, rank: int, world: int):
+        self.positions = list(range(rank, length, world))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.positions)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+
+class SamplingModule(pl.LightningModule):
+    """``predict_step`` samples one prompt and writes its object folder."""
+
+    def __init__(self, load_pipeline: Callable[[], Any], prompts: Sequence[str], out: str, seed: int,
+                 options: dict[str, Any], write_options: dict[str, Any], done: set[int] = frozenset()):
+        super().__init__()
+        self.load_pipeline, self.prompts, self.out, self.seed = load_pipeline, list(prompts), out, seed
+        self.options, self.write_options, self.done = options, write_options, set(done)
+        self.pipe = None
+
+    def setup(self, stage: str) -> None:
+        if self.pipe is None:  # in each process, on its own device
+            self.pipe = self.load_pipeline().to(self.device)
+            self.write_options["settings"]["backbone"] = self.pipe.backbone.name_or_path  # as one process says it
+
+    def predict_dataloader(self) -> DataLoader:
+        dataset = PromptList(self.prompts, self.done)
+        trainer = self.trainer
+        sampler = StridedSampler(len(dataset), trainer.global_rank, trainer.world_size)
+        return DataLoader(dataset, batch_size=None, sampler=sampler)
+
+    def predict_step(self, item: tuple[int, str], batch_index: int) -> int:
+        from tunemv.sampling.outputs import write_results
+
+        index, prompt = item
+        index = int(index)
+        output = self.pipe(prompt, seed=self.seed + index, output_type="pt", **self.options)
+        write_results(output, self.out, start_index=index, settings=self.write_options["settings"],
+                      turntable_frames=self.write_options["turntable_frames"],
+                      mesh_resolution=self.write_options["mesh_resolution"],
+                      export_transforms=self.write_options["export_transforms"],
+                      overwrite=self.write_options["overwrite"])
+        return index
+
+
+def predict_dataset(load_pipeline: Callable[[], Any], prompts: Sequence[str], out: str | Path, seed: int,
+                    options: dict[str, Any], write_options: dict[str, Any], devices: int | str = 1,
+                    accelerator: str = "auto", strategy: str = "ddp", num_nodes: int = 1, done: set[int] = frozenset(),
+                    filter_iou: float | None = None, progress: bool = True) -> list[int] | None:
+    """Sample every prompt not in ``done`` across ``devices`` processes into ``out``; with ``filter_iou``, rank
+    0 then writes ``out/passed.txt`` and returns the indices of the objects whose hull IoU reaches it."""
+    module = SamplingModule(load_pipeline, prompts, str(out), seed, options, write_options, set(done))
+    trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=strategy if devices != 1 else "auto",
+                         num_nodes=num_nodes, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                         enable_progress_bar=progress, use_distributed_sampler=False)
+    trainer.predict(module, return_predictions=False)
+    trainer.strategy.barrier()
+    if filter_iou is None or not trainer.is_global_zero:
+        return None
+    from tunemv.atomic import write_text_atomic
+    from tunemv.evaluation.evaluate import evaluate_dataset
+
+    report = evaluate_dataset(out, mask_source="border", progress=False)
+    passed = report.passing(filter_iou)
+    write_text_atomic(Path(out) / "passed.txt", "".join(f"{name}\n" for name in passed))
+    return passed
