@@ -21,7 +21,7 @@ LAYERS = (
     (("sampling", ("tunemv.sampling",)),),
     (("training", ("tunemv.training",)), ("tinyif", ("tunemv.tinyif",))),
     (("evaluation", ("tunemv.evaluation",)),),
-    (("cli", ("tunemv.cli", "tunemv.demo", "tunemv.__main__")),),
+    (("cli", ("tunemv.cli", "tunemv.demo", "tunemv.app", "tunemv.__main__")),),
 )
 PART = {prefix: part for row in LAYERS for part, prefixes in row for prefix in prefixes}
 LEVEL = {part: level for level, row in enumerate(LAYERS) for part, _ in row}
