@@ -81,21 +81,13 @@ class SamplingModule(pl.LightningModule):
 def predict_dataset(load_pipeline: Callable[[], Any], prompts: Sequence[str], out: str | Path, seed: int,
                     options: dict[str, Any], write_options: dict[str, Any], devices: int | str = 1,
                     accelerator: str = "auto", strategy: str = "ddp", num_nodes: int = 1, done: set[int] = frozenset(),
-                    filter_iou: float | None = None, progress: bool = True) -> list[int] | None:
-    """Sample every prompt not in ``done`` across ``devices`` processes into ``out``; with ``filter_iou``, rank
-    0 then writes ``out/passed.txt`` and returns the indices of the objects whose hull IoU reaches it."""
+                    progress: bool = True) -> bool:
+    """Sample every prompt not in ``done`` across ``devices`` processes into ``out``; returns whether this
+    process is rank 0 (after a barrier: every object is written), which runs what comes after (the filter)."""
     module = SamplingModule(load_pipeline, prompts, str(out), seed, options, write_options, set(done))
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=strategy if devices != 1 else "auto",
                          num_nodes=num_nodes, logger=False, enable_checkpointing=False, enable_model_summary=False,
                          enable_progress_bar=progress, use_distributed_sampler=False)
     trainer.predict(module, return_predictions=False)
     trainer.strategy.barrier()
-    if filter_iou is None or not trainer.is_global_zero:
-        return None
-    from tunemv.atomic import write_text_atomic
-    from tunemv.evaluation.evaluate import evaluate_dataset
-
-    report = evaluate_dataset(out, mask_source="border", progress=False)
-    passed = report.passing(filter_iou)
-    write_text_atomic(Path(out) / "passed.txt", "".join(f"{name}\n" for name in passed))
-    return passed
+    return trainer.is_global_zero

@@ -152,12 +152,16 @@ def _sample(args: argparse.Namespace) -> int:
              "mesh_resolution": args.mesh_resolution if args.mesh else 0,
              "export_transforms": "transforms" in args.export, "overwrite": args.overwrite or args.resume}
     options = {**options, "progress": False}
-    passed = predict_dataset(lambda: load_pipeline(args), prompts, args.out, args.seed, options, write,
-                             devices=args.devices, accelerator=args.accelerator, strategy=args.strategy,
-                             num_nodes=args.num_nodes, done=done, filter_iou=args.filter, progress=not args.quiet)
-    if passed is not None:
-        print(f"{len(passed)} of {len(prompts)} objects have a mean hull IoU >= {args.filter:g}; "
-              f"list written to {Path(args.out) / 'passed.txt'}")
+    rank_zero = predict_dataset(lambda: load_pipeline(args), prompts, args.out, args.seed, options, write,
+                                devices=args.devices, accelerator=args.accelerator, strategy=args.strategy,
+                                num_nodes=args.num_nodes, done=done, progress=not args.quiet)
+    if args.filter is not None and rank_zero:  # the quality pass, once, over the whole root
+        from tunemv.atomic import write_text_atomic
+        from tunemv.evaluation.evaluate import evaluate_dataset
+
+        passed = evaluate_dataset(args.out, mask_source="border", progress=False).passing(args.filter)
+        path = write_text_atomic(Path(args.out) / "passed.txt", "".join(f"{name}\n" for name in passed))
+        print(f"{len(passed)} of {len(prompts)} objects have a mean hull IoU >= {args.filter:g}; list written to {path}")
     return 0
 
 
