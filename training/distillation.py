@@ -293,7 +293,8 @@ class OneStepDistillationSystem(pl.LightningModule):
         checkpoint["tunemv"] = checkpoint_metadata(
             self.backbone.name_or_path, self.denoiser.neus, self.denoiser.control_branch, weights,
             kind=GENERATOR_KIND, generator={"timestep": self.generator_timestep, "teacher": h.teacher,
-                                            "vsd_steps": h.vsd_steps, "stage": 1 if self.in_stage_one() else 2})
+                                            "vsd_steps": h.vsd_steps,
+                                            "stage": 1 if self.global_step <= h.vsd_steps else 2})
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         from tunemv.training.system import load_ema_snapshot

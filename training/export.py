@@ -13,6 +13,7 @@ from tunemv.adapters.formats import (
     is_neus_checkpoint,
     load_adapter_modules,
     load_neus_checkpoint,
+    portable_backbone,
     read_checkpoint,
     write_adapter_folder,
     write_neus_folder,
@@ -49,6 +50,9 @@ def export_adapter(checkpoint_path: str | Path, out_dir: str | Path, ema: bool |
     if generator is not None:  # a distilled one-step generator: its folder says how it samples
         info["sampling"] = {"sampler": "one-step", "sampler_options": {"timestep": generator["timestep"]},
                             "guidance_scale": 1.0}
-        info["generator"] = {key: generator[key] for key in ("teacher", "vsd_steps", "stage")}
+        info["generator"] = {key: generator[key] for key in ("teacher", "vsd_steps")}
+        # The weights after step n have seen steps 0..n−1: stage I's alone while n <= vsd_steps.
+        info["generator"]["stage"] = 1 if (checkpoint.get("global_step") or 0) <= generator["vsd_steps"] else 2
+        info["generator"]["teacher"] = portable_backbone(str(generator["teacher"]), Path(out_dir))  # beside it
     return write_adapter_folder(out_dir, neus, branch, info, overwrite=overwrite,
                                 extra_files={CARD_FILE: model_card(info, figures)})
