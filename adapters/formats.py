@@ -303,3 +303,12 @@ def load_adapter_modules(checkpoint: dict[str, Any], ema: bool | None = None, so
                                   f"({str(error).splitlines()[0]})") from error
         module.eval()
     return modules
+
+
+def generator_sampling(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """How a distilled generator samples (``adapter.json``'s "sampling"), from its checkpoint's "tunemv" entry;
+    None for an adapter's checkpoint."""
+    generator = meta.get("generator")
+    if generator is None:
+        return None
+    return {"sampler": "one-step", "sampler_options": {"timestep": generator["timestep"]}, "guidance_scale": 1.0}

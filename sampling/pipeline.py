@@ -25,6 +25,7 @@ from tunemv.adapters.formats import (
     ADAPTER_FILE,
     UNET_PREFIX,
     AdapterError,
+    generator_sampling,
     load_adapter_modules,
     read_adapter_folder,
     read_checkpoint,
@@ -117,6 +118,7 @@ class MultiviewPipeline:
                              checkpoint, **backbone_options)
         if unet:  # a train_backbone_unet baseline: its fine-tuned UNet replaces the hub one
             pipe.backbone.unet.load_state_dict(unet, strict=True)
+        pipe.sampling_defaults.update(generator_sampling(data["tunemv"]) or {})  # a distillation checkpoint
         return pipe
 
     @classmethod

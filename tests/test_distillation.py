@@ -146,6 +146,10 @@ def test_the_exported_generator_samples_what_g_computed(teacher, tmp_path, capsy
     written = json.loads(next(samples.glob("*/sampling.json")).read_text())
     assert written["sampler"] == "one-step" and written["guidance_scale"] == 1.0
     assert written["sampler_options"] == {"timestep": info["sampling"]["sampler_options"]["timestep"]}
+    # ... and so does the checkpoint itself, sampled directly.
+    assert main(["sample", "--ckpt", str(last), "--prompt", PROMPTS[0], "--num-views", "2",
+                 "--out", str(tmp_path / "from-ckpt"), "--turntable-frames", "0", "--quiet"]) == 0
+    assert json.loads(next((tmp_path / "from-ckpt").glob("*/sampling.json")).read_text())["sampler"] == "one-step"
 
 
 def test_the_cache_is_built_once_and_refuses_other_settings(teacher, tmp_path):
