@@ -34,6 +34,14 @@ def one_step_timestep(alphas_cumprod: torch.Tensor, min_alpha_bar: float = MIN_A
     return int(above.max())
 
 
+def pixel_clip_bound(backbone, scheduler_config) -> float | None:
+    """The range a pixel-space backbone's schedule clips x̂0 to (``clip_sample``); None: no clip (latent
+    backbones, or a schedule without it). The sampler and distillation's G clip alike through this."""
+    if backbone.vae is None and scheduler_config.get("clip_sample", False):
+        return float(scheduler_config.get("clip_sample_range", 1.0))
+    return None
+
+
 class OneStepSampler:
     """x̂0 from one guided "mv" evaluation at t_G; ``timestep`` overrides t_G (an int in [0, T))."""
 
@@ -60,8 +68,8 @@ class OneStepSampler:
         out = job.score(z, timesteps, ("mv",), guided=job.guided)
         epsilon = classifier_free(out.cond["mv"], out.uncond.get("mv"), job.guidance_scale)
         x0 = epsilon_to_sample(epsilon, z, timesteps, alphas.to(z.device))
-        if job.score.backbone.vae is None and job.scheduler.config.get("clip_sample", False):
-            bound = float(job.scheduler.config.get("clip_sample_range", 1.0))
+        bound = pixel_clip_bound(job.score.backbone, job.scheduler.config)
+        if bound is not None:
             x0 = x0.clamp(-bound, bound)  # pixel space: the schedule's own clip of x̂0
         if job.callback is not None:
             job.callback(0, t, x0)

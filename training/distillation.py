@@ -40,7 +40,8 @@ from tunemv.adapters.denoiser import MultiviewDenoiser
 from tunemv.adapters.formats import AdapterError, checkpoint_metadata, read_adapter_folder
 from tunemv.errors import TunemvError
 from tunemv.sampling.algebra import alpha_bar, epsilon_to_sample, to_epsilon
-from tunemv.sampling.one_step import MIN_ALPHA_BAR, one_step_timestep
+from tunemv.sampling.guidance import classifier_free
+from tunemv.sampling.one_step import MIN_ALPHA_BAR, one_step_timestep, pixel_clip_bound
 from tunemv.training.ema import warmup_ema_multi_avg_fn
 from tunemv.training.recipe import add_noise, diffusion_target, warmup_cosine
 from tunemv.training.system import check_precision, trainable_checkpoint_state
@@ -135,12 +136,11 @@ class OneStepDistillationSystem(pl.LightningModule):
         out = self.denoiser(noise, timesteps, cameras, text.hidden_states.float(), mode="mv",
                             added_cond_kwargs=text.added_cond_kwargs)
         x0 = self.to_sample(out.prediction, noise, timesteps)
-        config = self.backbone.noise_scheduler.config
-        if self.backbone.vae is None and config.get("clip_sample", False):
-            # Pixel space: the schedule's own clip, as the sampler applies it, but straight-through. At init
-            # 1/√ᾱ_tG (~14) amplifies ε's errors far outside [-1, 1]; a plain clamp would give those pixels
-            # no gradient, and a pixel clipped to the wrong end could never come back.
-            bound = float(config.get("clip_sample_range", 1.0))
+        bound = pixel_clip_bound(self.backbone, self.backbone.noise_scheduler.config)
+        if bound is not None:
+            # The sampler's clip, but straight-through. At init 1/√ᾱ_tG (~14) amplifies ε's errors far outside
+            # [-1, 1]; a plain clamp would give those pixels no gradient, and a pixel clipped to the wrong end
+            # could never come back.
             x0 = x0 + (x0.clamp(-bound, bound) - x0).detach()
         return x0 if reference is None else keep(reference, clean, x0)
 
@@ -175,8 +175,8 @@ class OneStepDistillationSystem(pl.LightningModule):
         with torch.no_grad():
             teacher = self.teacher.predict(x_t, timesteps, cameras, text, ("mv",), uncond)
             cond = self.to_epsilon(teacher.cond["mv"], x_t, timesteps)
-            epsilon_teacher = cond if uncond is None else self.to_epsilon(teacher.uncond["mv"], x_t, timesteps) + \
-                h.teacher_guidance_scale * (cond - self.to_epsilon(teacher.uncond["mv"], x_t, timesteps))
+            unconditional = None if uncond is None else self.to_epsilon(teacher.uncond["mv"], x_t, timesteps)
+            epsilon_teacher = classifier_free(cond, unconditional, h.teacher_guidance_scale)
         student = self.student(x_t, timesteps, cameras, text.hidden_states.float(), mode="mv",
                                added_cond_kwargs=text.added_cond_kwargs).prediction
         target = diffusion_target(self.backbone.noise_scheduler, self.backbone.prediction_type, x.detach(), epsilon,
