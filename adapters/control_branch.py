@@ -3,7 +3,8 @@
 It copies ``conv_in``, the time/class/added embeddings, ``encoder_hid_proj``, every down block and the mid
 block (whatever their type: diffusers' own ``ControlNetModel`` rejects IF's SimpleCrossAttn blocks). It adds
 a condition embedding at the UNet's input resolution and a zero-initialised 1x1 conv per skip connection
-and for the mid block, so at init its residuals are exactly zero and the frozen UNet is unchanged.
+and for the mid block, so at init its residuals are exactly zero and the frozen UNet is unchanged. With
+``camera_conditioning`` each view also reads its own camera (``camera_conditioning.py``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,18 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from tunemv.adapters.camera_conditioning import (
+    CameraEmbedding,
+    RayMapEncoder,
+    check_camera_conditioning,
+    plucker_rays,
+    pose_features,
+    uses_embedding,
+    uses_rays,
+)
 from tunemv.adapters.cross_view_attention import CrossViewAttention, CrossViewInputs, zero_module
-from tunemv.adapters.unet_halves import embed, run_block
+from tunemv.adapters.unet_halves import Embeddings, embed, run_block
+from tunemv.geometry.cameras import Cameras
 
 
 @dataclass
@@ -67,14 +78,24 @@ class ControlBranch(ModelMixin, ConfigMixin):
     def __init__(self, unet_config: dict[str, Any], condition_channels: int,
                  condition_embedding_channels: Sequence[int] = (16, 32), cross_view_blocks: Sequence[int] = (),
                  cross_view_heads: int = 4, cross_view_points: int = 8, cross_view_patch_size: int = 1,
-                 cross_view_weight_gradient: str = "detached"):
+                 cross_view_weight_gradient: str = "detached", camera_conditioning: str = "none",
+                 independent_camera: bool = True):
         super().__init__()
+        check_camera_conditioning(camera_conditioning)
         encoder = UNet2DConditionModel.from_config(unet_config)
         # Only the encoder half is trained; drop the decoder so it costs neither memory nor parameters.
         encoder.up_blocks, encoder.conv_norm_out, encoder.conv_act, encoder.conv_out = None, None, None, None
         self.encoder = encoder
         widths = list(unet_config["block_out_channels"])
         self.condition_embedding = ConditionEmbedding(condition_channels, widths[0], condition_embedding_channels)
+        # Absent for "none", so folders saved before camera conditioning load with their exact state dicts.
+        self.ray_encoder = RayMapEncoder(widths[0], condition_embedding_channels) \
+            if uses_rays(camera_conditioning) else None
+        if uses_embedding(camera_conditioning) and unet_config.get("class_embeddings_concat"):
+            raise ValueError("camera_conditioning 'embedding' adds to the time embedding, which this UNet "
+                             "concatenates with its class embedding; use 'plucker'")
+        self.camera_embedding = CameraEmbedding(encoder.time_embedding.linear_2.out_features) \
+            if uses_embedding(camera_conditioning) else None
         self.skip_projections = nn.ModuleList(zero_module(nn.Conv2d(c, c, 1)) for c in skip_channels(unet_config))
         self.mid_projection = zero_module(nn.Conv2d(widths[-1], widths[-1], 1))
         for index in cross_view_blocks:
@@ -84,6 +105,20 @@ class ControlBranch(ModelMixin, ConfigMixin):
             str(index): CrossViewAttention(widths[index], cross_view_heads, cross_view_points, cross_view_patch_size,
                                            weight_gradient=cross_view_weight_gradient)
             for index in cross_view_blocks})
+
+    @property
+    def camera_conditioning(self) -> str:
+        return self.config.get("camera_conditioning", "none")
+
+    @property
+    def independent_camera(self) -> bool:
+        """Whether mode "independent" was trained with each view's camera (read by ``MultiviewDenoiser``)."""
+        return bool(self.config.get("independent_camera", True))
+
+    def camera_parameters(self) -> list[nn.Parameter]:
+        """The camera encoders' weights (a run may give them their own learning rate, as Wonder3D does)."""
+        return [p for module in (self.ray_encoder, self.camera_embedding) if module is not None
+                for p in module.parameters()]
 
     @classmethod
     def from_unet(cls, unet: UNet2DConditionModel, condition_channels: int | None = None, **kwargs) -> ControlBranch:
@@ -97,18 +132,28 @@ class ControlBranch(ModelMixin, ConfigMixin):
 
     def forward(self, sample: torch.Tensor, timesteps: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
                 condition: torch.Tensor, added_cond_kwargs: dict[str, Any] | None = None,
-                class_labels: torch.Tensor | None = None, cross_view: CrossViewInputs | None = None
-                ) -> ControlResiduals:
+                class_labels: torch.Tensor | None = None, cross_view: CrossViewInputs | None = None,
+                cameras: Cameras | None = None) -> ControlResiduals:
         """(N, C, h, w) x_t with its condition (N, Cc, h, w) -> residuals for the frozen UNet's decoder.
 
         ``cross_view`` (cameras [B, V] with N = B*V, optional NeuS samples) switches the cross-view attention
-        on after the configured down blocks; without it the views are processed independently.
+        on after the configured down blocks; without it the views are processed independently. ``cameras``
+        ``[N]`` feed the camera conditioning; a branch with one needs them, and ``None`` drops the signal
+        (the ablation of the camera at sampling time).
         """
         encoder = self.encoder
         if encoder.config.center_input_sample:
             sample = 2 * sample - 1.0
         embeddings = embed(encoder, sample, timesteps, encoder_hidden_states, added_cond_kwargs, class_labels)
         hidden = encoder.conv_in(sample) + self.condition_embedding(condition)
+        if cameras is not None and len(cameras) != len(sample):
+            raise ValueError(f"the control branch got {len(cameras)} cameras for {len(sample)} views")
+        if cameras is not None and self.ray_encoder is not None:
+            rays = plucker_rays(cameras.to(sample.device), *sample.shape[-2:]).to(hidden.dtype)
+            hidden = hidden + self.ray_encoder(rays)
+        if cameras is not None and self.camera_embedding is not None:
+            pose = pose_features(cameras.to(sample.device)).to(embeddings.emb.dtype)
+            embeddings = Embeddings(embeddings.emb + self.camera_embedding(pose), embeddings.context)
         skips: tuple[torch.Tensor, ...] = (hidden,)
         for index, block in enumerate(encoder.down_blocks):
             hidden, res_samples = run_block(block, hidden, embeddings)

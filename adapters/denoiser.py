@@ -4,6 +4,8 @@ Modes:
 - ``"mv"``: NeuS renders g_i at the input cameras -> control branch(g_i) with cross-view attention ->
   zero-conv residuals -> frozen UNet;
 - ``"independent"``: the control branch on x_t itself, no NeuS, no cross-view attention (x̄ of TuneMV3D §3.3);
+  each view still reads its own camera when the branch has camera conditioning and ``independent_camera``
+  is on, so consistency guidance (ε_mv − ε_ind) amplifies what the views share, not the camera signal;
 - ``"2d"``: the frozen UNet alone.
 
 ``forward`` runs one mode through diffusers' own UNet forward; ``predict`` serves every mode a sampler needs
@@ -57,11 +59,14 @@ class MultiviewDenoiser(nn.Module):
 
     ``prediction_channels`` keeps the first channels of the UNet output (IF's learned-variance half is
     dropped); ``view_chunk`` bounds how many images one frozen-UNet or branch call processes (the branch in
-    mode "mv" takes whole objects, since their views attend to each other).
+    mode "mv" takes whole objects, since their views attend to each other). ``independent_camera``: whether
+    mode "independent" gives the branch each view's camera (it is still per view; default: as the branch was
+    trained); only matters for a branch with camera conditioning.
     """
 
     def __init__(self, unet: UNet2DConditionModel, neus: LatentSparseNeuS, control_branch: ControlBranch,
-                 prediction_channels: int | None = None, view_chunk: int | None = None):
+                 prediction_channels: int | None = None, view_chunk: int | None = None,
+                 independent_camera: bool | None = None):
         super().__init__()
         check_compatible(unet, neus, control_branch)
         self.unet = unet.requires_grad_(False).eval()
@@ -71,6 +76,8 @@ class MultiviewDenoiser(nn.Module):
         if view_chunk is not None and view_chunk < 1:
             raise ValueError(f"view_chunk must be >= 1 or None, got {view_chunk}")
         self.view_chunk = view_chunk
+        self.independent_camera = control_branch.independent_camera if independent_camera is None \
+            else independent_camera
 
     @classmethod
     def from_backbone(cls, backbone, neus: LatentSparseNeuS, control_branch: ControlBranch, **kwargs
@@ -119,7 +126,7 @@ class MultiviewDenoiser(nn.Module):
             renders = self.render_condition(noisy_views, timesteps, cameras, supervision_cameras, with_normals)
             residuals = self.mv_residuals(sample, flat_t, text, renders, cameras)
         elif mode == "independent":
-            residuals = self.independent_residuals(sample, flat_t, text)
+            residuals = self.independent_residuals(sample, flat_t, text, cameras.flatten())
         outputs = []
         for part in self.chunks(len(sample)):
             down, mid = (None, None) if residuals is None else (
@@ -168,7 +175,9 @@ class MultiviewDenoiser(nn.Module):
         needed = {mode: cond_rows if copies > 1 and mode in cond_only else len(sample) for mode in modes}
         if "independent" in modes:
             rows = slice(0, needed["independent"])
-            residuals["independent"] = self.independent_residuals(sample[rows], flat_t[rows], text[rows])
+            flat_cameras = Cameras.cat([cameras] * copies).flatten()
+            residuals["independent"] = self.independent_residuals(sample[rows], flat_t[rows], text[rows],
+                                                                  flat_cameras[rows])
 
         outputs: dict[str, list[torch.Tensor]] = {mode: [] for mode in modes}
         for part in self.chunks(len(sample)):
@@ -220,16 +229,20 @@ class MultiviewDenoiser(nn.Module):
             part_text = text[part]
             results.append(self.control_branch(sample[part], timesteps[part], part_text.hidden_states,
                                                condition[part], part_text.added_cond_kwargs,
-                                               cross_view=cross_view))
+                                               cross_view=cross_view, cameras=cameras[objs].flatten()))
         return cat_residuals(results)
 
-    def independent_residuals(self, sample: torch.Tensor, timesteps: torch.Tensor, text: Text) -> ControlResiduals:
-        """The branch on x_t itself: no NeuS, no cross-view attention; views are independent."""
+    def independent_residuals(self, sample: torch.Tensor, timesteps: torch.Tensor, text: Text,
+                              cameras: Cameras | None = None) -> ControlResiduals:
+        """The branch on x_t itself: no NeuS, no cross-view attention; views are independent. ``cameras``
+        ``[N]`` (one per row of ``sample``) reach the branch when ``independent_camera`` is on."""
+        cameras = cameras if self.independent_camera else None
         results = []
         for part in self.chunks(len(sample)):
             part_text = text[part]
             results.append(self.control_branch(sample[part], timesteps[part], part_text.hidden_states,
-                                               sample[part], part_text.added_cond_kwargs))
+                                               sample[part], part_text.added_cond_kwargs,
+                                               cameras=None if cameras is None else cameras[part]))
         return cat_residuals(results)
 
     def chunks(self, total: int) -> list[slice]:

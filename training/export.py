@@ -43,7 +43,7 @@ def export_adapter(checkpoint_path: str | Path, out_dir: str | Path, ema: bool |
     neus, branch = load_adapter_modules(checkpoint, ema=ema, source=str(checkpoint_path))
     # No absolute path: the folder is meant to be shared (the Hub, another machine).
     info = {"backbone": checkpoint["tunemv"]["backbone"], "ema": ema, "global_step": checkpoint.get("global_step"),
-            "checkpoint": Path(checkpoint_path).name}
+            "checkpoint": Path(checkpoint_path).name, "camera_conditioning": branch.camera_conditioning}
     data = (checkpoint.get("datamodule_hyper_parameters") or {}).get("root")
     if data:  # as the config named it; an absolute path (this machine's) is cut to the folder's name
         info["data"] = Path(data).name if Path(data).is_absolute() else str(data)

@@ -66,3 +66,25 @@ def diffusion_target(scheduler, prediction_type: str, x0: torch.Tensor, noise: t
     if prediction_type == "sample":
         return x0
     return scheduler.get_velocity(flat_views(x0), flat_views(noise), flat_views(t)).unflatten(0, x0.shape[:2])
+
+
+def check_timestep_shift(shift: float | str | None) -> None:
+    if shift is None or shift == "views":
+        return
+    if isinstance(shift, bool) or not isinstance(shift, int | float) or not math.isfinite(shift) or shift < 1:
+        raise ValueError(f"model.timestep_shift must be a number >= 1, 'views' or null, got {shift!r}")
+
+
+def shift_timesteps(scheduler, t: torch.Tensor, shift: float) -> torch.Tensor:
+    """Training timesteps moved toward low SNR: log-SNR(t') = log-SNR(t) − log(shift), t' on the training grid.
+
+    MV-Adapter shifts by the number of views, since V views of one object carry more signal between them than
+    one image, so the layout (and the pose) is settled at noisier steps than a single image's. ``shift`` 1 is
+    the identity.
+    """
+    alphas = scheduler.alphas_cumprod.to(device=t.device, dtype=torch.float64)
+    log_snr = (alphas / (1 - alphas)).log()  # decreasing in t
+    target = log_snr[t] - math.log(shift)
+    # The first grid step at or below the target log-SNR (searchsorted wants an increasing sequence).
+    index = torch.searchsorted(-log_snr, -target)
+    return index.clamp(max=len(alphas) - 1).to(t.dtype)

@@ -20,6 +20,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 from tunemv.adapters.backbones import Backbone
+from tunemv.adapters.camera_conditioning import check_camera_conditioning
 from tunemv.adapters.control_branch import ControlBranch
 from tunemv.adapters.denoiser import MultiviewDenoiser
 from tunemv.adapters.formats import (
@@ -39,8 +40,10 @@ from tunemv.training.ema import warmup_ema_multi_avg_fn
 from tunemv.training.latent_cache import LatentCache
 from tunemv.training.recipe import (
     add_noise,
+    check_timestep_shift,
     diffusion_target,
     neus_arguments,
+    shift_timesteps,
     views_and_supervision,
     warmup_cosine,
 )
@@ -80,9 +83,18 @@ def check_neus_channels(path: str, config: dict[str, Any], channels: int) -> Non
                            f"{channels}; pretrain one on this backbone")
 
 
-def load_initial(module: torch.nn.Module, initial: torch.nn.Module, path: str) -> None:
+# Branch modules a run may add to a folder it starts from (an adapter trained without camera conditioning).
+CAMERA_MODULES = ("ray_encoder.", "camera_embedding.")
+
+
+def load_initial(module: torch.nn.Module, initial: torch.nn.Module, path: str, new_prefixes: tuple[str, ...] = ()
+                 ) -> None:
+    """Load ``initial``'s weights; only weights under ``new_prefixes`` may be missing (they keep their init)."""
     try:
-        module.load_state_dict(initial.state_dict(), strict=True)
+        missing, unexpected = module.load_state_dict(initial.state_dict(), strict=False)
+        wrong = [key for key in missing if not key.startswith(new_prefixes)] + list(unexpected)
+        if wrong:
+            raise RuntimeError(f"missing or unexpected weights: {', '.join(wrong[:3])}")
     except RuntimeError as error:
         raise AdapterError(f"{path}: its {type(module).__name__} does not fit this run's configuration "
                            f"({str(error).splitlines()[0]})") from error
@@ -139,6 +151,15 @@ class MultiviewAdapterSystem(pl.LightningModule):
         validation_sampler, validation_steps, validation_views, validation_guidance_scale: how they are
             sampled (DDIM); the view grid and the NeuS renders are logged as images and written as PNGs
             under ``<log dir>/samples/``. ``validation_steps=0`` turns sampling off.
+        camera_conditioning: how each view reads its own camera in the branch (beyond TuneMV3D): "none",
+            "plucker" (per-pixel Plücker ray maps beside g_i, MV-Adapter), "embedding" (added to the branch's
+            time embedding, MVDream) or "both"; see ``adapters/camera_conditioning.py``.
+        independent_camera: whether mode "independent" (NeuS dropped) also reads the camera.
+        camera_learning_rate: AdamW learning rate of the camera encoders (None: ``learning_rate``); Wonder3D
+            trains its camera embedding at 10x.
+        timestep_shift: shift training timesteps toward low SNR: log-SNR minus log(shift), as MV-Adapter does
+            with the number of views (Zero123++ changes its schedule for the same reason: the global layout
+            is decided at high noise). A number, "views" (the run's view count) or None (off).
         latent_cache_dir: cache the VAE latents of training views there (latent backbones; see
             ``LatentCache``), so each view is encoded once over the whole run.
         train_backbone_unet: a baseline, not the method: also fine-tune the backbone's UNet (at
@@ -158,9 +179,13 @@ class MultiviewAdapterSystem(pl.LightningModule):
                  gradient_checkpointing: bool = False, view_chunk: int | None = None, seed: int = 0,
                  validation_prompts: Sequence[str] | None = None, validation_sampler: str = "mv",
                  validation_steps: int = 10, validation_views: int = 4, validation_guidance_scale: float = 7.5,
-                 latent_cache_dir: str | None = None, train_backbone_unet: bool = False):
+                 latent_cache_dir: str | None = None, train_backbone_unet: bool = False,
+                 camera_conditioning: str = "none", independent_camera: bool = True,
+                 camera_learning_rate: float | None = None, timestep_shift: float | str | None = None):
         super().__init__()
         self.save_hyperparameters()
+        check_camera_conditioning(camera_conditioning)
+        check_timestep_shift(timestep_shift)
         for name in ("p_reference", "p_drop_neus", "p_drop_text"):
             if not 0 <= getattr(self.hparams, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self.hparams, name)}")
@@ -175,9 +200,10 @@ class MultiviewAdapterSystem(pl.LightningModule):
                 self.backbone.unet, condition_channels=self.backbone.in_channels, cross_view_blocks=tuple(cross_view_blocks),
                 cross_view_heads=cross_view_heads, cross_view_points=cross_view_points,
                 cross_view_patch_size=cross_view_patch_size, cross_view_weight_gradient=cross_view_weight_gradient,
-                condition_embedding_channels=tuple(condition_embedding_channels)).float()
+                condition_embedding_channels=tuple(condition_embedding_channels),
+                camera_conditioning=camera_conditioning, independent_camera=independent_camera).float()
             if initial_branch is not None:
-                load_initial(branch, initial_branch, init_from)
+                load_initial(branch, initial_branch, init_from, new_prefixes=CAMERA_MODULES)
             field = LatentSparseNeuS(**neus_args) if initial_neus is None else initial_neus.train()
             self.denoiser = MultiviewDenoiser.from_backbone(self.backbone, field, branch, view_chunk=view_chunk)
         if train_backbone_unet:
@@ -217,7 +243,9 @@ class MultiviewAdapterSystem(pl.LightningModule):
                                            batch["supervision"]["view_indices"])
         objects, views = x0.shape[:2]
         height, width = x0.shape[-2:]
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (objects, 1), device=self.device).expand(-1, views)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (objects, 1), device=self.device)
+        shift = views if h.get("timestep_shift") == "views" else h.get("timestep_shift")
+        t = (t if shift is None else shift_timesteps(scheduler, t, float(shift))).expand(-1, views)
         reference = torch.zeros(objects, views, dtype=torch.bool, device=self.device)
         if views > 1:
             for b in torch.nonzero(torch.rand(objects) < p_reference).flatten().tolist():
@@ -330,9 +358,13 @@ class MultiviewAdapterSystem(pl.LightningModule):
     # ------------------------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         h = self.hparams
+        branch = self.denoiser.control_branch
+        camera = {id(p) for p in branch.camera_parameters()}
         groups = [
-            {"params": [p for p in self.denoiser.control_branch.parameters() if p.requires_grad], "lr": h.learning_rate,
-             "name": "control_branch"},
+            {"params": [p for p in branch.parameters() if p.requires_grad and id(p) not in camera],
+             "lr": h.learning_rate, "name": "control_branch"},
+            {"params": [p for p in branch.camera_parameters() if p.requires_grad],
+             "lr": h.get("camera_learning_rate") or h.learning_rate, "name": "camera"},
             {"params": [p for p in self.denoiser.neus.parameters() if p.requires_grad], "lr": h.neus_learning_rate,
              "name": "neus"},
         ]
