@@ -1,7 +1,8 @@
 """``evaluate_dataset``: every metric of this package over a dataset-format folder (what ``tunemv sample`` writes).
 
-Per object: hull IoU and photo-consistency always; MVC with ``mvc=True``; PSNR/SSIM/LPIPS, CLIP image
-similarity and FID/KID with a ``reference`` folder; mesh accuracy where the reference object has mesh.ply; CLIP text similarity with ``clip``; prompt fidelity with
+Per object: hull IoU and photo-consistency always; MVC with ``mvc=True``; PSNR/SSIM/LPIPS, novel-view accuracy
+by azimuth offset with camera retrieval and the copy baseline (``novel_view.py``), CLIP image similarity and
+FID/KID with a ``reference`` folder; mesh accuracy where the reference object has mesh.ply; CLIP text similarity with ``clip``; prompt fidelity with
 ``classifier``. Whatever cannot be computed is an "unavailable: <reason>" string. Models are loaded once.
 """
 
@@ -24,7 +25,10 @@ from tunemv.evaluation.distribution import DistributionMetrics, load_inception
 from tunemv.evaluation.fidelity import fidelity, load_lpips, match_views
 from tunemv.evaluation.hull import carve_visual_hull, hull_candidates, render_hull, silhouette_iou
 from tunemv.evaluation.mesh_accuracy import DEFAULT_RESOLUTION, DEFAULT_SAMPLES, mesh_accuracy
+from tunemv.evaluation.novel_view import SUMMARY_KEYS as NOVEL_KEYS
+from tunemv.evaluation.novel_view import novel_view_metrics
 from tunemv.evaluation.photo import photo_consistency
+from tunemv.evaluation.pose import POSE_KEYS, pose_accuracy
 from tunemv.evaluation.prompt import load_classifier, prompt_fidelity
 from tunemv.evaluation.report import EvaluationReport, ObjectResult
 from tunemv.evaluation.views import ObjectViews, load_views, object_dirs
@@ -68,23 +72,29 @@ def evaluate_dataset(root: str | os.PathLike, reference: str | os.PathLike | Non
         generated = generated_views(directory, views.num_views)
         images, matched = views.images[generated], None  # matched: the reference view with each view's camera
         if references and not generated.any():
-            metrics.update(_missing(["psnr", "ssim", "lpips"], f"every view is a clean reference ({SAMPLING_FILE})"))
+            metrics.update(_missing(["psnr", "ssim", "lpips", *NOVEL_KEYS],
+                                    f"every view is a clean reference ({SAMPLING_FILE})"))
         elif references:
             truth = load_views(references[index], mask_source, white_threshold)
-            matched = truth.images[match_views(views, truth, references[index] / CAMERAS_FILE)][generated]
+            cameras = match_views(views, truth, references[index] / CAMERAS_FILE)
+            matched = truth.images[cameras][generated]
             scores = fidelity(images, matched, lpips)
             per_view["psnr"] = scores.pop("psnr_per_view")
             per_view["fidelity_views"] = torch.nonzero(generated).flatten().tolist()
             metrics.update(scores)
+            novel, novel_per_view = novel_view_metrics(views, truth, cameras, generated)
+            metrics.update(novel)
+            per_view.update(novel_per_view)
             distribution.update(images, matched)
         else:
-            metrics.update(_missing(["psnr", "ssim", "lpips"], needs_reference))
+            metrics.update(_missing(["psnr", "ssim", "lpips", *NOVEL_KEYS], needs_reference))
         metrics.update(mesh_metrics(views, references[index] if references else None, mesh_grid, mesh_samples))
         metrics.update(_clip(scorer, views, images, matched))
         if isinstance(attributes, str):
-            metrics.update(_missing(["prompt_category", "prompt_colour"], attributes))
+            metrics.update(_missing(["prompt_category", "prompt_colour", *POSE_KEYS], attributes))
         else:
             metrics.update(prompt_fidelity(attributes, views.images, views.captions[0]))
+            metrics.update(pose_accuracy(attributes, views.images, views.cameras, views.captions[0]))
         results.append(ObjectResult(views.object_id, views.num_views, metrics, per_view,
                                     round(time.perf_counter() - start, 3)))
     settings = {"grid": grid, "mask_source": mask_source, "white_threshold": white_threshold, "mvc": mvc,

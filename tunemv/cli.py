@@ -236,7 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "dataset-format folder (e.g. what tunemv sample wrote)")
     evaluate.add_argument("root", help="dataset root (or a single object folder)")
     evaluate.add_argument("--reference", default=None, metavar="GT_DIR",
-                          help="ground truth in the dataset format, matched by object id and camera: PSNR, SSIM, LPIPS, FID/KID, and mesh accuracy where it has mesh.ply")
+                          help="ground truth in the dataset format, matched by object id and camera: PSNR, SSIM, LPIPS, FID/KID, "
+                               "mesh accuracy where it has mesh.ply, and novel-view accuracy (mask IoU, PSNR, SSIM per "
+                               "azimuth offset from the reference view listed in sampling.json, else view 0), camera "
+                               "retrieval by silhouette, and the same for the baseline that copies the reference into "
+                               "every view (copy_*)")
     evaluate.add_argument("--out", default=None, help="metrics JSON (default: ROOT/metrics.json)")
     evaluate.add_argument("--filter", type=float, default=None, metavar="MIN_IOU",
                           help="write the ids of objects whose mean hull IoU is >= MIN_IOU (data-engine quality filter)")
