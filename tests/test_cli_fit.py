@@ -15,7 +15,8 @@ from tiny_pipelines import tiny_if, tiny_sd
 from tunemv.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TRAINING_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("distill"))
+TRAINING_CONFIGS = sorted([*(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("distill")),
+                           *CONFIGS.glob("camera/*.yaml")])
 LARGE = {"sd15_chairs": "sd", "sd21_objaverse_mini": "sd", "if_xl_objaverse_mini": "if"}
 # The tiny IF pipeline works at 16x16 pixels; the procedural set has 6 views per object.
 TINY_RUN = ["--data.resolution", "16", "--data.num_views", "3", "--data.num_supervision_views", "3",
@@ -71,7 +72,7 @@ def test_help_lists_training_commands(capsys):
         assert f"\n    {command} " in out
 
 
-@pytest.mark.parametrize("config", [p.name for p in TRAINING_CONFIGS])
+@pytest.mark.parametrize("config", [str(p.relative_to(CONFIGS)) for p in TRAINING_CONFIGS])
 def test_every_config_prints(config, capsys):
     assert main(["fit", "--config", str(CONFIGS / config), "--print_config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
@@ -166,7 +167,28 @@ def test_fit_checkpoint_resume_validate_export(assets, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging left
 
 
+def test_a_camera_conditioned_fit_exports_a_folder_that_samples_with_its_cameras(assets, tmp_path):
+    """model.camera_conditioning and timestep_shift through fit, export and the pipeline."""
+    from tunemv.sampling.pipeline import MultiviewPipeline
+
+    args = ["fit", *fit_args("tiny.yaml", assets), *TINY_RUN, "--model.camera_conditioning", "both",
+            "--model.timestep_shift", "views", "--model.camera_learning_rate", "1e-3", "--trainer.max_steps", "2"]
+    assert main(args) == 0
+    last = tmp_path / "outputs/tiny/checkpoints/last.ckpt"
+    state = torch.load(last, weights_only=False)["state_dict"]
+    assert any(k.startswith("denoiser.control_branch.ray_encoder.") for k in state)
+    assert any(k.startswith("denoiser.control_branch.camera_embedding.") for k in state)
+    assert main(["export", str(last), str(tmp_path / "camera-adapter")]) == 0
+    assert json.loads((tmp_path / "camera-adapter/adapter.json").read_text())["camera_conditioning"] == "both"
+    pipe = MultiviewPipeline.from_pretrained(tmp_path / "camera-adapter")
+    assert pipe.denoiser.control_branch.ray_encoder is not None and pipe.denoiser.independent_camera
+    out = pipe("a red chair", num_views=2, steps=2, seed=0, progress=False, output_type="pt")
+    assert out.pixels.shape[:2] == (1, 2) and torch.isfinite(out.pixels).all()
+
+
 @pytest.mark.parametrize(("extra", "expected"), [
+    (["--model.camera_conditioning", "rays"], "camera_conditioning must be one of"),
+    (["--model.timestep_shift", "0.5"], "timestep_shift"),
     (["--model.no_such_key", "1"], "no_such_key"),
     (["--data.root", "{missing}"], "data root does not exist"),
     (["--data.root", "{empty}"], "no usable objects"),
