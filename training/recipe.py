@@ -72,7 +72,7 @@ def check_timestep_shift(shift: float | str | None) -> None:
     if shift is None or shift == "views":
         return
     if isinstance(shift, bool) or not isinstance(shift, int | float) or not math.isfinite(shift) or shift < 1:
-        raise ValueError(f"model.timestep_shift must be a number >= 1, 'views' or null, got {shift!r}")
+        raise ValueError(f"timestep_shift must be a number >= 1, 'views' or null, got {shift!r}")
 
 
 def shift_timesteps(scheduler, t: torch.Tensor, shift: float) -> torch.Tensor:

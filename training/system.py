@@ -184,8 +184,11 @@ class MultiviewAdapterSystem(pl.LightningModule):
                  camera_learning_rate: float | None = None, timestep_shift: float | str | None = None):
         super().__init__()
         self.save_hyperparameters()
-        check_camera_conditioning(camera_conditioning)
-        check_timestep_shift(timestep_shift)
+        try:
+            check_camera_conditioning(camera_conditioning)
+            check_timestep_shift(timestep_shift)
+        except ValueError as error:  # the user's config: one line, not a traceback
+            raise TunemvError(f"model.{error}") from error
         for name in ("p_reference", "p_drop_neus", "p_drop_text"):
             if not 0 <= getattr(self.hparams, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self.hparams, name)}")
