@@ -81,7 +81,12 @@ class Backbone(torch.nn.Module):
                         **options) -> Backbone:
         """Load a diffusers pipeline's parts from a hub id or a local folder; ``options`` go to ``__init__``."""
         path = str(name_or_path)
+        if not path.strip():
+            raise ModelError("the backbone's name is empty; name a hub id (owner/name) or a pipeline folder")
         local = looks_local(path)
+        if local and Path(path).is_file():
+            raise ModelError(f"{path}: is a file; a backbone is a hub id (owner/name) or a diffusers pipeline "
+                             "folder (model_index.json, unet/, ...)")
         if local and not Path(path).is_dir():
             raise ModelError(f"{path}: no such folder")
         if isinstance(torch_dtype, str):
@@ -343,7 +348,8 @@ def _model_index(path: str, local: bool, revision: str | None) -> dict[str, Any]
     try:
         return dict(DiffusionPipeline.load_config(path, revision=revision))
     except (OSError, ValueError) as error:
-        raise ModelError(f"{path}: cannot read model_index.json ({first_line(error)})") from error
+        unreadable = ModelError(f"{path}: cannot read model_index.json ({first_line(error)})")
+        raise _unreachable(path, error) or unreadable from error
 
 
 def _detect_family(path: str, model_index: dict[str, Any], local: bool) -> str:
@@ -365,7 +371,28 @@ def _load(cls, path: str, local: bool, subfolder: str, method: str = "from_pretr
     try:
         return getattr(cls, method)(path, subfolder=subfolder, **kwargs)
     except (OSError, ValueError) as error:
-        raise ModelError(f"{path}: cannot load '{subfolder}' ({first_line(error)})") from error
+        unreadable = ModelError(f"{path}: cannot load '{subfolder}' ({first_line(error)})")
+        raise _unreachable(path, error) or unreadable from error
+
+
+def _unreachable(path: str, error: BaseException) -> ModelError | None:
+    """The Hub could not be reached (no network, or HF_HUB_OFFLINE=1) and the cache has no copy: diffusers
+    reports that as the repository "does not appear to have a file named model_index.json", after retrying."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    causes = []
+    while error is not None and len(causes) < 16:
+        causes.append(error)
+        error = error.__cause__ or error.__context__
+    if not any(isinstance(cause, LocalEntryNotFoundError) for cause in causes):
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return ModelError(f"{path}: HF_HUB_OFFLINE=1 is set and the local Hub cache has no copy of it; download it "
+                          "once online (HF_HUB_CACHE names the cache), or pass a local folder")
+    return ModelError(f"{path}: the Hugging Face Hub could not be reached and the local Hub cache has no copy of it; "
+                      "to work offline, download it once online and set HF_HUB_OFFLINE=1 (HF_HUB_CACHE names the "
+                      "cache), or pass a local folder")
 
 
 def first_line(error: BaseException) -> str:

@@ -20,6 +20,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from tunemv.adapters.camera_conditioning import (
+    CAMERA_CONDITIONINGS,
     CameraEmbedding,
     RayMapEncoder,
     check_camera_conditioning,
@@ -28,9 +29,40 @@ from tunemv.adapters.camera_conditioning import (
     uses_embedding,
     uses_rays,
 )
-from tunemv.adapters.cross_view_attention import CrossViewAttention, CrossViewInputs, zero_module
+from tunemv.adapters.cross_view_attention import (
+    WEIGHT_GRADIENTS,
+    CrossViewAttention,
+    CrossViewInputs,
+    zero_module,
+)
 from tunemv.adapters.unet_halves import Embeddings, embed, run_block
 from tunemv.geometry.cameras import Cameras
+from tunemv.neus.latent_sparseneus import ConfigError, check_bool, check_choice, check_int
+
+# Why these ranges: the shipped branches (models/) and every config in configs/ use 3-4 condition channels,
+# (16, 32) embedding widths, 4 heads, 4-8 points and patch size 1; the ranges only turn a corrupt or
+# hand-edited config.json into one line naming the key before the branch is built.
+BRANCH_INTEGERS = {"condition_channels": (1, 16), "cross_view_heads": (1, 64), "cross_view_points": (1, 256),
+                   "cross_view_patch_size": (1, 15)}
+
+
+def check_branch_config(config: dict[str, Any]) -> None:
+    """Raise a ``ConfigError`` naming the first key of a ``ControlBranch`` config of the wrong type or range."""
+    unet_config = config["unet_config"]
+    if not isinstance(unet_config, dict) or not isinstance(unet_config.get("block_out_channels"), (list, tuple)):
+        raise ConfigError("unet_config must be a UNet config with block_out_channels, got "
+                          f"{type(unet_config).__name__}")
+    for key, (low, high) in BRANCH_INTEGERS.items():
+        check_int(key, config[key], low, high)
+    for key, low, high, most in (("condition_embedding_channels", 1, 4096, 8), ("cross_view_blocks", 0, 15, 16)):
+        values = config[key]
+        if not isinstance(values, (list, tuple)) or len(values) > most:
+            raise ConfigError(f"{key} must be a list of at most {most} integers, got {values!r}")
+        for value in values:
+            check_int(key, value, low, high)
+    check_choice("cross_view_weight_gradient", config["cross_view_weight_gradient"], tuple(WEIGHT_GRADIENTS))
+    check_choice("camera_conditioning", config["camera_conditioning"], CAMERA_CONDITIONINGS)
+    check_bool("independent_camera", config["independent_camera"])
 
 
 @dataclass
@@ -80,6 +112,7 @@ class ControlBranch(ModelMixin, ConfigMixin):
                  cross_view_heads: int = 4, cross_view_points: int = 8, cross_view_patch_size: int = 1,
                  cross_view_weight_gradient: str = "detached", camera_conditioning: str = "none",
                  independent_camera: bool = True):
+        check_branch_config({name: value for name, value in locals().items() if name not in ("self", "__class__")})
         super().__init__()
         check_camera_conditioning(camera_conditioning)
         encoder = UNet2DConditionModel.from_config(unet_config)

@@ -17,6 +17,12 @@ A **training checkpoint** (``tunemv fit``'s Lightning ``.ckpt``) keeps only the 
 so neither reading it nor exporting it needs the backbone. A stage-1 checkpoint keeps ``neus.*`` only and
 says ``"kind": "neus"``.
 
+What each trusts: an adapter or NeuS folder is data only (JSON and safetensors). A ``.ckpt`` is a pickle, which
+can name any Python callable to run while it is read; ``read_checkpoint`` reads it with
+``torch.load(weights_only=True)``, which builds only tensors, plain containers and ``CHECKPOINT_GLOBALS``, and
+refuses a file that asks for anything else. Either way every config value and weight is checked as it loads
+(types, ranges, finite floats), so a broken model is one line naming the file and the key.
+
 This lives in ``adapters/`` (not in ``training/``) because sampling reads both formats and may not import
 training.
 """
@@ -25,6 +31,8 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,12 +40,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from tunemv.adapters.backbones import first_line, looks_local
 from tunemv.adapters.control_branch import ControlBranch
 from tunemv.atomic import apply_umask, make_temporary_dir
 from tunemv.errors import TunemvError
-from tunemv.neus.latent_sparseneus import LatentSparseNeuS
+from tunemv.neus.latent_sparseneus import ConfigError, LatentSparseNeuS
 
 ADAPTER_FILE = "adapter.json"
 NEUS_FOLDER, BRANCH_FOLDER = "neus", "control_branch"
@@ -47,7 +56,18 @@ PREFIXES = {False: ("denoiser.neus.", "denoiser.control_branch."), True: ("ema.m
 TRAINABLE = ("denoiser.neus.", "denoiser.control_branch.", "ema.")  # the only weights a checkpoint keeps
 UNET_PREFIX = "backbone.unet."  # only in checkpoints of the train_backbone_unet baseline
 NEUS_PREFIX = "neus."  # the only weights a stage-1 (NeuS pretraining) checkpoint keeps
+WEIGHT_PREFIXES = (*PREFIXES[False], *PREFIXES[True], UNET_PREFIX, NEUS_PREFIX)  # not ema.n_averaged (an int)
 NEUS_INFO_FILE = "neus.json"  # beside a pretrained NeuS folder's config.json: its backbone and training run
+CONFIG_FILE, WEIGHTS_GLOB = "config.json", "diffusion_pytorch_model*.safetensors"  # what save_pretrained writes
+# The globals a .ckpt may name beyond torch's own weights-only set (tensors, dtypes, OrderedDict, plain
+# containers). Today's writers need none: fit, distill and NeuS-pretraining checkpoints, resumable and
+# weights-only, hold only dicts, lists, strings, numbers and tensors (tests/test_checkpoint_trust.py asks
+# torch.serialization.get_unsafe_globals_in_checkpoint). PosixPath: checkpoints written before module_config
+# (commit 4862728) recorded an init_from folder as a Path in neus_config; building a path runs no code.
+CHECKPOINT_GLOBALS = (pathlib.PosixPath,)
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+SAFETENSORS_FLOATS = ("F32", "F16", "BF16", "F64")
+SAFETENSORS_NAMES = {"I8": "int8", "U8": "uint8", "I16": "int16", "I32": "int32", "I64": "int64", "BOOL": "bool"}
 
 
 class AdapterError(TunemvError, ValueError):
@@ -112,15 +132,28 @@ def read_adapter_info(adapter_dir: str | Path) -> dict[str, Any]:
     info_path = adapter_dir / ADAPTER_FILE
     if not info_path.is_file():
         raise AdapterError(f"{info_path}: missing; an adapter folder is what `tunemv export` writes")
+    info = _read_info_file(info_path)
+    for part in (NEUS_FOLDER, BRANCH_FOLDER):
+        if not (adapter_dir / part).is_dir():
+            raise AdapterError(f"{adapter_dir / part}: missing; an adapter folder is what `tunemv export` writes")
+    if info.get("backbone") is not None:
+        info["backbone"] = resolve_backbone(info["backbone"], adapter_dir)
+    return info
+
+
+def _read_info_file(info_path: Path) -> dict[str, Any]:
+    """``adapter.json`` or ``neus.json``: a JSON object whose ``backbone``, when there, names one."""
     try:
         info = json.loads(info_path.read_text())
     except json.JSONDecodeError as error:
         raise AdapterError(f"{info_path}: not valid JSON ({error})") from error
-    for part in (NEUS_FOLDER, BRANCH_FOLDER):
-        if not (adapter_dir / part).is_dir():
-            raise AdapterError(f"{adapter_dir / part}: missing; an adapter folder is what `tunemv export` writes")
-    if isinstance(info.get("backbone"), str):
-        info["backbone"] = resolve_backbone(info["backbone"], adapter_dir)
+    if not isinstance(info, dict):
+        raise AdapterError(f"{info_path}: must be a JSON object with a 'backbone' key (what `tunemv export` "
+                           f"writes), got a JSON {type(info).__name__}")
+    backbone = info.get("backbone")
+    if backbone is not None and (not isinstance(backbone, str) or not backbone.strip()):
+        # "" would resolve to the folder itself ("./" + "" beside it), and load it as the backbone.
+        raise AdapterError(f"{info_path}: 'backbone' must name the backbone (a hub id or a folder), got {backbone!r}")
     return info
 
 
@@ -147,33 +180,152 @@ def read_adapter_folder(adapter_dir: str | Path) -> tuple[LatentSparseNeuS, Cont
     """(NeuS, control branch, adapter.json) of an adapter folder, the modules in eval mode."""
     adapter_dir = Path(adapter_dir)
     info = read_adapter_info(adapter_dir)
-    modules = []
-    for module, folder in ((LatentSparseNeuS, NEUS_FOLDER), (ControlBranch, BRANCH_FOLDER)):
-        try:
-            modules.append(module.from_pretrained(adapter_dir / folder).eval())
-        except (OSError, ValueError, RuntimeError) as error:  # a truncated or zeroed safetensors, a bad config
-            raise AdapterError(f"{adapter_dir / folder}: cannot load its {module.__name__} weights "
-                               f"({first_line(error)}); export the adapter again") from error
-    neus, branch = modules
+    neus = read_module_folder(LatentSparseNeuS, adapter_dir / NEUS_FOLDER)
+    branch = read_module_folder(ControlBranch, adapter_dir / BRANCH_FOLDER)
     return neus, branch, info
+
+
+def read_module_folder(module, folder: Path):
+    """A ``save_pretrained`` folder of ``module`` (LatentSparseNeuS or ControlBranch), in eval mode. A config
+    value of the wrong type or range, or a weight that is missing, extra, not a float or not finite, is one
+    ``AdapterError`` naming the file and the key, checked before the weights are read where it can be."""
+    try:
+        stored = _stored_dtypes(folder)  # from the header: from_pretrained would cast an int8 weight silently
+        with torch.device("meta"):  # only the names of the weights the config makes: nothing is allocated
+            expected = list(module.from_config(module.load_config(folder)).state_dict())
+        problem = _stored_weight_problem(stored, expected)
+        loaded = None if problem else module.from_pretrained(folder)
+    except ConfigError as error:
+        raise AdapterError(f"{folder / CONFIG_FILE}: {error}") from error
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:  # a truncated or zeroed safetensors
+        raise AdapterError(f"{folder}: cannot load its {module.__name__} weights ({first_line(error)}); "
+                           "export the adapter again") from error
+    if loaded is not None:
+        broken = first_non_finite(loaded.state_dict())  # a NaN weight renders every view black
+        problem = f"weight '{broken}' is not finite (NaN or inf)" if broken else None
+    if problem:
+        file = next(iter(sorted(folder.glob(WEIGHTS_GLOB))), folder)
+        raise AdapterError(f"{file}: {problem}; export the adapter again")
+    return loaded.eval()
+
+
+def _stored_dtypes(folder: Path) -> dict[str, str]:
+    """{key: safetensors dtype ("F32", "I8", ...)} of a folder's weights, from the files' headers alone."""
+    dtypes = {}
+    for file in sorted(folder.glob(WEIGHTS_GLOB)):
+        with safe_open(file, "pt") as weights:
+            dtypes.update({key: weights.get_slice(key).get_dtype() for key in weights.keys()})  # noqa: SIM118
+    return dtypes
+
+
+def _stored_weight_problem(stored: dict[str, str], expected: list[str]) -> str | None:
+    """What is wrong with the weights a folder stores for a module whose config makes ``expected`` (a missing
+    one would stay an empty meta tensor, an extra one be ignored, an int8 one be cast silently)."""
+    if not stored:
+        return None  # no safetensors: from_pretrained says what is missing
+    missing = [key for key in expected if key not in stored]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        return f"no weight '{missing[0]}'{more}, which its config.json needs"
+    expected_keys = set(expected)
+    extra = next((key for key in stored if key not in expected_keys), None)
+    if extra:
+        return f"weight '{extra}' is not part of the model its config.json describes"
+    wrong = next((key for key, dtype in stored.items() if dtype not in SAFETENSORS_FLOATS), None)
+    if wrong:
+        return f"weight '{wrong}' is {SAFETENSORS_NAMES.get(stored[wrong], stored[wrong])}, not a float"
+    return None
+
+
+def first_non_finite(state: dict[str, torch.Tensor]) -> str | None:
+    return next((key for key, value in state.items()
+                 if value.is_floating_point() and not bool(torch.isfinite(value).all())), None)
 
 
 # -------------------------------------------------------------------------------------------- checkpoints
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A ``tunemv fit``/``distill`` checkpoint, read as data only: a pickle that would run code (anything but
+    tensors, plain containers and ``CHECKPOINT_GLOBALS``) is refused before it runs. Its ``tunemv`` entry and
+    its weights are checked too, so a broken one is one line naming the file and the key."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        # weights_only=False: Lightning checkpoints hold plain Python objects (hparams, loop state); only load
-        # checkpoints you trust.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(list(CHECKPOINT_GLOBALS)):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises pickle, zip and runtime errors alike for a bad file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: "
-                              f"{str(error).splitlines()[0] if str(error) else ''})") from error
+        raise _unreadable(path, error) from error
+    check_checkpoint(checkpoint, path)
+    return checkpoint
+
+
+def _unreadable(path: Path, error: Exception) -> CheckpointError:
+    text = str(error)
+    called = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if called:  # the weights-only unpickler stopped at a callable, before calling it; name them all
+        try:
+            return refused(path, code_in_checkpoint(path) or [called.group(1)])
+        except Exception:  # a legacy (not zip) torch.save file: the one torch named
+            return refused(path, [called.group(1)])
+    reason = re.search(r"WeightsUnpickler error: \s*(\S[^\n]*)", text)  # e.g. "Unsupported operand 110"
+    detail = reason.group(1) if reason else f"{type(error).__name__}: {first_line(error)}"
+    return CheckpointError(f"{path}: not a readable checkpoint (truncated, or not written by torch.save: {detail})")
+
+
+def refused(path: Path | str, names: list[str]) -> CheckpointError:
+    return CheckpointError(f"{path}: refused: reading it would call {', '.join(names)}, and tunemv reads "
+                           "checkpoints as data only, without running code from them")
+
+
+def code_in_checkpoint(path: Path | str, allowed=CHECKPOINT_GLOBALS) -> list[str]:
+    """The callables a torch.save (zip) checkpoint's pickle names beyond torch's weights-only set and ``allowed``,
+    found by reading its opcodes without running them; none for a checkpoint tunemv wrote."""
+    allowed_names = {f"{cls.__module__}.{cls.__qualname__}" for cls in allowed}
+    names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    return [name for name in names if name not in allowed_names]
+
+
+def check_checkpoint(checkpoint: Any, path: Path) -> None:
+    """The entries ``tunemv export`` and sampling read, and the weights they load: float and finite."""
     if not isinstance(checkpoint, dict) or "tunemv" not in checkpoint or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: not a tunemv checkpoint (no 'tunemv' and 'state_dict' entries); "
                               "export checkpoints written by `tunemv fit`")
-    return checkpoint
+    meta, state_dict = checkpoint["tunemv"], checkpoint["state_dict"]
+    if not isinstance(meta, dict) or not isinstance(state_dict, dict):
+        raise CheckpointError(f"{path}: its 'tunemv' and 'state_dict' entries must be dicts")
+    configs = ("neus_config",) if meta.get("kind") == "neus" else ("neus_config", "control_branch_config")
+    for key in ("backbone", *configs):
+        if key not in meta:
+            raise CheckpointError(f"{path}: its 'tunemv' entry has no '{key}'; not a checkpoint that `tunemv fit` "
+                                  "wrote, or a damaged one")
+    if not isinstance(meta["backbone"], str) or not meta["backbone"].strip():
+        raise CheckpointError(f"{path}: 'tunemv' entry's 'backbone' must name the backbone, got {meta['backbone']!r}")
+    for key in configs:
+        if not isinstance(meta[key], dict):
+            raise CheckpointError(f"{path}: 'tunemv' entry's '{key}' must be a dict, got {type(meta[key]).__name__}")
+    generator = meta.get("generator")  # a distillation checkpoint: how it samples, and its teacher
+    if generator is not None and not (isinstance(generator, dict) and set(GENERATOR_KEYS) <= set(generator)):
+        raise CheckpointError(f"{path}: 'tunemv' entry's 'generator' must have {', '.join(map(repr, GENERATOR_KEYS))}")
+    problem = _checkpoint_weight_problem(state_dict)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
+
+
+GENERATOR_KEYS = ("timestep", "teacher", "vsd_steps")
+
+
+def _checkpoint_weight_problem(state_dict: dict[str, Any]) -> str | None:
+    """Every model weight (under the prefixes sampling and export load) must be a finite float tensor."""
+    weights = {}
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            return f"state_dict['{key}'] is a {type(value).__name__}, not a tensor"
+        if key.startswith(WEIGHT_PREFIXES):
+            if value.dtype not in FLOAT_DTYPES:
+                return f"weight '{key}' is {str(value.dtype).removeprefix('torch.')}, not a float"
+            weights[key] = value
+    broken = first_non_finite(weights)
+    return f"weight '{broken}' is not finite (NaN or inf)" if broken else None
 
 
 def checkpoint_metadata(backbone: str, neus: LatentSparseNeuS, control_branch: ControlBranch,
@@ -200,7 +352,7 @@ def is_neus_checkpoint(checkpoint: dict[str, Any]) -> bool:
 
 def load_neus_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoint") -> LatentSparseNeuS:
     """The NeuS of a stage-1 checkpoint, in eval mode."""
-    neus = LatentSparseNeuS.from_config(_clean(checkpoint["tunemv"]["neus_config"]))
+    neus = _module_from_config(LatentSparseNeuS, checkpoint["tunemv"], "neus_config", source)
     try:
         neus.load_state_dict(submodule_state(checkpoint["state_dict"], NEUS_PREFIX), strict=True)
     except RuntimeError as error:
@@ -229,11 +381,8 @@ def folder_backbone(path: str | Path) -> str | None:
     path = Path(path)
     for name in (ADAPTER_FILE, NEUS_INFO_FILE):
         if (path / name).is_file():
-            try:
-                backbone = json.loads((path / name).read_text()).get("backbone")
-            except json.JSONDecodeError as error:
-                raise AdapterError(f"{path / name}: not valid JSON ({error})") from error
-            return resolve_backbone(backbone, path) if isinstance(backbone, str) else None
+            backbone = _read_info_file(path / name).get("backbone")
+            return resolve_backbone(backbone, path) if backbone is not None else None
     return None
 
 
@@ -246,14 +395,19 @@ def read_pretrained_neus(path: str | Path) -> LatentSparseNeuS:
     elif not (path / NEUS_INFO_FILE).is_file():
         raise AdapterError(f"{path}: neither a pretrained NeuS folder ({NEUS_INFO_FILE}) nor an adapter folder "
                            f"({ADAPTER_FILE}); stage 1 writes the first, `tunemv export` both")
-    try:
-        return LatentSparseNeuS.from_pretrained(path)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise AdapterError(f"{path}: not a readable LatentSparseNeuS folder ({str(error).splitlines()[0]})") from error
+    return read_module_folder(LatentSparseNeuS, path)
 
 
 def submodule_state(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+
+
+def _module_from_config(module, meta: dict[str, Any], key: str, source: str):
+    """``module`` built from the checkpoint's ``tunemv[key]``; a bad value is one line naming the key."""
+    try:
+        return module.from_config(_clean(meta[key]))
+    except (ValueError, TypeError) as error:  # ConfigError: a value of the wrong type or range
+        raise CheckpointError(f"{source}: 'tunemv' entry's {key}: {first_line(error)}") from error
 
 
 def _clean(config: dict[str, Any]) -> dict[str, Any]:
@@ -288,8 +442,8 @@ def load_adapter_modules(checkpoint: dict[str, Any], ema: bool | None = None, so
     if snapshot_of_ema and not ema:
         raise CheckpointError(f"{source}: a weights-only snapshot that holds only the EMA weights; drop --no-ema, "
                               "or use last.ckpt for the live weights")
-    modules = (LatentSparseNeuS.from_config(_clean(meta["neus_config"])),
-               ControlBranch.from_config(_clean(meta["control_branch_config"])))
+    modules = (_module_from_config(LatentSparseNeuS, meta, "neus_config", source),
+               _module_from_config(ControlBranch, meta, "control_branch_config", source))
     prefixes = PREFIXES[ema and not snapshot_of_ema]
     for module, prefix, name in zip(modules, prefixes, ("neus", "control_branch"), strict=True):
         weights = submodule_state(state_dict, prefix)

@@ -10,6 +10,7 @@ weights are reused by the geometry-aware cross-view attention.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,12 +21,88 @@ from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
 from torch import nn
 
+from tunemv.errors import TunemvError
 from tunemv.geometry.cameras import Cameras
 from tunemv.neus.aggregation import aggregate_mean_var, gather_view_features
 from tunemv.neus.encoder import ViewEncoder
 from tunemv.neus.field import FeatureNetwork, InverseDeviation, SDFNetwork
 from tunemv.neus.mesh import colored_mesh, extract_mesh, vertex_colors
 from tunemv.neus.renderer import FieldSample, RaySamplingConfig, ViewRender, render_views
+
+
+class ConfigError(TunemvError, ValueError):
+    """A module config value of the wrong type or outside its range; the message starts with the key."""
+
+
+def check_int(key: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{key} must be an integer in [{low}, {high}], got {value!r}")
+
+
+def check_number(key: str, value: object, low: float, high: float, low_open: bool = False,
+                 high_open: bool = False) -> None:
+    """A finite int or float in the interval; ``*_open`` leaves that end out."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or value < low or value > high or (low_open and value == low) or (high_open and value == high):
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ConfigError(f"{key} must be a number in {interval}, got {value!r}")
+
+
+def check_choice(key: str, value: object, choices: Sequence) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def check_bool(key: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+
+
+# Why these ranges: every NeuS in models/ and every config in configs/ (and the tests' tiny ones) sits well
+# inside them: 3 or 4 channels, widths 4-64, 2-4 SDF layers, 8-32 coarse and importance samples, ray_chunk
+# 50-1024. They are there to turn a corrupt or hand-edited config.json into one line naming the key, instead
+# of a TypeError, a shape error mid-sampling or a 40 GB allocation; the upper ends are far beyond what any GPU
+# renders in a sampling step (1024 samples per ray is 32x SparseNeuS' budget).
+NEUS_INTEGERS = {
+    "in_channels": (1, 16),  # 3 for IF pixels, 4 for SD latents; 16 leaves room for wider VAEs
+    "feature_channels": (1, 1024), "encoder_blocks": (0, 16), "time_embedding_dim": (1, 4096),
+    "time_condition_dim": (1, 1024), "sdf_hidden_dim": (1, 4096),
+    "sdf_layers": (2, 16),  # the skip connection enters at layer sdf_layers // 2, which may not be the first
+    "geometry_dim": (1, 1024), "num_frequencies": (0, 16), "feature_hidden_dim": (1, 4096),
+    "num_coarse": (2, 1024), "num_importance": (0, 1024), "upsample_steps": (1, 16),
+    "ray_chunk": (1, 2**20), "eikonal_samples": (1, 2**20),
+}
+ENCODER_GROUPS = 8  # the view encoder's GroupNorm groups: its hidden channels must be a multiple
+
+
+def check_neus_config(config: dict) -> None:
+    """Raise a ``ConfigError`` naming the first key of a ``LatentSparseNeuS`` config that is of the wrong type
+    or out of range (``NEUS_INTEGERS``)."""
+    for key, (low, high) in NEUS_INTEGERS.items():
+        check_int(key, config[key], low, high)
+    check_int("encoder_hidden_channels", config["encoder_hidden_channels"], ENCODER_GROUPS, 4096)
+    if config["encoder_hidden_channels"] % ENCODER_GROUPS:
+        raise ConfigError(f"encoder_hidden_channels must be a multiple of {ENCODER_GROUPS}, got "
+                          f"{config['encoder_hidden_channels']}")
+    if config["num_importance"] % config["upsample_steps"]:
+        raise ConfigError(f"num_importance ({config['num_importance']}) must be a multiple of upsample_steps "
+                          f"({config['upsample_steps']})")
+    out_channels = config["out_channels"]
+    if out_channels is not None:
+        check_int("out_channels", out_channels, 1, 16)
+    check_number("bound_radius", config["bound_radius"], 0, 10, low_open=True)  # the unit sphere: 1.0
+    check_number("init_radius", config["init_radius"], 0, config["bound_radius"], low_open=True, high_open=True)
+    # s = exp(10 v) is clamped to [1e-6, 1e6], so |v| > 1.4 means nothing more.
+    check_number("init_inv_deviation", config["init_inv_deviation"], -2, 2)
+    check_choice("output_activation", config["output_activation"], ("identity", "tanh"))
+    check_bool("gradient_checkpointing", config["gradient_checkpointing"])
+    background, channels = config["background"], out_channels or config["in_channels"]
+    values = background.reshape(-1).tolist() if isinstance(background, torch.Tensor) else background
+    values = list(values) if isinstance(values, (list, tuple)) else [values]
+    if len(values) not in (1, channels):
+        raise ConfigError(f"background must be one value or {channels}, got {len(values)}")
+    for value in values:  # white: 1.0 in pixels, about [-1, 2] in SD latents
+        check_number("background", value, -1e3, 1e3)
 
 
 @dataclass
@@ -86,6 +163,7 @@ class LatentSparseNeuS(ModelMixin, ConfigMixin):
                  num_coarse: int = 32, num_importance: int = 32, upsample_steps: int = 2,
                  bound_radius: float = 1.0, ray_chunk: int = 1024, eikonal_samples: int = 4096,
                  gradient_checkpointing: bool = False):
+        check_neus_config({name: value for name, value in locals().items() if name not in ("self", "__class__")})
         super().__init__()
         out_channels = out_channels or in_channels
         self.encoder = ViewEncoder(in_channels, feature_channels, encoder_hidden_channels, encoder_blocks,
@@ -98,8 +176,6 @@ class LatentSparseNeuS(ModelMixin, ConfigMixin):
                                               output_activation=output_activation)
         self.deviation = InverseDeviation(init_inv_deviation)
         background = torch.as_tensor(background, dtype=torch.float32).reshape(-1)
-        if background.numel() not in (1, out_channels):
-            raise ValueError(f"background must be one value or {out_channels}, got {background.numel()}")
         self.register_buffer("background_value", background.expand(out_channels).clone())
         self.sampling = RaySamplingConfig(num_coarse, num_importance, upsample_steps, bound_radius, ray_chunk,
                                           eikonal_samples)

@@ -1,24 +1,38 @@
 """Hostile input through the CLI, as a table: command -> exit code 2, one line that names the file or flag,
-checked before any model loads where that is possible, and nothing left behind (issue 22). Then kill tests:
+checked before any model loads where that is possible, and nothing left behind (issue 22). Broken models
+are copies of a tiny adapter folder and checkpoint, each with one thing wrong. Then kill tests:
 a `tunemv sample` killed after its first object resumes to exactly what an uninterrupted run writes."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+from sampling_fixtures import adapter_pipeline, save_adapter
+from test_checkpoint_trust import write_payload_checkpoint
+from tiny_pipelines import tiny_if
 
+from tunemv.adapters.backbones import Backbone, ModelError
+from tunemv.adapters.formats import checkpoint_metadata
 from tunemv.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 ADAPTER = str(REPO / "models/demo-adapter")
+TINY_CONFIG = str(REPO / "configs/tiny.yaml")
 QUICK = ["--steps", "1", "--num-views", "2", "--turntable-frames", "0", "--quiet"]
+OFFLINE_HUB_ID = "tunemv-tests/no-such-backbone"
+WEIGHT = "deviation.variance"  # a NeuS weight the broken copies spoil
 
 
 def truncated_adapter(tmp: Path) -> str:
@@ -41,7 +55,72 @@ def setup(tmp: Path) -> dict[str, str]:
     return {"tmp": str(tmp), "truncated": truncated_adapter(tmp)}
 
 
-# (name, argv with {tmp}/{truncated}, message fragment that must be on the one error line)
+def edit_json(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def edit_weights(folder: Path, edit: Callable[[dict[str, torch.Tensor]], None]) -> None:
+    file = folder / "diffusion_pytorch_model.safetensors"
+    weights = load_file(file)
+    edit(weights)
+    save_file(weights, file, metadata={"format": "pt"})
+
+
+def spoil(weights: dict[str, torch.Tensor], value: torch.Tensor) -> None:
+    weights[WEIGHT] = value
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory) -> dict[str, str]:
+    """A tiny IF adapter folder and checkpoint, and copies of them with one thing wrong each (read-only)."""
+    root = tmp_path_factory.mktemp("broken")
+    tiny_if().save_pretrained(root / "if")
+    pipe = adapter_pipeline(root / "if")
+    adapter = save_adapter(pipe, root / "adapter")
+    found = {"adapter": str(adapter), "payload_marker": str(root / "payload-ran")}
+
+    def folder(name: str, edit: Callable[[Path], None]) -> None:
+        shutil.copytree(adapter, root / name)
+        edit(root / name)
+        found[name] = str(root / name)
+
+    folder("list_json", lambda f: (f / "adapter.json").write_text('["../if"]'))
+    folder("empty_backbone", lambda f: edit_json(f / "adapter.json", backbone=""))
+    for name, key, value in (("sdf_many", "sdf_layers", "many"), ("sdf_zero", "sdf_layers", 0),
+                             ("coarse_huge", "num_coarse", 10_000_000), ("chunk_zero", "ray_chunk", 0)):
+        folder(name, lambda f, key=key, value=value: edit_json(f / "neus/config.json", **{key: value}))
+    folder("missing_key", lambda f: edit_weights(f / "control_branch", lambda w: w.pop("mid_projection.weight")))
+    folder("nan_adapter", lambda f: edit_weights(f / "neus", lambda w: spoil(w, torch.tensor(float("nan")))))
+    folder("int8_adapter", lambda f: edit_weights(f / "neus", lambda w: spoil(w, torch.tensor(0, dtype=torch.int8))))
+
+    neus, branch = pipe.denoiser.neus, pipe.denoiser.control_branch
+    meta = checkpoint_metadata(str(root / "if"), neus, branch, "live")
+    state = {**{f"denoiser.neus.{k}": v for k, v in neus.state_dict().items()},
+             **{f"denoiser.control_branch.{k}": v for k, v in branch.state_dict().items()}}
+
+    def checkpoint(name: str, meta: dict = meta, state: dict = state) -> None:
+        torch.save({"state_dict": state, "tunemv": meta, "global_step": 1}, root / f"{name}.ckpt")
+        found[name] = str(root / f"{name}.ckpt")
+
+    checkpoint("no_neus_config_ckpt", meta={k: v for k, v in meta.items() if k != "neus_config"})
+    checkpoint("sdf_zero_ckpt", meta={**meta, "neus_config": {**meta["neus_config"], "sdf_layers": 0}})
+    checkpoint("nan_ckpt", state={**state, f"denoiser.neus.{WEIGHT}": torch.tensor(float("nan"))})
+    checkpoint("int8_ckpt", state={**state, f"denoiser.neus.{WEIGHT}": torch.tensor(0, dtype=torch.int8)})
+    found["payload_ckpt"] = str(write_payload_checkpoint(root / "payload.ckpt", root / "payload-ran"))
+    return found
+
+
+def sample(model: str) -> list[str]:
+    """``tunemv sample`` of a placeholder: ``{name_ckpt}`` a checkpoint, any other an adapter folder."""
+    flag = "--ckpt" if model.endswith("_ckpt}") else "--adapter"
+    return ["sample", flag, model, "--prompt", "x", "--out", "{tmp}/o", *QUICK]
+
+
+REFUSED = "{payload_ckpt}: refused: reading it would call builtins.exec, and tunemv reads checkpoints as data only"
+# Rows whose input is the backbone itself: they may (must) try to load it; every other row fails before.
+LOADS_BACKBONE = ("hub-id backbone, no network", "--backbone is a file")
+
+# (name, argv with {tmp}/{truncated}/{<broken model>}, message fragment that must be on the one error line)
 CASES = [
     ("truncated safetensors in an adapter", ["sample", "--adapter", "{truncated}", "--prompt", "x", "--out", "{tmp}/o", *QUICK],
      "control_branch: cannot load its ControlBranch weights"),
@@ -64,6 +143,45 @@ CASES = [
     ("fit config is not YAML", ["fit", "--config", "{tmp}/bad.yaml"], "{tmp}/bad.yaml: not valid YAML at line 3"),
     ("fit key misspelt", ["fit", "--config", str(REPO / "configs/tiny.yaml"), "--model.learning_rat", "1"],
      "unrecognized arguments: --model.learning_rat"),
+    # A checkpoint is read as data: a pickle payload runs nowhere (tests/test_checkpoint_trust.py has more).
+    ("payload checkpoint: sample --ckpt", sample("{payload_ckpt}"), REFUSED),
+    ("payload checkpoint: export", ["export", "{payload_ckpt}", "{tmp}/o"], REFUSED),
+    ("payload checkpoint: fit --ckpt_path", ["fit", "--config", TINY_CONFIG, "--ckpt_path", "{payload_ckpt}"], REFUSED),
+    ("payload checkpoint: validate --ckpt_path", ["validate", "--config", TINY_CONFIG, "--ckpt_path", "{payload_ckpt}"],
+     REFUSED),
+    # Broken models: one line naming the file and the key, before any sampling step.
+    ("checkpoint without neus_config", sample("{no_neus_config_ckpt}"),
+     "{no_neus_config_ckpt}: its 'tunemv' entry has no 'neus_config'"),
+    ("checkpoint with sdf_layers 0", sample("{sdf_zero_ckpt}"),
+     "{sdf_zero_ckpt}: 'tunemv' entry's neus_config: sdf_layers must be an integer in [2, 16], got 0"),
+    ("checkpoint with NaN weights", sample("{nan_ckpt}"),
+     f"{{nan_ckpt}}: weight 'denoiser.neus.{WEIGHT}' is not finite (NaN or inf)"),
+    ("checkpoint with int8 weights", sample("{int8_ckpt}"),
+     f"{{int8_ckpt}}: weight 'denoiser.neus.{WEIGHT}' is int8, not a float"),
+    ("adapter.json is a JSON list", sample("{list_json}"),
+     "{list_json}/adapter.json: must be a JSON object with a 'backbone' key (what `tunemv export` writes), got a "
+     "JSON list"),
+    ("control branch lacks a weight", sample("{missing_key}"),
+     "{missing_key}/control_branch/diffusion_pytorch_model.safetensors: no weight 'mid_projection.weight', which "
+     "its config.json needs"),
+    ("sdf_layers 'many'", sample("{sdf_many}"),
+     "{sdf_many}/neus/config.json: sdf_layers must be an integer in [2, 16], got 'many'"),
+    ("sdf_layers 0", sample("{sdf_zero}"), "{sdf_zero}/neus/config.json: sdf_layers must be an integer in [2, 16], got 0"),
+    ("num_coarse 10000000", sample("{coarse_huge}"),
+     "{coarse_huge}/neus/config.json: num_coarse must be an integer in [2, 1024], got 10000000"),
+    ("ray_chunk 0", sample("{chunk_zero}"),
+     "{chunk_zero}/neus/config.json: ray_chunk must be an integer in [1, 1048576], got 0"),
+    ("NaN weights in an adapter", sample("{nan_adapter}"),
+     f"{{nan_adapter}}/neus/diffusion_pytorch_model.safetensors: weight '{WEIGHT}' is not finite (NaN or inf)"),
+    ("int8 weights in an adapter", sample("{int8_adapter}"),
+     f"{{int8_adapter}}/neus/diffusion_pytorch_model.safetensors: weight '{WEIGHT}' is int8, not a float"),
+    ("backbone '' in adapter.json", sample("{empty_backbone}"),
+     "{empty_backbone}/adapter.json: 'backbone' must name the backbone (a hub id or a folder), got ''"),
+    ("--backbone is a file", [*sample("{adapter}"), "--backbone", "{tmp}/a-file"],
+     "{tmp}/a-file: is a file; a backbone is a hub id (owner/name) or a diffusers pipeline folder"),
+    ("hub-id backbone, no network", [*sample("{adapter}"), "--backbone", OFFLINE_HUB_ID],
+     f"{OFFLINE_HUB_ID}: HF_HUB_OFFLINE=1 is set and the local Hub cache has no copy of it; download it once "
+     "online (HF_HUB_CACHE names the cache), or pass a local folder"),
 ]
 if not torch.cuda.is_available():
     CASES.append(("--device cuda on a CPU-only torch", ["sample", "--adapter", ADAPTER, "--prompt", "x", "--out", "{tmp}/o",
@@ -71,16 +189,41 @@ if not torch.cuda.is_available():
 
 
 @pytest.mark.parametrize(("name", "argv", "message"), CASES, ids=[case[0] for case in CASES])
-def test_bad_input_is_one_line_naming_the_problem_with_exit_2(name, argv, message, tmp_path, capsys,
-                                                              library_logs_to_stderr):
-    names = setup(tmp_path)
+def test_bad_input_is_one_line_naming_the_problem_with_exit_2(name, argv, message, tmp_path, capsys, broken,
+                                                              monkeypatch, library_logs_to_stderr):
+    names = {**setup(tmp_path), **broken}
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    # The Hub offline (no row may wait on the network) and every backbone load recorded.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    loads, load = [], Backbone.from_pretrained
+    monkeypatch.setattr(Backbone, "from_pretrained", lambda *args, **kw: loads.append(args) or load(*args, **kw))
     code = main([arg.format(**names) for arg in argv])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("tunemv")]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
     assert message.format(**names) in lines[0], lines[0]
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing left behind
+    assert not Path(broken["payload_marker"]).exists()  # no row ran the payload
+    assert bool(loads) == (name in LOADS_BACKBONE), loads  # failed before any backbone loads where it could
+
+
+def test_a_hub_backbone_without_network_says_so_and_how_to_work_offline(monkeypatch):
+    """Online but unreachable: diffusers retries for 32 s, then says the repository "does not appear to have a
+    file named model_index.json". Mocked here: the failure as diffusers raises it, from the Hub's own error."""
+    from diffusers import DiffusionPipeline
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def unreachable(*args, **kwargs):
+        try:
+            raise LocalEntryNotFoundError("cannot find the requested files in the local cache")
+        except LocalEntryNotFoundError as error:
+            raise OSError(f"{OFFLINE_HUB_ID} does not appear to have a file named model_index.json.") from error
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(DiffusionPipeline, "load_config", unreachable)
+    with pytest.raises(ModelError, match=f"^{OFFLINE_HUB_ID}: the Hugging Face Hub could not be reached and the "
+                                         "local Hub cache has no copy of it; to work offline, .* HF_HUB_OFFLINE=1"):
+        Backbone.from_pretrained(OFFLINE_HUB_ID)
 
 
 def test_debug_shows_the_traceback_behind_the_one_line(tmp_path):

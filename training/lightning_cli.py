@@ -197,15 +197,28 @@ def parser_kwargs() -> dict[str, Any]:
 
 
 def check_checkpoint_path(args: Sequence[str]) -> None:
-    """A ``--ckpt_path`` file that is not a torch checkpoint (truncated, zeroed, another format) is one line
-    naming it, before any model loads; torch's own error is a page of unpickling advice."""
+    """A ``--ckpt_path`` file that is not a torch checkpoint (truncated, zeroed, another format), or whose pickle
+    would call anything but what torch's weights-only loader builds, is one line naming it, before any model
+    loads; torch's own error is a page of unpickling advice. (Lightning's resume reads it with weights_only=True
+    and tunemv's allow-list does not reach it, hence ``allowed=()``.)"""
     import zipfile
+
+    from tunemv.adapters.formats import code_in_checkpoint, refused
 
     args = list(args)
     for index in range(len(args)):
         path = option_value(args, index, "--ckpt_path")
-        if path and os.path.isfile(path) and not zipfile.is_zipfile(path):
+        if not path or not os.path.isfile(path):
+            continue  # "last", "best", or a missing file: Lightning's own message
+        if not zipfile.is_zipfile(path):
             raise TunemvError(f"{path}: not a readable checkpoint (truncated, or not written by torch.save)")
+        try:
+            names = code_in_checkpoint(path, allowed=())  # the pickle's opcodes, read without running them
+        except Exception as error:  # a zip torch cannot read: a damaged file
+            detail = " ".join(str(error).split())
+            raise TunemvError(f"{path}: not a readable checkpoint ({type(error).__name__}: {detail})") from error
+        if names:
+            raise refused(path, names)
 
 
 def run_lightning(args: Sequence[str], run: bool = True, system: str = "adapter") -> TunemvCLI:
