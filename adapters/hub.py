@@ -17,6 +17,8 @@ from tunemv.adapters.backbones import looks_local
 from tunemv.adapters.formats import ADAPTER_FILE, AdapterError
 
 CARD_FILE = "README.md"
+CARD_LICENSE = "apache-2.0"  # tunemv's (pyproject.toml), the default license of the weights it exports
+CARD_PIPELINE_TAG = "text-to-3d"
 
 
 def resolve_folder(name_or_path: str | Path, revision: str | None = None, subfolder: str | None = None,
@@ -72,9 +74,13 @@ def model_card(info: Mapping[str, Any], figures: Mapping[str, Any] | None = None
 
     generator = info.get("sampling", {}).get("sampler") == "one-step"
     backbone = str(info.get("backbone", "unknown"))
+    # Front matter the Hub reads: base_model is the backbone as adapter.json stores it (a hub id, or the folder
+    # path of a local one); license is tunemv's own unless adapter.json names one (the backbone's license
+    # still governs the backbone); pipeline_tag text-to-3d: text (or an image) to consistent views and a mesh.
     data = ModelCardData(library_name="tunemv", tags=["tunemv", "multiview", "neus", "controlnet"]
                          + (["one-step", "distillation"] if generator else []),
-                         base_model=backbone if not looks_local(backbone) else None)
+                         base_model=backbone, license=str(info.get("license") or CARD_LICENSE),
+                         pipeline_tag=CARD_PIPELINE_TAG)
     kind = "one-step multiview generator (distilled with `tunemv distill`)" if generator else "multiview adapter"
     lines = [f"# {info.get('name', 'tunemv ' + kind.split(' (')[0])}", "",
              f"A tunemv {kind} for the frozen backbone `{backbone}`.", "",

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from tunemv.atomic import make_temporary_dir
-from tunemv.data.format import CAMERAS_FILE, list_objects, load_image, load_mask, read_cameras
+from tunemv.data.format import CAMERAS_FILE, ObjectRecord, list_objects, load_image, load_mask, read_object
 from tunemv.errors import DatasetError
 from tunemv.geometry.cameras import Cameras
 
@@ -95,34 +95,41 @@ def write_transforms_folder(out: str | Path, views: np.ndarray, cameras: Cameras
 
 
 def export_transforms(src: str | Path, out: str | Path, depth: bool = False, overwrite: bool = False) -> list[Path]:
-    """An object folder to ``out`` (a transforms folder), or every object of a dataset root to ``out/<id>``."""
+    """An object folder to ``out`` (a transforms folder), or every object of a dataset root to ``out/<id>``.
+
+    Every object is parsed first by the reader `tunemv data check` uses (so an image that cameras.json names
+    outside its object folder is refused, as check refuses it) and nothing is written unless all parse."""
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise DatasetError(src, "source folder does not exist")
     if (src / CAMERAS_FILE).is_file():
-        return [_export_object(src, out, depth, overwrite)]
-    names = list_objects(src)
-    if not names:
-        raise DatasetError(src, f"neither an object folder ({CAMERAS_FILE}) nor a dataset root with objects")
-    return [_export_object(src / name, out / name, depth, overwrite) for name in names]
+        jobs = [(read_object(src), out)]
+    else:
+        names = list_objects(src)
+        if not names:
+            raise DatasetError(src, f"neither an object folder ({CAMERAS_FILE}) nor a dataset root with objects")
+        jobs = [(read_object(src / name), out / name) for name in names]
+    taken = [target for _, target in jobs if target.exists()]
+    if taken and not overwrite:
+        raise FileExistsError(f"{taken[0]}: already exists (--overwrite replaces it)")
+    if depth:
+        for record, _ in jobs:
+            for image_path in record.image_paths:
+                depth_path = record.directory / "depth" / f"{image_path.stem}.npy"
+                if not depth_path.is_file():
+                    raise DatasetError(depth_path, "missing; --depth needs depth/ for every view")
+    return [_export_object(record, target, depth, overwrite) for record, target in jobs]
 
 
-def _export_object(folder: Path, out: Path, depth: bool, overwrite: bool) -> Path:
-    cameras = read_cameras(folder / CAMERAS_FILE)
-    meta = json.loads((folder / CAMERAS_FILE).read_text())
+def _export_object(record: ObjectRecord, out: Path, depth: bool, overwrite: bool) -> Path:
     views, alphas, depths = [], [], []
-    for view in meta["views"]:
-        stem = Path(view["image"]).stem
-        rgb, alpha = load_image(folder / view["image"])
-        mask_path = folder / "masks" / f"{stem}.png"
+    for image_path, mask_path in zip(record.image_paths, record.mask_paths, strict=True):
+        rgb, alpha = load_image(image_path)
         if alpha is None:
-            alpha = load_mask(mask_path) if mask_path.is_file() else np.ones((1, *rgb.shape[-2:]), np.float32)
+            alpha = load_mask(mask_path) if mask_path is not None else np.ones((1, *rgb.shape[-2:]), np.float32)
         views.append(np.asarray(rgb.permute(1, 2, 0)))
         alphas.append(np.asarray(alpha[0]))
         if depth:
-            depth_path = folder / "depth" / f"{stem}.npy"
-            if not depth_path.is_file():
-                raise DatasetError(depth_path, "missing; --depth needs depth/ for every view")
-            depths.append(np.load(depth_path))
-    return write_transforms_folder(out, np.stack(views), cameras, np.stack(alphas), depths if depth else None,
+            depths.append(np.load(record.directory / "depth" / f"{image_path.stem}.npy"))
+    return write_transforms_folder(out, np.stack(views), record.cameras, np.stack(alphas), depths if depth else None,
                                    overwrite=overwrite)

@@ -177,11 +177,16 @@ def camera_problems(view: dict, where: str, width: int, height: int) -> list[str
     return problems
 
 
-def _image_problem(path: Path, width: int, height: int) -> str | None:
+def _image_problem(path: Path, width: int, height: int, transparent: list[Path] | None = None) -> str | None:
+    """Why ``path`` is no readable ``width`` x ``height`` image, or None; a fully transparent one (alpha 0
+    everywhere) is appended to ``transparent`` when given."""
     try:
         with Image.open(path) as img:
             img.load()
             size = img.size
+            if (transparent is not None and img.mode in ("RGBA", "LA", "PA")
+                    and img.getchannel("A").getextrema()[1] == 0):
+                transparent.append(path)
     except FileNotFoundError:
         return "image file is missing"
     except Exception as exc:  # PIL raises many types for corrupt files
@@ -236,23 +241,25 @@ def _mesh_problem(path: Path, cameras: Cameras) -> str | None:
     return None
 
 
-def _relative_file(directory: Path, name) -> Path | None:
-    """``directory / name`` when ``name`` is a relative path that stays inside ``directory``."""
+def relative_file(directory: Path, name) -> Path | None:
+    """``directory / name`` (resolved) when ``name`` is a relative path that stays inside ``directory``. The
+    one rule for file names read from a file (cameras.json's images, transforms.json's frames): `data check`,
+    the Dataset, `data export-transforms` and `data import-transforms` all apply it."""
     if not isinstance(name, str) or not name or os.path.isabs(name):
         return None
     path = (directory / name).resolve()
     return path if path.is_relative_to(directory.resolve()) else None
 
 
-def _outside_reason(directory: Path, name) -> str:
+def outside_reason(directory: Path, name, folder: str = "object folder") -> str:
     """Why ``name`` is not a file inside ``directory``: a symlink out of it, a path climbing out, or not a path."""
     if isinstance(name, str) and name and not os.path.isabs(name):
         link = directory / name
         if link.is_symlink() or any(parent.is_symlink() for parent in link.parents if parent != directory
                                     and parent.is_relative_to(directory)):
-            return f"is a symlink that escapes the object folder (to {link.resolve()})"
-        return "climbs out of the object folder"
-    return "must be a relative path inside the object folder"
+            return f"is a symlink that escapes the {folder} (to {link.resolve()})"
+        return f"climbs out of the {folder}"
+    return f"must be a relative path inside the {folder}"
 
 
 # ------------------------------------------------------------------------------------------------ parse
@@ -277,21 +284,21 @@ def inspect_object(directory: str | Path, min_views: int = 1, check_files: bool 
         return None, problems
     width, height, views, convention = meta
 
-    image_paths, Ks, c2ws, seen = [], [], [], set()
+    image_paths, Ks, c2ws, seen, transparent = [], [], [], set(), []
     for i, view in enumerate(views):
         where = f"views[{i}]"
         if not isinstance(view, dict):
             problem(cameras_path, f"{where} must be an object with image, K and c2w")
             continue
-        image_path = _relative_file(directory, view.get("image"))
+        image_path = relative_file(directory, view.get("image"))
         if image_path is None:
-            problem(cameras_path, f"{where}.image {view.get('image')!r} {_outside_reason(directory, view.get('image'))}")
+            problem(cameras_path, f"{where}.image {view.get('image')!r} {outside_reason(directory, view.get('image'))}")
         elif image_path in seen:
             problem(cameras_path, f"{where}.image {view['image']!r} is listed twice")
         else:
             seen.add(image_path)
             if check_files:
-                message = _image_problem(image_path, width, height)
+                message = _image_problem(image_path, width, height, transparent)
                 if message:
                     problem(image_path, message)
             elif not image_path.is_file():
@@ -306,6 +313,9 @@ def inspect_object(directory: str | Path, min_views: int = 1, check_files: bool 
 
     if len(views) < min_views:
         problem(cameras_path, f"has {len(views)} views, need at least {min_views}")
+    if transparent and len(transparent) == len(views):  # every view: an object nothing can score or learn
+        problem(directory / "images", f"all {len(views)} views are fully transparent (alpha 0 everywhere): "
+                                      "the object is invisible")
 
     depth_paths = _optional_per_view(directory / "depth", image_paths, ".npy", width, height,
                                      _depth_problem if check_files else None, problem)

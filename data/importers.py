@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tunemv.data.format import camera_problems, read_image_array, write_object
+from tunemv.data.format import camera_problems, outside_reason, read_image_array, relative_file, write_object
 from tunemv.errors import DatasetError
 from tunemv.geometry.cameras import Cameras
 
@@ -51,27 +51,50 @@ def import_transforms(src: str | Path, out: str | Path, caption: str | None = No
 
 def _intrinsics(meta: dict, width: int, height: int, path: Path, where: str) -> np.ndarray:
     if "fl_x" in meta:
-        fx = float(meta["fl_x"])
-        fy = float(meta.get("fl_y", fx))
+        try:
+            fx = float(meta["fl_x"])
+            fy = float(meta.get("fl_y", fx))
+        except (TypeError, ValueError) as exc:
+            raise DatasetError(path, f"{where}: fl_x and fl_y must be numbers ({exc})") from exc
     elif "camera_angle_x" in meta:
-        fx = 0.5 * width / math.tan(0.5 * float(meta["camera_angle_x"]))
-        fy = 0.5 * height / math.tan(0.5 * float(meta["camera_angle_y"])) if "camera_angle_y" in meta else fx
+        fx = 0.5 * width / math.tan(0.5 * _angle(meta, "camera_angle_x", path, where))
+        fy = 0.5 * height / math.tan(0.5 * _angle(meta, "camera_angle_y", path, where)) if "camera_angle_y" in meta else fx
     else:
         raise DatasetError(path, f"{where}: no intrinsics (need camera_angle_x or fl_x)")
     # Both conventions put the principal point at the image centre by default: cx = W/2 in pixel-edge units.
-    cx, cy = float(meta.get("cx", width / 2)), float(meta.get("cy", height / 2))
+    try:
+        cx, cy = float(meta.get("cx", width / 2)), float(meta.get("cy", height / 2))
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(path, f"{where}: cx and cy must be numbers ({exc})") from exc
     return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
 
 
-def _find_image(base: Path, file_path: str) -> Path | None:
-    candidate = (base / file_path).resolve()
-    if candidate.suffix.lower() in IMAGE_SUFFIXES and candidate.is_file():
-        return candidate
-    for suffix in IMAGE_SUFFIXES:
-        with_suffix = candidate.with_name(candidate.name + suffix)
-        if with_suffix.is_file():
-            return with_suffix
-    return None
+def _angle(meta: dict, key: str, path: Path, where: str) -> float:
+    """A field of view in radians, finite and in (0, pi): what tan() of its half is defined for."""
+    try:
+        angle = float(meta[key])
+    except (TypeError, ValueError):
+        angle = math.nan
+    if not 0 < angle < math.pi:  # NaN fails this too
+        raise DatasetError(path, f"{where}: {key} must be a field of view in radians in (0, pi), got {meta[key]!r}")
+    return angle
+
+
+def _find_image(base: Path, file_path: str, path: Path, where: str) -> Path | None:
+    """The image ``file_path`` names, with or without its extension; a name that leaves ``base`` (the folder
+    of the transforms file) is refused by the rule `tunemv data check` applies to cameras.json."""
+    candidate = relative_file(base, file_path)
+    if candidate is None:
+        reason = outside_reason(base, file_path, folder="source folder")
+        raise DatasetError(path, f"{where}.file_path {file_path!r} {reason}")
+    found = candidate if candidate.suffix.lower() in IMAGE_SUFFIXES and candidate.is_file() else None
+    for suffix in () if found else IMAGE_SUFFIXES:
+        if candidate.with_name(candidate.name + suffix).is_file():
+            found = candidate.with_name(candidate.name + suffix)
+            break
+    if found is not None and relative_file(base, str(found.relative_to(base.resolve()))) is None:
+        raise DatasetError(path, f"{where}.file_path {file_path!r} {outside_reason(base, file_path + found.suffix, 'source folder')}")
+    return found
 
 
 def _import_object(src: Path, out: Path, caption: str | None, scale: float, overwrite: bool) -> Path:
@@ -88,10 +111,14 @@ def _import_object(src: Path, out: Path, caption: str | None, scale: float, over
             where = f"frames[{i}]"
             if not isinstance(frame, dict) or not isinstance(frame.get("file_path"), str):
                 raise DatasetError(path, f"{where}.file_path must be a string")
-            image_path = _find_image(path.parent, frame["file_path"])
+            image_path = _find_image(path.parent, frame["file_path"], path, where)
             if image_path is None:
                 raise DatasetError(path, f"{where}: image {frame['file_path']!r} not found (tried {', '.join(IMAGE_SUFFIXES)})")
-            image = read_image_array(image_path)
+            try:
+                image = read_image_array(image_path)
+            except Exception as exc:  # PIL raises many types for corrupt files
+                raise DatasetError(image_path, f"{where} of {path.name}: image is not readable "
+                                               f"({type(exc).__name__}: {exc})") from exc
             height, width = image.shape[:2]
             if size is not None and size != (width, height):
                 raise DatasetError(image_path, f"is {width}x{height}, but earlier frames are {size[0]}x{size[1]}")

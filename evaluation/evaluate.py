@@ -41,14 +41,17 @@ def evaluate_dataset(root: str | os.PathLike, reference: str | os.PathLike | Non
                      mask_source: str = "auto", white_threshold: float | None = None, mvc: bool = False,
                      mvc_steps: int = 100, clip=None, classifier=None, inception: str | os.PathLike | None = None,
                      mesh_grid: int = DEFAULT_RESOLUTION, mesh_samples: int = DEFAULT_SAMPLES,
-                     progress: bool = False) -> EvaluationReport:
+                     progress: bool = False, skip_unreadable: bool = False) -> EvaluationReport:
     """Evaluate every object under ``root`` (or ``root`` itself, one object folder).
 
     ``reference``: ground truth in the dataset format, matched by object id and camera. ``clip``: a CLIP folder
     or hub id. ``classifier``: an attribute classifier folder, or an object with its API. ``inception``: a
     torch-fidelity Inception weights file (default: its torch hub cache). ``mesh_grid``, ``mesh_samples``: the
-    volume-IoU grid and the Chamfer surface samples of mesh accuracy. Bad input raises ``DatasetError``
-    naming the file.
+    volume-IoU grid and the Chamfer surface samples of mesh accuracy. Bad arguments raise ``DatasetError``
+    naming the file, as does an object that cannot be read (a corrupt image, a broken reference object),
+    unless ``skip_unreadable`` (what ``tunemv evaluate`` passes): then it is listed in ``report.failed`` with its
+    error and the others are scored. An object whose masks are all empty (fully transparent views) is scored
+    (0) and named in ``report.warnings``.
     """
     white_threshold = WHITE_THRESHOLD if white_threshold is None else white_threshold
     directories = object_dirs(root)
@@ -63,46 +66,71 @@ def evaluate_dataset(root: str | os.PathLike, reference: str | os.PathLike | Non
     needs_reference = unavailable("needs ground truth (--reference)")
     distribution = DistributionMetrics(load_inception(inception) if references else needs_reference)
 
-    results = []
+    results, failed, warned = [], [], []
     for index, directory in enumerate(tqdm(directories, desc="evaluating", unit="obj", disable=not progress)):
-        start = time.perf_counter()
-        views = load_views(directory, mask_source, white_threshold)
-        metrics, per_view = consistency(views, grid)
-        metrics.update(_mvc(views, mvc_steps) if mvc else _missing(["mvc_psnr", "mvc_mse"], "not requested (--mvc)"))
-        generated = generated_views(directory, views.num_views)
-        images, matched = views.images[generated], None  # matched: the reference view with each view's camera
-        if references and not generated.any():
-            metrics.update(_missing(["psnr", "ssim", "lpips", *NOVEL_KEYS],
-                                    f"every view is a clean reference ({SAMPLING_FILE})"))
-        elif references:
-            truth = load_views(references[index], mask_source, white_threshold)
-            cameras = match_views(views, truth, references[index] / CAMERAS_FILE)
-            matched = truth.images[cameras][generated]
-            scores = fidelity(images, matched, lpips)
-            per_view["psnr"] = scores.pop("psnr_per_view")
-            per_view["fidelity_views"] = torch.nonzero(generated).flatten().tolist()
-            metrics.update(scores)
-            novel, novel_per_view = novel_view_metrics(views, truth, cameras, generated)
-            metrics.update(novel)
-            per_view.update(novel_per_view)
-            distribution.update(images, matched)
-        else:
-            metrics.update(_missing(["psnr", "ssim", "lpips", *NOVEL_KEYS], needs_reference))
-        metrics.update(mesh_metrics(views, references[index] if references else None, mesh_grid, mesh_samples))
-        metrics.update(_clip(scorer, views, images, matched))
-        if isinstance(attributes, str):
-            metrics.update(_missing(["prompt_category", "prompt_colour", *POSE_KEYS], attributes))
-        else:
-            metrics.update(prompt_fidelity(attributes, views.images, views.captions[0]))
-            metrics.update(pose_accuracy(attributes, views.images, views.cameras, views.captions[0]))
-        results.append(ObjectResult(views.object_id, views.num_views, metrics, per_view,
-                                    round(time.perf_counter() - start, 3)))
+        try:  # an object that cannot be read is listed as failed; the others are still scored
+            result, pair, warning = _evaluate_object(
+                directory, references[index] if references else None, grid, mask_source, white_threshold, mvc,
+                mvc_steps, scorer, attributes, lpips, needs_reference, mesh_grid, mesh_samples)
+        except DatasetError as error:
+            if not skip_unreadable:
+                raise
+            failed.append({"object": directory.name, "error": str(error)})
+            continue
+        results.append(result)
+        if pair is not None:
+            distribution.update(*pair)
+        if warning is not None:
+            warned.append(warning)
     settings = {"grid": grid, "mask_source": mask_source, "white_threshold": white_threshold, "mvc": mvc,
                 "mvc_steps": mvc_steps if mvc else None, "clip": _name(clip),
                 "classifier": _name(classifier),
                 "photo_tolerance_voxels": PHOTO_TOLERANCE_VOXELS, "mesh_grid": mesh_grid, "mesh_samples": mesh_samples}
     return EvaluationReport(str(root), None if reference is None else str(reference), settings, results,
-                            distribution.compute())
+                            distribution.compute() if results else {}, failed=failed, warnings=warned)
+
+
+def _evaluate_object(directory: Path, reference: Path | None, grid: int, mask_source: str, white_threshold: float,
+                     mvc: bool, mvc_steps: int, scorer, attributes, lpips, needs_reference: str, mesh_grid: int,
+                     mesh_samples: int) -> tuple[ObjectResult, tuple | None, str | None]:
+    """One object's result, the (generated, matched truth) views for FID/KID (None without a reference), and a
+    warning when its masks are empty (an invisible object scores 0, which is no measure of consistency)."""
+    start = time.perf_counter()
+    views = load_views(directory, mask_source, white_threshold)
+    warning = None
+    if not views.masks.any():
+        warning = (f"{directory}: every view's mask is empty (mask_source={mask_source!r}: e.g. fully transparent "
+                   "images); its scores are 0 and measure nothing")
+    metrics, per_view = consistency(views, grid)
+    metrics.update(_mvc(views, mvc_steps) if mvc else _missing(["mvc_psnr", "mvc_mse"], "not requested (--mvc)"))
+    generated = generated_views(directory, views.num_views)
+    images, matched, pair = views.images[generated], None, None  # matched: the reference view of each camera
+    if reference is not None and not generated.any():
+        metrics.update(_missing(["psnr", "ssim", "lpips", *NOVEL_KEYS],
+                                f"every view is a clean reference ({SAMPLING_FILE})"))
+    elif reference is not None:
+        truth = load_views(reference, mask_source, white_threshold)
+        cameras = match_views(views, truth, reference / CAMERAS_FILE)
+        matched = truth.images[cameras][generated]
+        scores = fidelity(images, matched, lpips)
+        per_view["psnr"] = scores.pop("psnr_per_view")
+        per_view["fidelity_views"] = torch.nonzero(generated).flatten().tolist()
+        metrics.update(scores)
+        novel, novel_per_view = novel_view_metrics(views, truth, cameras, generated)
+        metrics.update(novel)
+        per_view.update(novel_per_view)
+        pair = (images, matched)
+    else:
+        metrics.update(_missing(["psnr", "ssim", "lpips", *NOVEL_KEYS], needs_reference))
+    metrics.update(mesh_metrics(views, reference, mesh_grid, mesh_samples))
+    metrics.update(_clip(scorer, views, images, matched))
+    if isinstance(attributes, str):
+        metrics.update(_missing(["prompt_category", "prompt_colour", *POSE_KEYS], attributes))
+    else:
+        metrics.update(prompt_fidelity(attributes, views.images, views.captions[0]))
+        metrics.update(pose_accuracy(attributes, views.images, views.cameras, views.captions[0]))
+    result = ObjectResult(views.object_id, views.num_views, metrics, per_view, round(time.perf_counter() - start, 3))
+    return result, pair, warning
 
 
 @torch.no_grad()

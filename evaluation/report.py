@@ -36,6 +36,8 @@ class EvaluationReport:
     settings: dict
     objects: list[ObjectResult]
     dataset: dict[str, Value] = field(default_factory=dict)  # metrics over all views at once (FID, KID)
+    failed: list[dict[str, str]] = field(default_factory=list)  # {"object", "error"}: not scored, why
+    warnings: list[str] = field(default_factory=list)  # e.g. an object whose masks are empty (scores 0)
 
     def metric_names(self) -> list[str]:
         return list(dict.fromkeys(name for result in self.objects for name in result.metrics))
@@ -59,7 +61,8 @@ class EvaluationReport:
 
     def to_dict(self) -> dict:
         return {"root": self.root, "reference": self.reference, "settings": self.settings, "mean": self.mean(),
-                "counts": self.counts(), "dataset": self.dataset, "objects": [asdict(r) for r in self.objects]}
+                "counts": self.counts(), "dataset": self.dataset, "objects": [asdict(r) for r in self.objects],
+                "failed": self.failed, "warnings": self.warnings}
 
     def write_json(self, path: str | os.PathLike) -> Path:
         return write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
@@ -90,6 +93,9 @@ class EvaluationReport:
                 groups.setdefault(reason + scope, []).append(name)
         if groups:
             lines.append("unavailable: " + "; ".join(f"{', '.join(names)} ({reason})" for reason, names in groups.items()))
+        if self.failed:
+            lines.append(f"not scored: {len(self.failed)} of {len(self.failed) + len(self.objects)} objects "
+                         f"({', '.join(f['object'] for f in self.failed)}); metrics.json lists why")
         return "\n".join(lines)
 
     def novel_view_table(self) -> list[str]:

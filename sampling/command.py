@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +101,26 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
         path = Path(args.prompts)
         if not path.is_file():
             raise TunemvError(f"{path}: no such prompts file")
-        prompts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        prompts += read_prompt_file(path)
     if not prompts:
         raise TunemvError("tunemv sample needs --prompt or --prompts (an image-only run still needs a caption)")
     return prompts
+
+
+def read_prompt_file(path: Path) -> list[str]:
+    """The non-empty lines of a UTF-8 prompts file, stripped (a byte-order mark included); bytes that are not
+    UTF-8 are one error naming the file and the line."""
+    lines = []
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise TunemvError(f"--prompts {path}: line {number} is not UTF-8 text (byte {raw[error.start]:#04x} at "
+                              f"column {error.start + 1}); save the file as UTF-8") from error
+        line = line.replace("\ufeff", "").strip()  # a BOM (Windows editors) is no part of any prompt
+        if line:
+            lines.append(line)
+    return lines
 
 
 def _backbone_from_config(path: str) -> str | None:
@@ -238,18 +255,21 @@ def run_sample(args: argparse.Namespace) -> int:
     from tunemv.sampling.outputs import write_results
 
     prompts, options, done = prepare_sample(args)
+    log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
+    wrote = (lambda message: None) if args.quiet else print  # --quiet: nothing but errors and the final line
+    if done:
+        log(f"--resume: keeping {len(done)} finished object(s) in {args.out}")
+    todo = [start for start in range(0, len(prompts), args.batch_size)
+            if not all(start + index in done for index in range(len(prompts[start: start + args.batch_size])))]
+    remaining = sum(len(prompts[start: start + args.batch_size]) for start in todo)
+    log(sample_plan(remaining, options, args.batch_size))  # before minutes of model loading
     pipe = load_pipeline(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe.to(device)
     settings = sample_settings(args, options, pipe.backbone.name_or_path)
-    log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
-    wrote = (lambda message: None) if args.quiet else print  # --quiet: nothing but errors
-    if done:
-        log(f"--resume: keeping {len(done)} finished object(s) in {args.out}")
-    for start in range(0, len(prompts), args.batch_size):
+    began = time.monotonic()
+    for count, start in enumerate(todo, start=1):
         batch = prompts[start: start + args.batch_size]
-        if all(start + index in done for index in range(len(batch))):
-            continue
         # Seeded by the batch's first prompt index: with --batch-size 1 a prompt's views do not depend on the
         # prompts before it; a batch is redone whole, so a resumed run writes what an uninterrupted one did.
         try:
@@ -260,8 +280,40 @@ def run_sample(args: argparse.Namespace) -> int:
                       turntable_frames=args.turntable_frames, mesh_resolution=args.mesh_resolution if args.mesh else 0,
                       export_transforms="transforms" in args.export,
                       overwrite=args.overwrite or args.resume, log=wrote)
-    log(f"{len(prompts)} object(s) in {args.out}")
+        if count == 1 and len(todo) > 1:  # the estimate, from the first batch (model warm-up included)
+            log(estimate_line(time.monotonic() - began, len(todo) - 1))
+    print(f"wrote {len(prompts)} object(s) to {args.out}" + (f" ({len(done)} kept by --resume)" if done else ""))
     return 0
+
+
+def sample_plan(objects: int, options: dict[str, Any], batch_size: int) -> str:
+    """The one line ``tunemv sample`` prints before it starts: objects, views, steps (as they will run)."""
+    from tunemv.sampling.options import build_sampler
+
+    sampler = build_sampler(options["sampler"], options["sampler_options"])
+    steps = getattr(sampler, "fixed_steps", None) or options["steps"]
+    views = options["num_views"]
+    if options.get("cameras"):
+        from tunemv.data.format import read_cameras
+
+        views = len(read_cameras(options["cameras"]))
+    return (f"sampling {objects} object(s) x {views} views x {steps} step(s) "
+            f"({options['sampler']}, batches of {batch_size}); an estimate follows the first batch")
+
+
+def estimate_line(first: float, batches_left: int) -> str:
+    left = first * batches_left
+    finish = time.strftime("%H:%M", time.localtime(time.time() + left))
+    return (f"first batch took {_duration(first)}; about {_duration(left)} for the {batches_left} left "
+            f"(done near {finish})")
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    hours, minutes = divmod(seconds // 60, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
 
 
 def check_images(paths: list[str]) -> None:

@@ -45,6 +45,8 @@ def pixel_clip_bound(backbone, scheduler_config) -> float | None:
 class OneStepSampler:
     """x̂0 from one guided "mv" evaluation at t_G; ``timestep`` overrides t_G (an int in [0, T))."""
 
+    fixed_steps = 1  # whatever steps= says: what the pipeline records as run (and no scheduler steps)
+
     def __init__(self, timestep: int | None = None, min_alpha_bar: float = MIN_ALPHA_BAR):
         if timestep is not None and (int(timestep) != timestep or timestep < 0):
             raise ValueError(f"timestep must be a whole number >= 0, got {timestep}")

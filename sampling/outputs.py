@@ -87,7 +87,7 @@ def write_results(output: MultiviewPipelineOutput, out_dir: str | Path, start_in
             extras |= {name: mesh.export(file_type=name.rsplit(".", 1)[1]) for name in MESH_FILES}
         images = list(to_uint8(output.pixels[b]))
         info = {"prompt": prompt, "references": output.references[b].nonzero().flatten().tolist(),
-                "seed": output.seed, **(settings or {})}
+                "seed": output.seed, **(settings or {}), **(output.run or {})}  # what ran over what was asked
         write_object(folder, images, output.cameras[b].to("cpu"), [prompt], overwrite=overwrite,
                      extra_files={"sampling.json": json.dumps(info, indent=2, default=str) + "\n", **extras})
         folders.append(folder)

@@ -27,6 +27,7 @@ from tunemv.adapters.formats import (
     AdapterError,
     generator_sampling,
     load_adapter_modules,
+    portable_backbone,
     read_adapter_folder,
     read_checkpoint,
     submodule_state,
@@ -90,8 +91,10 @@ class MultiviewPipeline:
         info = {**self.info, "backbone": self.backbone.name_or_path}
         if self.sampling_defaults != DEFAULTS:
             info["sampling"] = dict(self.sampling_defaults)
+        # The card's base_model is the backbone as adapter.json stores it (relative to the folder when local).
+        card = model_card({**info, "backbone": portable_backbone(str(info["backbone"]), Path(out_dir))}, figures)
         return write_adapter_folder(out_dir, self.denoiser.neus, self.denoiser.control_branch, info,
-                                    overwrite=overwrite, extra_files={CARD_FILE: model_card(info, figures)})
+                                    overwrite=overwrite, extra_files={CARD_FILE: card})
 
     def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None,
                     commit_message: str = "Upload tunemv adapter", figures: Mapping[str, Any] | None = None) -> str:
@@ -149,13 +152,15 @@ class MultiviewPipeline:
                  reference_images: Any = None, reference_views: Sequence[int] | None = None,
                  elevation: float = 20.0, radius: float = 2.2, fov: float = 50.0, azimuth_start: float = 0.0,
                  sampler: str | Any | None = None, sampler_options: Mapping[str, Any] | None = None,
-                 scheduler: str = "auto", steps: int = 50, guidance_scale: float | None = None,
+                 scheduler: str = "auto", steps: int | None = None, guidance_scale: float | None = None,
                  negative_prompt: str = "", eta: float = 0.0, seed: int | None = None,
                  generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
                  view_chunk_size: int | None = None, output_type: str = "pil",
                  callback_on_step_end: Callable[..., dict | None] | None = None,
                  callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-                 progress: bool | None = None) -> MultiviewPipelineOutput:
+                 progress: bool | None = None, *, num_inference_steps: int | None = None,
+                 height: int | None = None, width: int | None = None,
+                 return_dict: bool = True) -> MultiviewPipelineOutput | tuple:
         """Generate ``num_views`` views of each prompt.
 
         ``sampler``: a registered name (``available_samplers()``), built with ``sampler_options``, its own
@@ -171,9 +176,21 @@ class MultiviewPipeline:
         ``generator`` draws a random seed, reported in ``.seed``; ``callback_on_step_end(pipe, step, t,
         {"latents": x})`` runs after every denoising step and may return ``{"latents": ...}`` to replace them;
         ``set_progress_bar_config`` configures the progress bar (``progress=False`` hides it). ``callback(step,
-        t, latents)`` is the deprecated form.
+        t, latents)`` is the deprecated form. ``num_inference_steps`` is diffusers' name for ``steps`` (default
+        50; both, if they differ, is an error). ``height`` and ``width`` may only name the square size the
+        backbone makes (``backbone.image_resolution``); other sizes are refused. ``return_dict=False`` returns
+        the tuple ``(images,)``, as diffusers' pipelines without a safety checker do (DDPMPipeline, FluxPipeline;
+        StableDiffusionPipeline and IFPipeline append their NSFW/watermark flags, which tunemv has not): index 0
+        is the images in every diffusers pipeline. ``return_dict=True`` gives the ``MultiviewPipelineOutput``.
+        ``.run`` records what ran: the sampler, its steps (1 for "one-step") and the scheduler ("auto"
+        resolved; None where the sampler uses none).
         """
         check_output_type(output_type)
+        steps = resolve_steps(steps, num_inference_steps)
+        size = self.backbone.image_resolution
+        if (height is not None and height != size) or (width is not None and width != size):
+            raise ValueError(f"height={height}, width={width}: backbone {self.backbone.name_or_path} makes "
+                             f"{size}x{size} views only; pass height={size}, width={size} or leave them out")
         if callback is not None:
             warnings.warn("callback= is deprecated and will be removed in the next release; use "
                           "callback_on_step_end(pipe, step, t, {'latents': ...})", FutureWarning, stacklevel=2)
@@ -183,6 +200,7 @@ class MultiviewPipeline:
             if sampler_options is None:
                 sampler_options = defaults.get("sampler_options")
         guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
+        sampler_name = sampler if isinstance(sampler, str) else type(sampler).__name__
         sampler = build_sampler(sampler, sampler_options)  # a bad option fails before any work
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         backbone, device = self.backbone, self.device
@@ -229,9 +247,13 @@ class MultiviewPipeline:
         if references is not None:
             mask = references.mask
             images = torch.where(mask[:, :, None, None, None], references.images.to(images), images)
-        return MultiviewPipelineOutput(convert_images(images, output_type), latents, cameras, prompts, mask,
-                                       MultiviewField(self.denoiser.neus, backbone, latents, model_cameras),
-                                       seed=seed, pixels=images)
+        fixed_steps = getattr(sampler, "fixed_steps", None)  # "one-step": one evaluation, no step rule
+        run = {"sampler": sampler_name, "steps": fixed_steps or steps, "guidance_scale": guidance_scale,
+               "scheduler": None if fixed_steps else scheduler_name(scheduler, backbone.family)}
+        output = MultiviewPipelineOutput(convert_images(images, output_type), latents, cameras, prompts, mask,
+                                         MultiviewField(self.denoiser.neus, backbone, latents, model_cameras),
+                                         seed=seed, pixels=images, run=run)
+        return output if return_dict else (output.images,)
 
     def _step_callback(self, callback, callback_on_step_end):
         """The job's per-step callback: the deprecated ``callback`` and diffusers' ``callback_on_step_end``."""
@@ -300,6 +322,27 @@ class MultiviewPipeline:
             warnings.warn(f"{int((~seen).sum())} of {seen.numel()} views see nothing of the unit sphere at the "
                           "origin; they will show background only", stacklevel=3)
         return cameras.rescale(size, size) if (cameras.height, cameras.width) != (size, size) else cameras
+
+
+DEFAULT_STEPS = 50
+
+
+def resolve_steps(steps: int | None, num_inference_steps: int | None) -> int:
+    """``steps`` or diffusers' ``num_inference_steps`` (the same thing); both, if they differ, is an error."""
+    if steps is not None and num_inference_steps is not None and steps != num_inference_steps:
+        raise ValueError(f"steps={steps} and num_inference_steps={num_inference_steps} disagree: they are the same "
+                         "setting; pass one")
+    return next((value for value in (steps, num_inference_steps) if value is not None), DEFAULT_STEPS)
+
+
+def scheduler_name(asked: Any, family: str | None) -> str:
+    """The scheduler that runs, by the name asked for ("auto" resolved to the family's own), or the class name
+    of a scheduler instance."""
+    from tunemv.sampling.schedulers import AUTO, default_scheduler
+
+    if isinstance(asked, str):
+        return default_scheduler(family) if asked == AUTO else asked
+    return type(asked).__name__
 
 
 def initial_noise(backbone: Backbone, batch: int, views: int, generator: torch.Generator,

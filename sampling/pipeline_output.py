@@ -32,6 +32,8 @@ class MultiviewPipelineOutput:
     field: MultiviewField
     seed: int | None = None
     pixels: torch.Tensor = dataclasses.field(default=None, repr=False)  # (B, V, 3, H, W) in [0, 1]
+    # What ran: sampler, steps (1 for "one-step"), scheduler ("auto" resolved; None: none used), guidance_scale
+    run: dict[str, Any] | None = None
 
     @property
     def views(self) -> torch.Tensor:

@@ -59,6 +59,12 @@ def negative_focal(meta):
     meta["views"][0]["K"][0][0] = -50.0
 
 
+def all_transparent(root):
+    """Every view of the object fully transparent (alpha 0): an invisible object that scores 0 everywhere."""
+    for path in (root / OBJ / "images").glob("*.png"):
+        Image.new("RGBA", (32, 32), (255, 255, 255, 0)).save(path)
+
+
 def symlink_out(root):
     """images/003.png replaced by a symlink to another object's image (outside this object's folder)."""
     link = root / OBJ / "images" / "003.png"
@@ -83,6 +89,7 @@ BROKEN = {
     "K wrong shape": (lambda r: edit_cameras(r, set_view("K", [[1, 0], [0, 1]])), "views[3].K must be a 3x3", "cameras.json"),
     "image escapes folder": (lambda r: edit_cameras(r, set_view("image", "../00001_table/images/000.png")), "climbs out of the object folder", "cameras.json"),
     "absolute image path": (lambda r: edit_cameras(r, set_view("image", "/etc/hostname")), "relative path inside the object folder", "cameras.json"),
+    "every view transparent": (all_transparent, "all 16 views are fully transparent", "images"),
     "image symlink escapes": (lambda r: symlink_out(r), "is a symlink that escapes the object folder", "cameras.json"),
     "duplicate image": (lambda r: edit_cameras(r, set_view("image", "images/000.png")), "is listed twice", "cameras.json"),
     "empty caption": (lambda r: (r / OBJ / "caption.txt").write_text("\n"), "caption is empty", "caption.txt"),

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import huggingface_hub.constants
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -52,7 +53,53 @@ def setup(tmp: Path) -> dict[str, str]:
     (tmp / "truncated.ckpt").write_bytes(b"\0" * 64)
     (tmp / "bad.yaml").write_text("model:\n  backbone: [unclosed\n")
     (tmp / "taken/0000_a-red-chair").mkdir(parents=True)
+    (tmp / "latin1.txt").write_bytes("a red chair\na caf\u00e9 chair\n".encode("latin-1"))
+    data_sources(tmp)
     return {"tmp": str(tmp), "truncated": truncated_adapter(tmp)}
+
+
+def data_sources(tmp: Path) -> None:
+    """Objects and transforms folders that name files outside themselves or are broken (issue: the data
+    commands refuse what `tunemv data check` refuses, naming the file and the frame)."""
+    from PIL import Image
+
+    from tunemv.data.format import write_object
+    from tunemv.geometry.cameras import orbit
+
+    cameras = orbit(2, 20.0, 2.2, 50.0, resolution=8)
+    images = [np.full((8, 8, 3), 128, np.uint8)] * 2
+    Image.new("RGB", (8, 8)).save(tmp / "secret.png")
+    for name in ("escaping", "fine"):
+        write_object(tmp / "objects" / name, images, cameras, ["a chair"])
+    meta = json.loads((tmp / "objects/escaping/cameras.json").read_text())
+    meta["views"][0]["image"] = "../../secret.png"
+    (tmp / "objects/escaping/cameras.json").write_text(json.dumps(meta))
+    shutil.copytree(tmp / "objects/escaping", tmp / "escaping")  # one object folder, alone
+    (tmp / "evaluate-broken").mkdir()
+    for name in ("a", "b"):  # every object corrupt: nothing can be scored
+        write_object(tmp / "evaluate-broken" / name, images, cameras, ["a chair"])
+        (tmp / "evaluate-broken" / name / "images/001.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    frame = {"transform_matrix": cameras.to_opengl()[0].tolist()}
+    for name, angle, file_path in (("climbing", 0.7, "../../../x"), ("absolute", 0.7, str(tmp / "secret.png")),
+                                   ("infinite", float("inf"), "r_0"), ("truncated", 0.7, "r_0")):
+        folder = tmp / "transforms" / name
+        folder.mkdir(parents=True)
+        Image.new("RGB", (8, 8), "red").save(folder / "r_0.png")
+        meta = {"camera_angle_x": angle, "frames": [{**frame, "file_path": file_path}]}
+        (folder / "transforms.json").write_text(json.dumps(meta))  # inf is written as Infinity
+    truncated = tmp / "transforms/truncated/r_0.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:-200])
+    (tmp / "transforms/truncated/transforms.json").write_text(json.dumps(
+        {"camera_angle_x": 0.7, "frames": [{**frame, "file_path": "r_0"}], "w": 64, "h": 64}))
+    distill = {"model": {"teacher": ADAPTER},
+               "data": {"class_path": "tunemv.training.pseudo_ground_truth.DistillationDataModule",
+                        "init_args": {"teacher": ADAPTER, "cache_dir": str(tmp / "cache"), "num_objects": 2,
+                                      "reference_root": str(tmp / "no-chairs"), "num_reference_objects": 2,
+                                      "num_views": 2, "steps": 1}},
+               "trainer": {"accelerator": "cpu", "max_steps": 1, "default_root_dir": str(tmp / "distill-run"),
+                           "logger": False, "enable_checkpointing": False}}
+    (tmp / "distill.yaml").write_text(json.dumps(distill))  # JSON is YAML
 
 
 def edit_json(path: Path, **changes) -> None:
@@ -179,6 +226,29 @@ CASES = [
      "{empty_backbone}/adapter.json: 'backbone' must name the backbone (a hub id or a folder), got ''"),
     ("--backbone is a file", [*sample("{adapter}"), "--backbone", "{tmp}/a-file"],
      "{tmp}/a-file: is a file; a backbone is a hub id (owner/name) or a diffusers pipeline folder"),
+    # Data: names outside the folder are refused by the rule `data check` applies; the file and frame are named.
+    ("export-transforms: an image outside the object", ["data", "export-transforms", "{tmp}/escaping", "{tmp}/o"],
+     "{tmp}/escaping/cameras.json: views[0].image '../../secret.png' climbs out of the object folder"),
+    ("export-transforms: a root with such an object", ["data", "export-transforms", "{tmp}/objects", "{tmp}/o"],
+     "{tmp}/objects/escaping/cameras.json: views[0].image '../../secret.png' climbs out of the object folder"),
+    ("import-transforms: file_path climbs out", ["data", "import-transforms", "{tmp}/transforms/climbing", "{tmp}/o"],
+     "{tmp}/transforms/climbing/transforms.json: frames[0].file_path '../../../x' climbs out of the source folder"),
+    ("import-transforms: absolute file_path", ["data", "import-transforms", "{tmp}/transforms/absolute", "{tmp}/o"],
+     "{tmp}/transforms/absolute/transforms.json: frames[0].file_path '{tmp}/secret.png' must be a relative path "
+     "inside the source folder"),
+    ("import-transforms: camera_angle_x Infinity", ["data", "import-transforms", "{tmp}/transforms/infinite", "{tmp}/o"],
+     "{tmp}/transforms/infinite/transforms.json: frames[0]: camera_angle_x must be a field of view in radians in "
+     "(0, pi), got inf"),
+    ("import-transforms: a truncated frame", ["data", "import-transforms", "{tmp}/transforms/truncated", "{tmp}/o"],
+     "{tmp}/transforms/truncated/r_0.png: frames[0] of transforms.json: image is not readable (OSError: image file "
+     "is truncated"),
+    ("--prompts not UTF-8", ["sample", "--adapter", ADAPTER, "--prompts", "{tmp}/latin1.txt", "--out", "{tmp}/o", *QUICK],
+     "--prompts {tmp}/latin1.txt: line 2 is not UTF-8 text (byte 0xe9 at column 6); save the file as UTF-8"),
+    ("evaluate: no object can be scored", ["evaluate", "{tmp}/evaluate-broken", "--grid", "16", "--quiet"],
+     "{tmp}/evaluate-broken: no object could be scored (2 failed; the first: {tmp}/evaluate-broken/a/images/001.png: "
+     "image is not readable"),
+    ("distill before its data exists", ["distill", "--config", "{tmp}/distill.yaml"],
+     "tunemv distill: error: {tmp}/no-chairs: reference_root is not a dataset folder; make it first"),
     ("hub-id backbone, no network", [*sample("{adapter}"), "--backbone", OFFLINE_HUB_ID],
      f"{OFFLINE_HUB_ID}: HF_HUB_OFFLINE=1 is set and the local Hub cache has no copy of it; download it once "
      "online (HF_HUB_CACHE names the cache), or pass a local folder"),

@@ -4,6 +4,7 @@ bad input gets one line and exit code 2."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -27,7 +28,7 @@ def adapter(tmp_path_factory):
 def test_sample_writes_checkable_objects_with_grid_turntable_and_mesh(tmp_path, adapter, capsys):
     out = tmp_path / "out"
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a red chair\n\na blue mug\n")
+    prompts.write_text("\ufeffa red chair\n\na blue mug\n", encoding="utf-8")  # a BOM, as Windows editors write
     code = main(["sample", "--adapter", str(adapter), "--prompts", str(prompts), "--num-views", "4", "--steps", "2",
                  "--sampler", "consistency", "--out", str(out), "--mesh", "--mesh-resolution", "32",
                  "--turntable-frames", "4", "--export", "transforms", "--quiet"])
@@ -35,7 +36,8 @@ def test_sample_writes_checkable_objects_with_grid_turntable_and_mesh(tmp_path, 
     folders = sorted(p for p in out.iterdir() if p.is_dir())
     assert [p.name for p in folders] == ["0000_a-red-chair", "0001_a-blue-mug"]
     captured = capsys.readouterr()
-    assert captured.out == "" and captured.err == ""  # --quiet means quiet (without it: "wrote OUT/0000_...")
+    # --quiet: nothing but the final line (without it: the plan, "wrote OUT/0000_..." per object, an estimate)
+    assert captured.out == f"wrote 2 object(s) to {out}\n" and captured.err == ""
     assert main(["data", "check", str(out), "--min-views", "4"]) == 0
     record = read_object(folders[1])
     assert record.captions[0] == "a blue mug" and record.num_views == 4
@@ -50,7 +52,9 @@ def test_sample_writes_checkable_objects_with_grid_turntable_and_mesh(tmp_path, 
     torch.testing.assert_close(back.cameras.c2w, record_cameras(folders[0]).c2w, atol=1e-6, rtol=0)
     alpha = np.asarray(Image.open(folders[0] / "transforms" / "images" / "000.png"))[..., 3]
     assert alpha.shape == (32, 32)
-    assert json.loads((folders[0] / "sampling.json").read_text())["sampler"] == "consistency"
+    written = json.loads((folders[0] / "sampling.json").read_text())
+    assert written["sampler"] == "consistency" and written["steps"] == 2 and written["scheduler"] == "ddim"  # auto
+    assert written["prompt"] == "a red chair" == read_object(folders[0]).captions[0]  # no BOM
     assert isinstance(trimesh.load(folders[0] / "mesh.ply"), trimesh.Trimesh)
 
 
@@ -151,3 +155,32 @@ def record_cameras(folder):
     from tunemv.data.format import read_cameras
 
     return read_cameras(folder / "cameras.json")
+
+
+def test_a_one_step_run_records_what_ran_and_prints_a_plan_and_an_estimate(tmp_path, capsys):
+    """sampling.json of the one-step generator said "steps": 50, "scheduler": "auto"; it records what ran. The run
+    prints its plan before the model loads, an estimate after the first object, and one final line."""
+    out = tmp_path / "out"
+    generator = Path(__file__).resolve().parents[1] / "models/demo-generator"
+    assert main(["sample", "--adapter", str(generator), "--prompt", "a red chair", "--prompt", "a mug",
+                 "--num-views", "2", "--out", str(out), "--turntable-frames", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "sampling 2 object(s) x 2 views x 1 step(s) (one-step, batches of 1)" in captured.err.splitlines()[0]
+    assert "first batch took" in captured.err and "for the 1 left" in captured.err
+    assert captured.out.splitlines()[-1] == f"wrote 2 object(s) to {out}"
+    written = json.loads((out / "0000_a-red-chair" / "sampling.json").read_text())
+    assert written["sampler"] == "one-step" and written["steps"] == 1 and written["scheduler"] is None
+
+
+def test_prompts_file_bom_is_stripped_and_bad_bytes_name_the_line(tmp_path):
+    from argparse import Namespace
+
+    from tunemv.errors import TunemvError
+    from tunemv.sampling.command import read_prompts
+
+    path = tmp_path / "p.txt"
+    path.write_bytes("\ufeffa red chair\r\n\r\na mug\n".encode())
+    assert read_prompts(Namespace(prompt=[], prompts=str(path))) == ["a red chair", "a mug"]
+    path.write_bytes(b"ok\nalso ok\n\xff\xfe bad\n")
+    with pytest.raises(TunemvError, match=f"^--prompts {path}: line 3 is not UTF-8 text"):
+        read_prompts(Namespace(prompt=[], prompts=str(path)))

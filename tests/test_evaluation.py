@@ -391,8 +391,9 @@ def test_bad_input_is_one_line_naming_the_file_and_exit_code_2(truth, tmp_path, 
     args, named = ["evaluate", str(root), "--grid", "32", "--quiet"], None
     if case == "missing folder":
         args[1] = named = str(tmp_path / "nowhere")
-    elif case == "broken cameras.json":
+    elif case == "broken cameras.json":  # in every object: one broken object alone is skipped (see below)
         named = str(broken_cameras(root))
+        (root / "00002_stool" / "cameras.json").write_text("{not json")
     elif case == "reference without the object":
         shutil.rmtree(reference / "00002_stool")
         args += ["--reference", str(reference)]
@@ -400,6 +401,8 @@ def test_bad_input_is_one_line_naming_the_file_and_exit_code_2(truth, tmp_path, 
     elif case == "reference camera mismatch":
         args += ["--reference", str(reference)]
         named = str(moved_reference_camera(reference))
+        shutil.rmtree(reference / "00002_stool")
+        shutil.copytree(reference / "00001_table", reference / "00002_stool")
     elif case == "filter-out without filter":
         args += ["--filter-out", str(tmp_path / "passed.txt")]
         named = "--filter-out"
@@ -410,6 +413,26 @@ def test_bad_input_is_one_line_naming_the_file_and_exit_code_2(truth, tmp_path, 
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and error.startswith("tunemv: error: ") and named in error, error
     assert not (root / "metrics.json").exists()
+
+
+def test_a_corrupt_object_is_listed_and_the_others_are_scored(truth, tmp_path, capsys):
+    """One corrupt PNG no longer costs the good objects their scores: they are scored, the broken one is listed
+    (stderr, the table, metrics.json "failed") and the run exits 0; an invisible object is scored and warned of."""
+    root = tmp_path / "data"
+    for object_id in ("00001_table", "00002_stool", "00004_mug"):
+        shutil.copytree(truth / object_id, root / object_id)
+    corrupt = root / "00002_stool" / "images" / "003.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    for path in (root / "00004_mug" / "images").glob("*.png"):
+        Image.new("RGBA", (RESOLUTION, RESOLUTION), (0, 0, 0, 0)).save(path)
+    assert main(["evaluate", str(root), "--grid", "32", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    metrics = json.loads((root / "metrics.json").read_text())
+    assert [r["object_id"] for r in metrics["objects"]] == ["00001_table", "00004_mug"]
+    assert [f["object"] for f in metrics["failed"]] == ["00002_stool"]
+    assert metrics["failed"][0]["error"].startswith(f"{corrupt}: image is not readable")
+    assert f"not scored: {corrupt}: image is not readable" in err and "not scored: 1 of 3 objects (00002_stool)" in out
+    assert "00004_mug: every view's mask is empty" in err and len(metrics["warnings"]) == 1
 
 
 def test_clean_reference_views_are_left_out_of_fidelity(truth, tmp_path):
@@ -424,6 +447,8 @@ def test_clean_reference_views_are_left_out_of_fidelity(truth, tmp_path):
     (one / "sampling.json").write_text(json.dumps({"references": [0, 99]}))
     with pytest.raises(DatasetError, match=r"sampling\.json: references must be"):
         evaluate_dataset(one, reference=truth, grid=32)
+    broken = evaluate_dataset(one, reference=truth, grid=32, skip_unreadable=True)  # listed, not scored (the CLI)
+    assert not broken.objects and "sampling.json: references must be" in broken.failed[0]["error"]
 
 
 def tinted_background(source: Path, out: Path, tint=(0.86, 0.84, 0.93)) -> Path:

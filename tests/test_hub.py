@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from sampling_fixtures import PROMPT, adapter_pipeline, save_adapter, save_backbones
 
 from tunemv.adapters.formats import AdapterError
@@ -49,8 +50,30 @@ def test_save_pretrained_round_trips_weights_defaults_and_writes_a_card(folders,
     assert not any(isinstance(v, str) and os.path.isabs(v) for v in info.values())  # shareable: no absolute path
     card = (out / "README.md").read_text()
     assert card.startswith("---") and "library_name: tunemv" in card and "| hull IoU | 0.75 |" in card
+    front = yaml.safe_load(card.split("---")[1])  # the Hub's metadata: base_model is the backbone as stored
+    assert front["base_model"] == info["backbone"] and front["license"] == "apache-2.0"
+    assert front["pipeline_tag"] == "text-to-3d"
     with pytest.raises(AdapterError, match="already exists"):
         pipe.save_pretrained(out)
+
+
+def test_an_exported_adapter_card_has_the_hub_front_matter(folders, tmp_path):
+    """`tunemv export`'s README.md names license, base_model (the backbone as adapter.json stores it) and
+    pipeline_tag, which the Hub reads from the front matter."""
+    from tunemv.adapters.formats import checkpoint_metadata
+    from tunemv.training.export import export_adapter
+
+    pipe = MultiviewPipeline.from_pretrained(folders["adapter"])
+    neus, branch = pipe.denoiser.neus, pipe.denoiser.control_branch
+    state = {**{f"denoiser.neus.{k}": v for k, v in neus.state_dict().items()},
+             **{f"denoiser.control_branch.{k}": v for k, v in branch.state_dict().items()}}
+    meta = checkpoint_metadata(str(folders["backbone"]), neus, branch, "live")
+    torch.save({"state_dict": state, "tunemv": meta, "global_step": 1}, tmp_path / "run.ckpt")
+    out = export_adapter(tmp_path / "run.ckpt", tmp_path / "exported")
+    front = yaml.safe_load((out / "README.md").read_text().split("---")[1])
+    stored = json.loads((out / "adapter.json").read_text())["backbone"]
+    assert front["base_model"] == stored and not os.path.isabs(stored)
+    assert front["license"] == "apache-2.0" and front["pipeline_tag"] == "text-to-3d"
 
 
 @pytest.mark.parametrize("subfolder", [None, "generator"])

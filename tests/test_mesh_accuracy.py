@@ -113,3 +113,26 @@ def test_evaluate_reports_mesh_accuracy_where_the_reference_has_a_mesh(procedura
     assert main(["evaluate", str(sampled), "--reference", str(truth), "--grid", "32", "--threads", "1", "--quiet"]) == 0
     chair = json.loads((sampled / "metrics.json").read_text())["objects"][0]["metrics"]
     assert chair["hull_mesh_volume_iou"] == "unavailable: the reference object has no mesh.ply"
+
+
+def test_mesh_render_draws_the_truth_it_documents_and_refuses_a_bad_mesh_in_one_line(tmp_path, capsys):
+    """experiments/mesh_render.py documents --truth: it draws it as a further row; a bad path is one line, exit 2."""
+    import importlib.util
+    from pathlib import Path
+
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location(
+        "mesh_render", Path(__file__).resolve().parents[1] / "experiments" / "mesh_render.py")
+    mesh_render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mesh_render)
+    shape_mesh(Sphere(radius=0.5), resolution=16).export(tmp_path / "a.ply")
+    assert mesh_render.main([str(tmp_path / "a.ply"), "--truth", str(tmp_path / "a.ply"),
+                             "--out", str(tmp_path / "sheet.png")]) == 0
+    assert Image.open(tmp_path / "sheet.png").size == (4 * mesh_render.SIZE, 2 * mesh_render.SIZE)
+    with pytest.raises(SystemExit) as exit_info:
+        mesh_render.main([str(tmp_path / "a.ply"), "--truth", str(tmp_path / "none.ply"), "--out", str(tmp_path / "b.png")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"mesh_render.py: error: --truth {tmp_path / 'none.ply'}: not a readable mesh")
+    assert not (tmp_path / "b.png").exists()

@@ -79,6 +79,19 @@ def test_the_old_names_still_work_with_a_deprecation_warning(pipe):
         assert call(pipe).pixels.shape[1] == VIEWS  # the new names warn about nothing
 
 
+def test_what_a_diffusers_user_types_works(pipe):
+    """num_inference_steps= (diffusers' steps=), return_dict=False and height=/width= of the size it makes."""
+    named = pipe(PROMPT, num_views=VIEWS, num_inference_steps=STEPS, seed=0, progress=False, output_type="pt")
+    assert torch.equal(named.images, call(pipe, output_type="pt").images) and named.run["steps"] == STEPS
+    with pytest.raises(ValueError, match="steps=2 and num_inference_steps=3 disagree"):
+        pipe(PROMPT, num_views=VIEWS, steps=2, num_inference_steps=3, progress=False)
+    as_tuple = call(pipe, output_type="pt", return_dict=False, height=16, width=16)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 1 and torch.equal(as_tuple[0], named.images)
+    with pytest.raises(ValueError, match=r"^height=512, width=512: backbone .* makes 16x16 views only; pass "
+                                         r"height=16, width=16 or leave them out$"):
+        call(pipe, height=512, width=512)
+
+
 def test_model_cpu_offload_gives_the_same_views(tmp_path):
     """On this CPU machine the execution device is the CPU: what is tested is that the hooks wrap the frozen
     parts and sampling through them gives the same result."""

@@ -54,5 +54,6 @@ def export_adapter(checkpoint_path: str | Path, out_dir: str | Path, ema: bool |
         # The weights after step n have seen steps 0..n−1: stage I's alone while n <= vsd_steps.
         info["generator"]["stage"] = 1 if (checkpoint.get("global_step") or 0) <= generator["vsd_steps"] else 2
         info["generator"]["teacher"] = portable_backbone(str(generator["teacher"]), Path(out_dir))  # beside it
-    return write_adapter_folder(out_dir, neus, branch, info, overwrite=overwrite,
-                                extra_files={CARD_FILE: model_card(info, figures)})
+    # The card's base_model is the backbone as adapter.json stores it (relative to the folder when local).
+    card = model_card({**info, "backbone": portable_backbone(str(info["backbone"]), out_dir)}, figures)
+    return write_adapter_folder(out_dir, neus, branch, info, overwrite=overwrite, extra_files={CARD_FILE: card})

@@ -74,7 +74,8 @@ class PseudoGroundTruthCache:
         if num_reference_objects and not reference_root:
             raise CacheError(f"{root}: num_reference_objects needs reference_root, a dataset folder")
         if num_reference_objects and not Path(reference_root).is_dir():
-            raise CacheError(f"{reference_root}: reference_root is not a dataset folder")
+            raise CacheError(f"{reference_root}: reference_root is not a dataset folder; make it first (e.g. "
+                             f"`tunemv data procedural --out {reference_root}`, as the config says) or fix the path")
         if num_reference_objects and num_views < 2:
             raise CacheError(f"{root}: image→multiview objects need num_views >= 2 (view 0 is the reference)")
         self.root = Path(root)

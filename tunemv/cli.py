@@ -79,7 +79,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     report = evaluate_dataset(args.root, args.reference, grid=args.grid, mask_source=args.mask_source,
                               white_threshold=args.white_threshold, mvc=args.mvc, mvc_steps=args.mvc_steps,
                               clip=args.clip, classifier=args.classifier, inception=args.inception,
-                              mesh_grid=args.mesh_grid, mesh_samples=args.mesh_samples, progress=not args.quiet)
+                              mesh_grid=args.mesh_grid, mesh_samples=args.mesh_samples, progress=not args.quiet,
+                              skip_unreadable=True)
+    # An object that cannot be read is listed (stderr, the table, metrics.json "failed") and the rest are scored;
+    # the run fails (exit 2, no metrics.json) only when no object could be scored.
+    if not report.objects:
+        first = report.failed[0]["error"] if report.failed else "no objects"
+        raise TunemvError(f"{args.root}: no object could be scored ({len(report.failed)} failed; the first: {first})")
+    for failure in report.failed:
+        print(f"tunemv evaluate: warning: not scored: {failure['error']}", file=sys.stderr)
+    for warning in report.warnings:
+        print(f"tunemv evaluate: warning: {warning}", file=sys.stderr)
     print(report.table())
     print(f"metrics written to {report.write_json(args.out or Path(args.root) / 'metrics.json')}")
     if args.filter is not None:
@@ -136,7 +146,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     if args.devices == 1 and args.num_nodes == 1 and args.filter is None:
         return run_sample(args)
-    from tunemv.sampling.command import load_pipeline, prepare_sample, sample_settings
+    from tunemv.sampling.command import load_pipeline, prepare_sample, sample_plan, sample_settings
     from tunemv.training.predict import predict_dataset
 
     if args.devices < 1 or args.num_nodes < 1:
@@ -147,6 +157,8 @@ def _sample(args: argparse.Namespace) -> int:
     if args.filter is not None and not 0 <= args.filter <= 1:
         raise TunemvError(f"--filter takes a mean hull IoU in [0, 1], got {args.filter}")
     prompts, options, done = prepare_sample(args)
+    if not args.quiet:  # the plan before the model loads; Lightning's progress bar gives the estimate
+        print(sample_plan(len(prompts) - len(done), options, 1), file=sys.stderr)
     backbone = args.backbone or args.adapter or args.ckpt
     write = {"settings": sample_settings(args, options, backbone), "turntable_frames": args.turntable_frames,
              "mesh_resolution": args.mesh_resolution if args.mesh else 0,
@@ -162,6 +174,8 @@ def _sample(args: argparse.Namespace) -> int:
         passed = evaluate_dataset(args.out, mask_source="border", progress=False).passing(args.filter)
         path = write_text_atomic(Path(args.out) / "passed.txt", "".join(f"{name}\n" for name in passed))
         print(f"{len(passed)} of {len(prompts)} objects have a mean hull IoU >= {args.filter:g}; list written to {path}")
+    if rank_zero:
+        print(f"wrote {len(prompts)} object(s) to {args.out}" + (f" ({len(done)} kept by --resume)" if done else ""))
     return 0
 
 
@@ -175,12 +189,32 @@ def _lightning(argv: list[str]) -> int:
     try:
         # `tunemv distill ...` is LightningCLI's fit with the distillation system and its pseudo-ground-truth data.
         run_lightning(["fit", *argv[1:]], system="distill") if argv[0] == "distill" else run_lightning(argv)
-    except (ArgumentError, MisconfigurationException) as exc:  # a config Lightning refuses is the user's too
-        print(f"tunemv {argv[0]}: error: {_one_line(exc)}", file=sys.stderr)
+    except (ArgumentError, MisconfigurationException, ValueError, TypeError) as exc:
+        # A config Lightning refuses is the user's too; so is one of ours that jsonargparse wrapped while it
+        # built a class (`data:` is a union, so a DatasetError or CacheError comes back inside a union message
+        # with the tracebacks of every alternative): the innermost error of ours is the one line.
+        cause = _tunemv_cause(exc)
+        if cause is None and not isinstance(exc, ArgumentError | MisconfigurationException):
+            raise
+        print(f"tunemv {argv[0]}: error: {_file_error(cause or exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except SystemExit as exc:  # --help and --print_config exit; main returns codes instead
         return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     return 0
+
+
+def _tunemv_cause(exc: BaseException) -> TunemvError | None:
+    """The first TunemvError in ``exc``'s chain of causes and contexts (``exc`` itself included), or None."""
+    seen, pending = set(), [exc]
+    while pending:
+        current = pending.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, TunemvError):
+            return current
+        pending += [current.__cause__, current.__context__]
+    return None
 
 
 def _file_error(exc: BaseException) -> str:
