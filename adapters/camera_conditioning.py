@@ -6,7 +6,8 @@ to each view at every step, and tunemv offers the two common ways (``camera_cond
 
 - ``"plucker"``: per-pixel Plücker ray maps (d, o × d), 6 channels in the object-centric world frame at the
   branch's input resolution, through a small conv encoder added beside the condition embedding of g_i
-  (MV-Adapter §3.2; CAT3D feeds the same maps beside its latents);
+  (the branch's own ``ConditionEmbedding`` over 6 channels; MV-Adapter, and CAT3D feeds the same maps beside
+  its latents);
 - ``"embedding"``: the camera's flattened extrinsics and normalised focal lengths through an MLP, added to the
   branch's time embedding (MVDream §3.2, SV3D, Wonder3D, Era3D);
 - ``"both"``, or ``"none"`` (TuneMV3D as published; what older adapter folders are).
@@ -17,8 +18,6 @@ backbone either way.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 from einops import rearrange
@@ -61,23 +60,6 @@ def pose_features(cameras: Cameras) -> torch.Tensor:
     extrinsics = rearrange(cameras.c2w[..., :3, :4], "n r c -> n (r c)")
     focal = torch.stack([cameras.K[..., 0, 0] / cameras.width, cameras.K[..., 1, 1] / cameras.height], -1)
     return torch.cat([extrinsics, focal], -1)
-
-
-class RayMapEncoder(nn.Module):
-    """(N, 6, h, w) Plücker rays -> (N, C, h, w) features added beside the condition embedding; no downsampling."""
-
-    def __init__(self, out_channels: int, hidden: Sequence[int] = (16, 32)):
-        super().__init__()
-        layers: list[nn.Module] = []
-        previous = PLUCKER_CHANNELS
-        for width in hidden:
-            layers += [nn.Conv2d(previous, width, 3, padding=1), nn.SiLU()]
-            previous = width
-        layers.append(zero_module(nn.Conv2d(previous, out_channels, 3, padding=1)))
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, rays: torch.Tensor) -> torch.Tensor:
-        return self.layers(rays)
 
 
 class CameraEmbedding(nn.Module):

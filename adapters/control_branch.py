@@ -21,8 +21,8 @@ from torch import nn
 
 from tunemv.adapters.camera_conditioning import (
     CAMERA_CONDITIONINGS,
+    PLUCKER_CHANNELS,
     CameraEmbedding,
-    RayMapEncoder,
     check_camera_conditioning,
     plucker_rays,
     pose_features,
@@ -122,7 +122,8 @@ class ControlBranch(ModelMixin, ConfigMixin):
         widths = list(unet_config["block_out_channels"])
         self.condition_embedding = ConditionEmbedding(condition_channels, widths[0], condition_embedding_channels)
         # Absent for "none", so folders saved before camera conditioning load with their exact state dicts.
-        self.ray_encoder = RayMapEncoder(widths[0], condition_embedding_channels) \
+        self.ray_encoder = ConditionEmbedding(PLUCKER_CHANNELS, widths[0],
+                                                                   condition_embedding_channels) \
             if uses_rays(camera_conditioning) else None
         if uses_embedding(camera_conditioning) and unet_config.get("class_embeddings_concat"):
             raise ValueError("camera_conditioning 'embedding' adds to the time embedding, which this UNet "

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_evaluation import _one_thread, object_ids  # noqa: F401 - the shared one-thread fixture, and a helper
 
 from tunemv.cli import main
 from tunemv.evaluation.availability import is_unavailable
@@ -54,17 +55,7 @@ ROLLS = (1, 2, 3)
 SETTINGS = dict(grid=32, mesh_grid=16, mesh_samples=500)  # the novel-view metrics do not depend on these
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: extra threads only add contention on a shared machine
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------------------------------ variants
-def object_ids(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir() if (p / "cameras.json").is_file())
 
 
 def image_to_multiview(truth: Path, out: Path) -> Path:
