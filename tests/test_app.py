@@ -192,6 +192,8 @@ def test_command_line_limits_are_checked_before_the_model_loads(capsys, tmp_path
     assert list(tmp_path.iterdir()) == []  # the failed start removed its temporary folder
 
 
+# slow: 28 s on 2 quiet cores (a real server, 20 requests); `pytest -m slow tests/test_app.py`
+@pytest.mark.slow
 def test_twenty_requests_then_ctrl_c_leave_nothing_in_the_temp_folder(adapter, tmp_path):
     """A real `tunemv app` (--max-steps 1 --max-views 2: one-value fields), TMPDIR and GRADIO_TEMP_DIR in tmp_path."""
     from gradio_client import Client, handle_file

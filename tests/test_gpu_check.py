@@ -7,9 +7,13 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+# slow: 76 s on 2 quiet cores; it checks the GPU script's CPU path, run before a GPU session
+@pytest.mark.slow
 def test_gpu_check_smoke_runs_every_step(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([str(REPO / "benchmarks/gpu_check.sh"), "--smoke", str(tmp_path)], capture_output=True,
