@@ -31,12 +31,6 @@ PLUCKER_CHANNELS = 6
 POSE_FEATURES = 14  # the 3x4 extrinsics, then fx / width and fy / height
 
 
-def check_camera_conditioning(value: object) -> str:
-    if value not in CAMERA_CONDITIONINGS:
-        raise ValueError(f"camera_conditioning must be one of {', '.join(CAMERA_CONDITIONINGS)}, got {value!r}")
-    return str(value)
-
-
 def uses_rays(conditioning: str) -> bool:
     return conditioning in ("plucker", "both")
 

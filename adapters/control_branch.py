@@ -23,7 +23,6 @@ from tunemv.adapters.camera_conditioning import (
     CAMERA_CONDITIONINGS,
     PLUCKER_CHANNELS,
     CameraEmbedding,
-    check_camera_conditioning,
     plucker_rays,
     pose_features,
     uses_embedding,
@@ -114,7 +113,6 @@ class ControlBranch(ModelMixin, ConfigMixin):
                  independent_camera: bool = True):
         check_branch_config({name: value for name, value in locals().items() if name not in ("self", "__class__")})
         super().__init__()
-        check_camera_conditioning(camera_conditioning)
         encoder = UNet2DConditionModel.from_config(unet_config)
         # Only the encoder half is trained; drop the decoder so it costs neither memory nor parameters.
         encoder.up_blocks, encoder.conv_norm_out, encoder.conv_act, encoder.conv_out = None, None, None, None

@@ -20,7 +20,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 from tunemv.adapters.backbones import Backbone
-from tunemv.adapters.camera_conditioning import check_camera_conditioning
+from tunemv.adapters.camera_conditioning import CAMERA_CONDITIONINGS
 from tunemv.adapters.control_branch import ControlBranch
 from tunemv.adapters.denoiser import MultiviewDenoiser
 from tunemv.adapters.formats import (
@@ -34,7 +34,7 @@ from tunemv.adapters.formats import (
     read_pretrained_neus,
 )
 from tunemv.errors import TunemvError
-from tunemv.neus.latent_sparseneus import LatentSparseNeuS
+from tunemv.neus.latent_sparseneus import LatentSparseNeuS, check_choice
 from tunemv.neus.losses import NeuSLoss
 from tunemv.training.ema import warmup_ema_multi_avg_fn
 from tunemv.training.latent_cache import LatentCache
@@ -185,7 +185,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         try:
-            check_camera_conditioning(camera_conditioning)
+            check_choice("camera_conditioning", camera_conditioning, CAMERA_CONDITIONINGS)
             check_timestep_shift(timestep_shift)
         except ValueError as error:  # the user's config: one line, not a traceback
             raise TunemvError(f"model.{error}") from error
