@@ -22,7 +22,7 @@ import torch
 import yaml
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -30,6 +30,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from tunemv.atomic import atomic_path
 from tunemv.data.datamodule import MultiviewDataModule
 from tunemv.errors import TunemvError
+from tunemv.training.progress import step_progress_bar
 from tunemv.training.system import MultiviewAdapterSystem
 
 SUBCOMMANDS = ("fit", "validate")
@@ -112,6 +113,7 @@ class TunemvCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any):
         """Add a resumable ``last.ckpt`` and weights-only snapshots when the config names no ``ModelCheckpoint``,
+        a progress bar of steps out of ``max_steps`` when it names no progress bar (``training/progress.py``),
         and ``CheckpointRepair`` always.
 
         (LightningCLI appends ``trainer_defaults["callbacks"]`` to a config's own list, which would give two.)
@@ -126,6 +128,9 @@ class TunemvCLI(LightningCLI):
                                           every_n_train_steps=DEFAULT_LAST_EVERY),
                           ModelCheckpoint(dirpath=dirpath, save_weights_only=True, save_top_k=-1,
                                           every_n_train_steps=DEFAULT_SNAPSHOT_EVERY)]
+        if config.get("enable_progress_bar") is not False and not any(
+                isinstance(callback, ProgressBar) for callback in callbacks):
+            callbacks.append(step_progress_bar())
         # (kwargs["callbacks"] replaces the config's list, so it carries the config's callbacks too.)
         kwargs["callbacks"] = [*callbacks, *kwargs.get("callbacks", []), CheckpointRepair()]
         return super().instantiate_trainer(**kwargs)

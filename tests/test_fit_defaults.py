@@ -1,0 +1,43 @@
+"""What `tunemv fit` picks when a config does not say: the progress bar counts optimizer steps out of
+`trainer.max_steps` (issue 32)."""
+
+from __future__ import annotations
+
+import pytest
+
+# The tiny pipelines, dataset and one-thread/tmp-dir fixtures of test_cli_fit, shared rather than built twice
+# (pytest finds fixtures by the names a module holds; `noqa: F811` where a test takes one as an argument).
+from test_cli_fit import TINY_RUN, _in_tmp, _one_thread, assets, fit_args  # noqa: F401
+
+from tunemv.cli import main
+
+
+def _quiet_but_the_bar(args: list[str]) -> list[str]:
+    """TINY_RUN with the progress bar left on (its last word on it wins)."""
+    return [*args, *TINY_RUN, "--trainer.enable_progress_bar", "true"]
+
+
+@pytest.mark.parametrize("bar", [None, "tunemv.training.progress.TQDMStepProgressBar"], ids=["default", "tqdm"])
+def test_the_progress_bar_counts_steps_out_of_max_steps(assets, capsys, bar):  # noqa: F811
+    """`Epoch 1/-2` was Lightning's bar in a step-bounded run, and `3/2` after a resume."""
+    args = ["fit", *fit_args("tiny.yaml", assets), "--trainer.limit_train_batches", "1",
+            *([f"--trainer.callbacks+={bar}"] if bar else [])]
+    assert main(_quiet_but_the_bar([*args, "--trainer.max_steps", "2"])) == 0  # two 1-batch epochs, one bar
+    first = capsys.readouterr().out
+    assert "Step" in first and "2/2" in first, first
+    assert "/-2" not in first and "Epoch" not in first, first
+
+    assert main(_quiet_but_the_bar([*args, "--trainer.max_steps", "3", "--ckpt_path", "last"])) == 0
+    resumed = capsys.readouterr().out
+    assert "3/3" in resumed and "/-2" not in resumed and "Epoch" not in resumed, resumed
+
+
+def test_a_config_s_own_progress_bar_is_kept(assets):  # noqa: F811
+    from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+
+    from tunemv.training.lightning_cli import run_lightning
+
+    cli = run_lightning([*fit_args("tiny.yaml", assets), *TINY_RUN, "--trainer.enable_progress_bar", "true",
+                         "--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar"], run=False)
+    bars = [callback for callback in cli.trainer.callbacks if isinstance(callback, ProgressBar)]
+    assert [type(bar) for bar in bars] == [TQDMProgressBar]
