@@ -1,5 +1,6 @@
 """``tunemv fit`` / ``tunemv validate``: Lightning's own LightningCLI over MultiviewAdapterSystem and
-MultiviewDataModule, with tunemv's defaults (atomic checkpoints, a resumable ``last.ckpt``, offline wandb).
+MultiviewDataModule, with tunemv's defaults (atomic checkpoints, a resumable ``last.ckpt``, offline wandb, and
+one key for where a run writes: ``trainer.default_root_dir``).
 
 A config's ``model:`` is the adapter system's arguments, unless it names another LightningModule by
 ``class_path`` (``configs/neus_pretrain.yaml`` names the stage-1 ``NeuSPretrainSystem``).
@@ -10,6 +11,7 @@ here so that ``tunemv --help`` and ``tunemv data ...`` do not pay for Lightning.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
@@ -24,6 +26,7 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -57,17 +60,59 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class WandbLogger(_LightningWandbLogger):
     """Lightning's WandbLogger, offline unless ``WANDB_MODE`` says otherwise: runs need no account or network.
 
-    Sync an offline run later with ``wandb sync <save_dir>/wandb/offline-run-*``.
+    Sync an offline run later with ``wandb sync <save_dir>/wandb/offline-run-*``. Without ``save_dir``,
+    ``tunemv fit`` gives it ``trainer.default_root_dir`` (elsewhere it is Lightning's ``"."``).
     """
 
-    def __init__(self, *args: Any, offline: bool | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, save_dir: str | os.PathLike | None = None, offline: bool | None = None,
+                 **kwargs: Any):
         if offline is None:
             offline = os.environ.get("WANDB_MODE", "offline") in ("offline", "dryrun")
+        if save_dir is not None:
+            kwargs["save_dir"] = save_dir
         super().__init__(*args, offline=offline, **kwargs)
         if self._wandb_init.get("anonymous") is None:  # wandb >= 0.19 warns that the setting does nothing
             self._wandb_init.pop("anonymous", None)
         if self._save_dir:  # wandb looks for a git root there before creating it, and warns
             os.makedirs(self._save_dir, exist_ok=True)
+
+
+class CSVLogger(_LightningCSVLogger):
+    """Lightning's CSVLogger whose ``save_dir`` may be left out: ``tunemv fit`` then gives it
+    ``trainer.default_root_dir`` (elsewhere it is ``"."``). Lightning's own requires one."""
+
+    def __init__(self, save_dir: str | os.PathLike | None = None, **kwargs: Any):
+        super().__init__("." if save_dir is None else save_dir, **kwargs)
+
+
+def follow_default_root_dir(trainer: Any) -> None:
+    """Make the paths a config leaves out follow ``trainer.default_root_dir`` (a parsed ``trainer`` section).
+
+    - A logger's ``save_dir`` that is not given (None: tunemv's ``WandbLogger`` and ``CSVLogger``, and any
+      logger whose own default is None) becomes ``default_root_dir``.
+    - A ``ModelCheckpoint`` without ``dirpath`` writes to ``<default_root_dir>/checkpoints``, as the default
+      checkpoints do, so that ``--ckpt_path last`` finds its ``last.ckpt`` (Lightning would put it in a
+      folder per logger version, and only decide which once the run has started).
+
+    So a config spells its output folder once, and ``--trainer.default_root_dir X`` moves logs and
+    checkpoints to X. A path the config does give is kept.
+    """
+    root = trainer.get("default_root_dir") or "outputs"
+    loggers = trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init_args = getattr(logger, "init_args", None)
+        if init_args is not None and "save_dir" in init_args and init_args.save_dir is None:
+            init_args.save_dir = root
+    for callback in trainer.get("callbacks") or []:
+        init_args = getattr(callback, "init_args", None)
+        if init_args is not None and init_args.get("dirpath") is None \
+                and issubclass(_class_of(callback.class_path), ModelCheckpoint):
+            init_args.dirpath = os.path.join(root, "checkpoints")
+
+
+def _class_of(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 class CheckpointRepair(pl.Callback):
@@ -134,6 +179,9 @@ class TunemvCLI(LightningCLI):
         # (kwargs["callbacks"] replaces the config's list, so it carries the config's callbacks too.)
         kwargs["callbacks"] = [*callbacks, *kwargs.get("callbacks", []), CheckpointRepair()]
         return super().instantiate_trainer(**kwargs)
+
+    def before_instantiate_classes(self) -> None:
+        follow_default_root_dir(self._get(self.config, "trainer"))
 
     def _flush_denormals_on_cpu(self) -> None:
         # Denormal floats in the NeuS MLPs made CPU steps 2x slower; flushing them to zero is harmless here.

@@ -169,7 +169,7 @@ def fit_adapter(config: Path, chairs: Path, out: Path, max_steps: int | None) ->
         raise TunemvError(f"--max-steps must be >= 1, got {max_steps}")
     fit_dir = out / "fit"
     argv = ["fit", "--config", str(config), "--data.init_args.root", str(chairs),
-            "--trainer.default_root_dir", str(fit_dir), "--trainer.logger.init_args.save_dir", str(fit_dir),
+            "--trainer.default_root_dir", str(fit_dir),  # the logs and checkpoints follow it
             *(["--trainer.max_steps", str(max_steps)] if max_steps else [])]
     start = time.perf_counter()
     cli = run_lightning(argv)
