@@ -158,12 +158,17 @@ def _read_info_file(info_path: Path) -> dict[str, Any]:
 
 
 def portable_backbone(backbone: str, folder: Path) -> str:
-    """How a folder names its backbone so that it loads from any working directory: a hub id as it is, a local
-    folder relative to ``folder`` ("../tiny-if"; "./" or "../" keeps it from reading as a hub id)."""
+    """How a folder names its backbone so that it loads from any working directory: a hub id as it is; a local
+    folder beside ``folder`` (in its parent folder or below it) relative to ``folder`` ("../tiny-if"; "./" or
+    "../" keeps it from reading as a hub id), so the two move and share together; any other local folder by its
+    absolute path, as given when given so: a path climbing to the filesystem root ("../../../work/...")
+    would only name the same folder while nothing moves."""
     if not looks_local(backbone) or not Path(backbone).expanduser().is_dir():
         return backbone
     relative = os.path.relpath(Path(backbone).expanduser().resolve(), Path(folder).resolve())
-    return relative if relative.startswith("..") else f"./{relative}"
+    if Path(relative).parts.count("..") <= 1:
+        return relative if relative.startswith("..") else f"./{relative}"
+    return backbone if os.path.isabs(backbone) else os.path.abspath(os.path.expanduser(backbone))
 
 
 def resolve_backbone(backbone: str, folder: Path) -> str:

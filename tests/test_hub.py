@@ -47,7 +47,7 @@ def test_save_pretrained_round_trips_weights_defaults_and_writes_a_card(folders,
         assert torch.equal(tensor, again.denoiser.control_branch.state_dict()[name])
     assert again.sampling_defaults["sampler"] == "one-step"
     info = json.loads((out / "adapter.json").read_text())
-    assert not any(isinstance(v, str) and os.path.isabs(v) for v in info.values())  # shareable: no absolute path
+    assert info["backbone"] == str(folders["backbone"])  # not beside the folder: its absolute path
     card = (out / "README.md").read_text()
     assert card.startswith("---") and "library_name: tunemv" in card and "| hull IoU | 0.75 |" in card
     front = yaml.safe_load(card.split("---")[1])  # the Hub's metadata: base_model is the backbone as stored
@@ -72,8 +72,33 @@ def test_an_exported_adapter_card_has_the_hub_front_matter(folders, tmp_path):
     out = export_adapter(tmp_path / "run.ckpt", tmp_path / "exported")
     front = yaml.safe_load((out / "README.md").read_text().split("---")[1])
     stored = json.loads((out / "adapter.json").read_text())["backbone"]
-    assert front["base_model"] == stored and not os.path.isabs(stored)
+    assert front["base_model"] == stored == str(folders["backbone"])
     assert front["license"] == "apache-2.0" and front["pipeline_tag"] == "text-to-3d"
+
+
+def test_a_folder_names_a_backbone_beside_it_relatively_and_any_other_absolutely(folders, tmp_path, monkeypatch):
+    """adapter.json named a far backbone by a path climbing to the filesystem root ("../../../work/..."), which
+    breaks as soon as either moves (issue 32). Beside the folder (its parent folder or below): relative, so the
+    two move together; elsewhere: the absolute path. Both load from any working directory, and the card's
+    base_model is the backbone as stored."""
+    pipe = MultiviewPipeline.from_pretrained(folders["adapter"])
+    share = tmp_path / "share"
+    shutil.copytree(folders["backbone"], share / "backbones/if")
+    cases = {"beside": (share / "backbones/if", share / "adapter", "../backbones/if"),
+             "inside": (share / "backbones/if", share / "backbones/if-adapter", "../if"),
+             "far": (folders["backbone"], tmp_path / "a/b/adapter", str(folders["backbone"]))}
+    for name, (backbone, folder, stored) in cases.items():
+        pipe.backbone.name_or_path = str(backbone)
+        pipe.save_pretrained(folder)
+        info = json.loads((folder / "adapter.json").read_text())
+        front = yaml.safe_load((folder / "README.md").read_text().split("---")[1])
+        assert info["backbone"] == front["base_model"] == stored, name
+    moved = tmp_path / "moved"
+    shutil.move(share, moved)  # the shared folder moves whole: the relative backbone moves with it
+    monkeypatch.chdir(tmp_path / "a")
+    for folder, backbone in ((moved / "adapter", moved / "backbones/if"), (tmp_path / "a/b/adapter", folders["backbone"])):
+        loaded = MultiviewPipeline.from_pretrained(folder)
+        assert Path(loaded.backbone.name_or_path).resolve() == backbone.resolve()
 
 
 @pytest.mark.parametrize("subfolder", [None, "generator"])

@@ -58,5 +58,6 @@ def test_shipped_and_exported_folders_load_from_any_working_directory(tmp_path, 
     assert Path(read_adapter_info(repo / "models/demo-adapter")["backbone"]).is_dir()
     assert portable_backbone("DeepFloyd/IF-I-XL-v1.0", tmp_path) == "DeepFloyd/IF-I-XL-v1.0"  # hub ids as they are
     (tmp_path / "backbones/tiny").mkdir(parents=True)
-    assert portable_backbone("backbones/tiny", tmp_path / "out/adapter") == "../../backbones/tiny"
+    assert portable_backbone("backbones/tiny", tmp_path / "backbones/adapter") == "../tiny"  # beside: relative
+    assert portable_backbone("backbones/tiny", tmp_path / "out/adapter") == str(tmp_path / "backbones/tiny")  # not
     assert portable_backbone(str(tmp_path / "out/backbone"), tmp_path / "out") == str(tmp_path / "out/backbone")

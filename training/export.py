@@ -41,7 +41,7 @@ def export_adapter(checkpoint_path: str | Path, out_dir: str | Path, ema: bool |
                               "which an adapter folder cannot carry; sample it with tunemv sample --ckpt")
     ema = has_ema(checkpoint) if ema is None else ema
     neus, branch = load_adapter_modules(checkpoint, ema=ema, source=str(checkpoint_path))
-    # No absolute path: the folder is meant to be shared (the Hub, another machine).
+    # Meant to be shared (the Hub, another machine): no absolute path but a backbone far from the folder's.
     info = {"backbone": checkpoint["tunemv"]["backbone"], "ema": ema, "global_step": checkpoint.get("global_step"),
             "checkpoint": Path(checkpoint_path).name, "camera_conditioning": branch.camera_conditioning}
     data = (checkpoint.get("datamodule_hyper_parameters") or {}).get("root")
