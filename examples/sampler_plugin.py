@@ -1,9 +1,23 @@
 """A sampler plugin with its own option: consistency guidance whose scale decays over the steps.
 
-A package registers it with an entry point (README: Writing a sampler plugin); a script can use
-``register_sampler`` as here. ``tunemv sample --sampler decaying --sampler-option decay=0.8`` then reaches it.
+Run as a script, it registers the sampler in its own process with ``register_sampler`` and samples with it:
 
     python examples/sampler_plugin.py --adapter models/demo-adapter --decay 0.8
+
+That registration lives and dies with this process: ``tunemv sample`` runs in another one and cannot see it.
+For ``tunemv sample`` (and the app, and every other process) to find the sampler, ship this module in a package
+that declares it in the ``tunemv.samplers`` entry-point group, e.g. as ``my_package/samplers.py`` with, in
+``my_package``'s ``pyproject.toml``:
+
+    [project.entry-points."tunemv.samplers"]
+    decaying = "my_package.samplers:DecayingConsistency"
+
+then ``pip install my_package`` (or ``pip install -e .``), and
+
+    tunemv sample --adapter models/demo-adapter --prompt "a red chair" --sampler decaying --sampler-option decay=0.8
+
+finds it (entry points load on the first sampler lookup; README: Writing a sampler plugin).
+tests/test_examples.py installs this very file that way and runs ``tunemv sample`` with it.
 """
 
 import argparse

@@ -61,3 +61,39 @@ def test_distill_a_generator(assets, tmp_path):
               "--objects", "2", "--views", "2", "--teacher-steps", "2", "--steps", "2")
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["sampler"] == "one-step" and result["views"] == 2
+
+
+def test_the_sampler_plugin_installed_by_its_entry_point_reaches_tunemv_sample(assets, tmp_path):
+    """examples/sampler_plugin.py said `tunemv sample --sampler decaying` "then reaches it", but its in-process
+    registration cannot reach another process (issue 32). Installed as its docstring says, as my_package with
+    a `tunemv.samplers` entry point (here an added-path install: the package and its .dist-info on
+    PYTHONPATH), a separate `tunemv sample` process finds it, builds it with its option and samples."""
+    source = (ROOT / "examples/sampler_plugin.py").read_text()
+    entry_point = 'decaying = "my_package.samplers:DecayingConsistency"'
+    assert entry_point in source  # the pyproject.toml snippet the example shows
+    site = tmp_path / "site"
+    (site / "my_package").mkdir(parents=True)
+    (site / "my_package/__init__.py").write_text("")
+    (site / "my_package/samplers.py").write_text(source)
+    dist_info = site / "my_package-0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-package\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text("[tunemv.samplers]\n" + entry_point.replace('"', "") + "\n")
+
+    def sample(out: str, pythonpath: str | None) -> subprocess.CompletedProcess:
+        env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+        env |= {"OMP_NUM_THREADS": "1", **({"PYTHONPATH": pythonpath} if pythonpath else {})}
+        return subprocess.run([sys.executable, "-m", "tunemv", "sample", "--adapter", str(assets["root"] / "adapter"),
+                               "--prompt", "a red chair", "--num-views", "2", "--steps", "2", "--sampler", "decaying",
+                               "--sampler-option", "decay=0.5", "--out", str(tmp_path / out),
+                               "--turntable-frames", "0", "--quiet"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+
+    installed = sample("installed", str(site))
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    record = json.loads(next((tmp_path / "installed").glob("*/sampling.json")).read_text())
+    assert record["sampler"] == "decaying" and record["sampler_options"] == {"decay": 0.5}
+    assert len(list((tmp_path / "installed").glob("*/images/*.png"))) == 2
+
+    alone = sample("alone", None)  # not installed: the script's own registration reaches no other process
+    assert alone.returncode == 2 and "unknown sampler 'decaying'" in alone.stderr, alone.stderr[-3000:]
