@@ -12,7 +12,12 @@ from tunemv.adapters.control_branch import ControlBranch
 from tunemv.adapters.cross_view_attention import CrossViewInputs
 from tunemv.adapters.unet_halves import decode, encode
 from tunemv.geometry.cameras import Cameras, orbit
-from tunemv.training.recipe import check_timestep_shift, shift_timesteps
+from tunemv.training.recipe import (
+    check_high_noise_weight,
+    check_timestep_shift,
+    high_noise_weights,
+    shift_timesteps,
+)
 
 
 def inputs(config, views=2):
@@ -189,3 +194,22 @@ def test_a_run_may_add_camera_encoders_to_an_adapter_trained_without_them():
     assert all(torch.equal(new.state_dict()[k], v) for k, v in fresh.items())  # the new encoders keep their init
     with pytest.raises(AdapterError, match="old-adapter: its ControlBranch does not fit"):
         load_initial(ControlBranch.from_unet(unet), new, "old-adapter", new_prefixes=CAMERA_MODULES)
+
+
+def test_high_noise_weights_are_the_clipped_inverse_snr_with_mean_one():
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    grid = torch.arange(1000)
+    weights = high_noise_weights(scheduler, grid, 25.0)
+    assert abs(float(weights.mean()) - 1) < 1e-5
+    alphas = scheduler.alphas_cumprod.double()
+    expected = ((1 - alphas) / alphas).clamp(1, 25)
+    torch.testing.assert_close(weights.double(), expected / expected.mean(), rtol=1e-6, atol=1e-7)
+    assert (weights.diff() >= 0).all()  # never less weight at more noise
+    assert float(weights[950] / weights[100]) == pytest.approx(25.0, rel=1e-5)  # both ends clipped
+    torch.testing.assert_close(high_noise_weights(scheduler, grid, 1.0), torch.ones(1000))  # the plain ε loss
+
+
+@pytest.mark.parametrize("bad", [0.5, 0, float("inf"), "x0", True])
+def test_a_bad_high_noise_weight_is_refused(bad):
+    with pytest.raises(ValueError, match="high_noise_weight"):
+        check_high_noise_weight(bad)

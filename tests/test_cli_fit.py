@@ -170,11 +170,11 @@ def test_fit_checkpoint_resume_validate_export(assets, tmp_path, capsys):
 
 
 def test_a_camera_conditioned_fit_exports_a_folder_that_samples_with_its_cameras(assets, tmp_path):
-    """model.camera_conditioning and timestep_shift through fit, export and the pipeline."""
+    """model.camera_conditioning, timestep_shift and high_noise_weight through fit, export and the pipeline."""
     from tunemv.sampling.pipeline import MultiviewPipeline
 
     args = ["fit", *fit_args("tiny.yaml", assets), *TINY_RUN, "--model.camera_conditioning", "both",
-            "--model.timestep_shift", "views", "--model.camera_learning_rate", "1e-3", "--trainer.max_steps", "2"]
+            "--model.timestep_shift", "views", "--model.camera_learning_rate", "1e-3", "--model.high_noise_weight", "25", "--trainer.max_steps", "2"]
     assert main(args) == 0
     last = tmp_path / "outputs/tiny/checkpoints/last.ckpt"
     state = torch.load(last, weights_only=False)["state_dict"]
@@ -191,6 +191,7 @@ def test_a_camera_conditioned_fit_exports_a_folder_that_samples_with_its_cameras
 @pytest.mark.parametrize(("extra", "expected"), [
     (["--model.camera_conditioning", "rays"], "camera_conditioning must be one of"),
     (["--model.timestep_shift", "0.5"], "timestep_shift"),
+    (["--model.high_noise_weight", "0.5"], "high_noise_weight"),
     (["--model.no_such_key", "1"], "no_such_key"),
     (["--data.root", "{missing}"], "data root does not exist"),
     (["--data.root", "{empty}"], "no usable objects"),

@@ -88,3 +88,25 @@ def shift_timesteps(scheduler, t: torch.Tensor, shift: float) -> torch.Tensor:
     # The first grid step at or below the target log-SNR (searchsorted wants an increasing sequence).
     index = torch.searchsorted(-log_snr, -target)
     return index.clamp(max=len(alphas) - 1).to(t.dtype)
+
+
+def check_high_noise_weight(cap: float | None) -> None:
+    if cap is None:
+        return
+    if isinstance(cap, bool) or not isinstance(cap, int | float) or not math.isfinite(cap) or cap < 1:
+        raise ValueError(f"high_noise_weight must be a number >= 1 or null, got {cap!r}")
+
+
+def high_noise_weights(scheduler, t: torch.Tensor, cap: float) -> torch.Tensor:
+    """Per-sample weights of the ε loss: clip(1 / SNR(t), 1, cap), divided by their mean over the training grid.
+
+    The ε loss is SNR(t) times the x0 loss, so at high noise, where the pose and the layout are settled, it
+    barely punishes a wrong x̂0 (SNR 0.025 at t = 900 under the cosine schedule). Weighting by 1 / SNR there
+    makes it the x0 loss, and keeping the ε loss where SNR > 1 is Salimans & Ho's truncated-SNR weighting
+    ("Progressive Distillation", §4); ``cap`` bounds it for an ε network, whose x̂0 error grows without bound
+    as SNR → 0. The mean over uniform t is 1, so the loss's scale (and gradient clipping) is unchanged on
+    average. ``cap`` 1 is the plain ε loss.
+    """
+    alphas = scheduler.alphas_cumprod.to(device=t.device, dtype=torch.float64)
+    weights = ((1 - alphas) / alphas).clamp(1.0, cap)
+    return (weights / weights.mean())[t].float()

@@ -40,8 +40,10 @@ from tunemv.training.ema import warmup_ema_multi_avg_fn
 from tunemv.training.latent_cache import LatentCache
 from tunemv.training.recipe import (
     add_noise,
+    check_high_noise_weight,
     check_timestep_shift,
     diffusion_target,
+    high_noise_weights,
     neus_arguments,
     shift_timesteps,
     views_and_supervision,
@@ -160,6 +162,8 @@ class MultiviewAdapterSystem(pl.LightningModule):
         timestep_shift: shift training timesteps toward low SNR: log-SNR minus log(shift), as MV-Adapter does
             with the number of views (Zero123++ changes its schedule for the same reason: the global layout
             is decided at high noise). A number, "views" (the run's view count) or None (off).
+        high_noise_weight: weight the ε loss by clip(1 / SNR(t), 1, this), normalised to mean 1: the x0 error
+            at high noise, where the ε loss hardly sees the pose (``high_noise_weights``). None: plain ε loss.
         latent_cache_dir: cache the VAE latents of training views there (latent backbones; see
             ``LatentCache``), so each view is encoded once over the whole run.
         train_backbone_unet: a baseline, not the method: also fine-tune the backbone's UNet (at
@@ -181,18 +185,23 @@ class MultiviewAdapterSystem(pl.LightningModule):
                  validation_steps: int = 10, validation_views: int = 4, validation_guidance_scale: float = 7.5,
                  latent_cache_dir: str | None = None, train_backbone_unet: bool = False,
                  camera_conditioning: str = "none", independent_camera: bool = True,
-                 camera_learning_rate: float | None = None, timestep_shift: float | str | None = None):
+                 camera_learning_rate: float | None = None, timestep_shift: float | str | None = None,
+                 high_noise_weight: float | None = None):
         super().__init__()
         self.save_hyperparameters()
         try:
             check_choice("camera_conditioning", camera_conditioning, CAMERA_CONDITIONINGS)
             check_timestep_shift(timestep_shift)
+            check_high_noise_weight(high_noise_weight)
         except ValueError as error:  # the user's config: one line, not a traceback
             raise TunemvError(f"model.{error}") from error
         for name in ("p_reference", "p_drop_neus", "p_drop_text"):
             if not 0 <= getattr(self.hparams, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self.hparams, name)}")
         self.backbone = Backbone.from_pretrained(backbone, torch_dtype=backbone_dtype)
+        if high_noise_weight is not None and self.backbone.prediction_type != "epsilon":
+            raise TunemvError(f"model.high_noise_weight reweights an ε loss, but {backbone} predicts "
+                              f"{self.backbone.prediction_type!r}; leave it null")
         neus_args = neus_arguments(backbone, self.backbone, neus)
         initial_neus, initial_branch = (None, None) if init_from is None else initial_modules(init_from, neus or {})
         if initial_neus is not None:
@@ -288,6 +297,9 @@ class MultiviewAdapterSystem(pl.LightningModule):
                                supervision_cameras=inputs["supervision_cameras"] if supervise_neus else None)
         target = self.diffusion_target(inputs["x0"], inputs["noise"], inputs["t"])
         per_view = (output.prediction.float() - target).square().mean(dim=(2, 3, 4))  # (B, V)
+        if self.hparams.get("high_noise_weight") is not None:
+            per_view = per_view * high_noise_weights(self.backbone.noise_scheduler, inputs["t"],
+                                                     float(self.hparams.high_noise_weight))
         denoised = ~inputs["reference"]
         terms = {"diffusion": (per_view * denoised).sum() / denoised.sum().clamp(min=1)}
         total = terms["diffusion"]
