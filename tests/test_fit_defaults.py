@@ -36,6 +36,20 @@ def test_the_progress_bar_counts_steps_out_of_max_steps(assets, capsys, bar):  #
     assert "3/3" in resumed and "/-2" not in resumed and "Epoch" not in resumed, resumed
 
 
+@pytest.mark.parametrize("terminal", [True, False])
+def test_a_run_logged_to_a_file_gets_a_bar_that_writes_as_it_goes(monkeypatch, terminal):
+    """Rich draws into a file or pipe only when the run ends: `tunemv demo > log` showed nothing for 20 minutes."""
+    import sys
+
+    from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+
+    from tunemv.training.progress import RichStepProgressBar, TQDMStepProgressBar, step_progress_bar
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal, raising=False)
+    expected = RichStepProgressBar if terminal and _RICH_AVAILABLE else TQDMStepProgressBar
+    assert type(step_progress_bar()) is expected
+
+
 def test_a_config_s_own_progress_bar_is_kept(assets):  # noqa: F811
     from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 

@@ -4,12 +4,14 @@ tunemv's runs are bounded by steps, not epochs; Lightning's own bar counts the b
 "Epoch 1/-2" (``max_epochs`` is -1 when only ``max_steps`` is set). This one shows ``Step 120/2000`` for the whole
 run, continuing from the resumed step after ``--ckpt_path``. Without ``max_steps`` it is Lightning's bar.
 
-The Rich bar when ``rich`` imports (as Lightning's own default), else the tqdm bar. A config that lists another
+The Rich bar on a terminal when ``rich`` imports (as Lightning's own default), else the tqdm bar, which a log
+file shows as it goes. A config that lists another
 progress bar in ``trainer.callbacks`` gets that one instead (``lightning_cli.TunemvCLI.instantiate_trainer``).
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import lightning.pytorch as pl
@@ -107,5 +109,8 @@ class TQDMStepProgressBar(TQDMProgressBar):
 
 
 def step_progress_bar() -> RichStepProgressBar | TQDMStepProgressBar:
-    """The default progress bar of tunemv's Lightning runs (Rich when it imports, as Lightning chooses)."""
-    return RichStepProgressBar() if _RICH_AVAILABLE else TQDMStepProgressBar()
+    """The default progress bar of tunemv's Lightning runs: Rich on a terminal when it imports (as Lightning
+    chooses), else tqdm. Rich draws nothing into a file or a pipe until the run ends, so a fit logged to a
+    file (``tunemv fit ... > fit.log``, the demo under ``nohup``) would show no progress for its whole run."""
+    interactive = sys.stdout is not None and sys.stdout.isatty()
+    return RichStepProgressBar() if _RICH_AVAILABLE and interactive else TQDMStepProgressBar()
