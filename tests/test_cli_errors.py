@@ -332,6 +332,7 @@ def run_whole_then_kill(command: list[str], tmp_path: Path, done, limit: float =
     return killed, children, env
 
 
+@pytest.mark.slow  # 45 s: the suite ran 10:31 on 2 quiet cores with it, over its 10-minute budget
 def test_a_killed_sample_resumes_to_what_an_uninterrupted_run_writes(tmp_path):
     command = [sys.executable, "-m", "tunemv", "sample", "--adapter", ADAPTER, "--prompt", "a red chair",
                "--prompt", "a blue chair", "--prompt", "a green chair", "--steps", "3", "--num-views", "4",
