@@ -29,7 +29,9 @@ import torch
 from tunemv.adapters.text import Text
 from tunemv.data.format import list_objects, load_image, read_object
 from tunemv.geometry.cameras import Cameras
+from tunemv.sampling.algebra import epsilon_to_sample
 from tunemv.sampling.pipeline import MultiviewPipeline
+from tunemv.training.recipe import add_noise
 
 
 def turned(cameras: Cameras, degrees: float = 180.0) -> Cameras:
@@ -68,7 +70,7 @@ def main() -> None:
     for adapter in args.adapters:
         pipe = MultiviewPipeline.from_pretrained(adapter)
         size = pipe.backbone.image_resolution
-        alphas = pipe.backbone.noise_scheduler.alphas_cumprod
+        scheduler = pipe.backbone.noise_scheduler
         rows = {t: {"2d": [], "true": [], "turned": []} for t in args.timesteps}
         for number, folder in enumerate(folders):
             images, cameras, caption = load_views(folder, args.views, size)
@@ -76,14 +78,13 @@ def main() -> None:
             text = Text(pipe.backbone.encode_prompt([caption]).hidden_states.float())
             for t in args.timesteps:
                 noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(args.seed * 7919 + number * 31 + t))
-                a = alphas[t].float()
-                x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
                 timesteps = torch.full(x0.shape[:2], t)
+                x_t = add_noise(scheduler, x0, noise, timesteps)
                 with torch.no_grad():
                     first = pipe.denoiser.predict(x_t, timesteps, cameras, text, modes=("mv", "2d")).cond
                     second = pipe.denoiser.predict(x_t, timesteps, turned(cameras, args.turn), text, modes=("mv",)).cond
                 for key, eps in (("2d", first["2d"]), ("true", first["mv"]), ("turned", second["mv"])):
-                    x0_hat = (x_t - (1 - a).sqrt() * eps[:, :, :3]) / a.sqrt()
+                    x0_hat = epsilon_to_sample(eps, x_t, timesteps, scheduler.alphas_cumprod)
                     rows[t][key].append(float((x0_hat.clamp(-1, 1) - x0).square().mean()))
         table = {}
         for t, row in rows.items():

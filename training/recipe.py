@@ -68,6 +68,12 @@ def diffusion_target(scheduler, prediction_type: str, x0: torch.Tensor, noise: t
     return scheduler.get_velocity(flat_views(x0), flat_views(noise), flat_views(t)).unflatten(0, x0.shape[:2])
 
 
+def signal_to_noise(scheduler, device: torch.device) -> torch.Tensor:
+    """SNR(t) = ᾱ / (1 − ᾱ) over the training grid, float64."""
+    alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float64)
+    return alphas / (1 - alphas)
+
+
 def check_timestep_shift(shift: float | str | None) -> None:
     if shift is None or shift == "views":
         return
@@ -82,12 +88,11 @@ def shift_timesteps(scheduler, t: torch.Tensor, shift: float) -> torch.Tensor:
     one image, so the layout (and the pose) is settled at noisier steps than a single image's. ``shift`` 1 is
     the identity.
     """
-    alphas = scheduler.alphas_cumprod.to(device=t.device, dtype=torch.float64)
-    log_snr = (alphas / (1 - alphas)).log()  # decreasing in t
+    log_snr = signal_to_noise(scheduler, t.device).log()  # decreasing in t
     target = log_snr[t] - math.log(shift)
     # The first grid step at or below the target log-SNR (searchsorted wants an increasing sequence).
     index = torch.searchsorted(-log_snr, -target)
-    return index.clamp(max=len(alphas) - 1).to(t.dtype)
+    return index.clamp(max=len(log_snr) - 1).to(t.dtype)
 
 
 def check_high_noise_weight(cap: float | None) -> None:
@@ -107,6 +112,5 @@ def high_noise_weights(scheduler, t: torch.Tensor, cap: float) -> torch.Tensor:
     as SNR → 0. The mean over uniform t is 1, so the loss's scale (and gradient clipping) is unchanged on
     average. ``cap`` 1 is the plain ε loss.
     """
-    alphas = scheduler.alphas_cumprod.to(device=t.device, dtype=torch.float64)
-    weights = ((1 - alphas) / alphas).clamp(1.0, cap)
+    weights = (1 / signal_to_noise(scheduler, t.device)).clamp(1.0, cap)
     return (weights / weights.mean())[t].float()
