@@ -1,10 +1,12 @@
 """Markdown tables of ``experiments/camera_following.py`` results, one row per variant.
 
     python experiments/camera_table.py none=outputs/camera/eval/none plucker=outputs/camera/eval/plucker
+    python experiments/camera_table.py pose=outputs/camera/eval/pose,outputs/camera/eval/pose-seed1   # seeds
 
 Image→multiview: camera retrieval, novel-view mask IoU and PSNR at ±90° and 180° (each next to the copy
 baseline's), image→mesh volume IoU and Chamfer, the field's agreement with the views. Text→multiview: pose
-accuracy (absolute, relative), hull IoU, prompt fidelity. Means over the objects of each category.
+accuracy (absolute, relative), hull IoU, prompt fidelity. Means over the objects of each category; a variant
+given several folders (one per seed) shows the mean ± standard deviation over them.
 """
 
 from __future__ import annotations
@@ -26,32 +28,43 @@ TEXT = [("pose abs", "pose_absolute"), ("pose rel", "pose_relative"), ("retrieva
         ("field IoU", "field_mask_iou"), ("colour gap", "field_colour_gap")]
 
 
-def value(summary: dict, key) -> str:
+def figure(summary: dict, key) -> float | None:
+    """One figure of one seed; a tuple key (+90°, −90°) is the mean of those found."""
     keys = key if isinstance(key, tuple) else (key,)
     found = [summary[k] for k in keys if isinstance(summary.get(k), int | float)]
-    return f"{statistics.fmean(found):.3f}" if found else "–"
+    return statistics.fmean(found) if found else None
 
 
-def table(variants: list[tuple[str, dict]], mode: str, columns) -> str:
-    categories = [c for c in variants[0][1][mode]["summary"] if c != "all"] + ["all"]
+def value(summaries: list[dict], key) -> str:
+    found = [f for f in (figure(summary, key) for summary in summaries) if f is not None]
+    if not found:
+        return "–"
+    spread = f" ± {statistics.pstdev(found):.3f}" if len(summaries) > 1 else ""
+    return f"{statistics.fmean(found):.3f}{spread}"
+
+
+def table(variants: list[tuple[str, list[dict]]], mode: str, columns) -> str:
+    categories = [c for c in variants[0][1][0][mode]["summary"] if c != "all"] + ["all"]
     lines = [f"| {mode} | category | " + " | ".join(label for label, _ in columns) + " |",
              "|---|---|" + "---:|" * len(columns)]
     for category in categories:
-        for label, result in variants:
-            summary = result.get(mode, {}).get("summary", {}).get(category)
-            if summary is None:
+        for label, seeds in variants:
+            summaries = [s for r in seeds if (s := r.get(mode, {}).get("summary", {}).get(category)) is not None]
+            if not summaries:
                 continue
-            cells = " | ".join(value(summary, key) for _, key in columns)
-            lines.append(f"| {label} | {category} ({summary['objects']}) | {cells} |")
+            cells = " | ".join(value(summaries, key) for _, key in columns)
+            lines.append(f"| {label} | {category} ({summaries[0]['objects']}) | {cells} |")
     return "\n".join(lines)
 
 
 def main() -> None:
-    variants = [(item.split("=", 1)[0], json.loads((Path(item.split("=", 1)[1]) / "summary.json").read_text()))
-                for item in sys.argv[1:]]
+    variants = [(name, [json.loads((Path(d) / "summary.json").read_text()) for d in dirs.split(",")])
+                for name, dirs in (item.split("=", 1) for item in sys.argv[1:])]
     for mode, columns in (("image", IMAGE), ("text", TEXT)):
-        if any(mode in result for _, result in variants):
-            print(table([v for v in variants if mode in v[1]], mode, columns), end="\n\n")
+        present = [(name, [r for r in seeds if mode in r]) for name, seeds in variants]
+        present = [(name, seeds) for name, seeds in present if seeds]
+        if present:
+            print(table(present, mode, columns), end="\n\n")
 
 
 if __name__ == "__main__":
