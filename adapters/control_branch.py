@@ -147,6 +147,9 @@ class ControlBranch(ModelMixin, ConfigMixin):
         """Whether mode "independent" was trained with each view's camera (read by ``MultiviewDenoiser``)."""
         return bool(self.config.get("independent_camera", True))
 
+    # Its camera encoders' state-dict prefixes: a run may add them to an adapter trained without them.
+    CAMERA_MODULES = ("ray_encoder.", "camera_embedding.")
+
     def camera_parameters(self) -> list[nn.Parameter]:
         """The camera encoders' weights (a run may give them their own learning rate, as Wonder3D does)."""
         return [p for module in (self.ray_encoder, self.camera_embedding) if module is not None

@@ -85,8 +85,21 @@ def check_neus_channels(path: str, config: dict[str, Any], channels: int) -> Non
                            f"{channels}; pretrain one on this backbone")
 
 
-# Branch modules a run may add to a folder it starts from (an adapter trained without camera conditioning).
-CAMERA_MODULES = ("ray_encoder.", "camera_embedding.")
+def continued_camera(path: str | None, initial: ControlBranch | None, conditioning: str | None,
+                     independent: bool | None) -> tuple[str, bool]:
+    """The run's camera conditioning: what the config sets, else what the adapter it continues was trained with.
+
+    A run may add camera conditioning to an adapter trained without it (its camera encoders start new), but
+    not drop or change the one an adapter has: its trained camera weights would have nowhere to go."""
+    own = initial.camera_conditioning if initial is not None else "none"
+    if conditioning is None:
+        conditioning = own
+    elif own != "none" and conditioning != own:
+        raise AdapterError(f"{path}: its control branch reads the camera as {own!r}, not {conditioning!r}; "
+                           f"leave model.camera_conditioning unset (or {own!r}) to continue it")
+    if independent is None:
+        independent = initial.independent_camera if initial is not None else True
+    return conditioning, independent
 
 
 def load_initial(module: torch.nn.Module, initial: torch.nn.Module, path: str, new_prefixes: tuple[str, ...] = ()
@@ -155,8 +168,10 @@ class MultiviewAdapterSystem(pl.LightningModule):
             under ``<log dir>/samples/``. ``validation_steps=0`` turns sampling off.
         camera_conditioning: how each view reads its own camera in the branch (beyond TuneMV3D): "none",
             "plucker" (per-pixel Plücker ray maps beside g_i, MV-Adapter), "embedding" (added to the branch's
-            time embedding, MVDream) or "both"; see ``adapters/camera_conditioning.py``.
-        independent_camera: whether mode "independent" (NeuS dropped) also reads the camera.
+            time embedding, MVDream) or "both"; see ``adapters/camera_conditioning.py``. None: the
+            ``init_from`` adapter's own (so continuing an adapter keeps how it reads the camera), else "none".
+        independent_camera: whether mode "independent" (NeuS dropped) also reads the camera. None: the
+            ``init_from`` adapter's own, else True.
         camera_learning_rate: AdamW learning rate of the camera encoders (None: ``learning_rate``); Wonder3D
             trains its camera embedding at 10x.
         timestep_shift: shift training timesteps toward low SNR: log-SNR minus log(shift), as MV-Adapter does
@@ -184,13 +199,14 @@ class MultiviewAdapterSystem(pl.LightningModule):
                  validation_prompts: Sequence[str] | None = None, validation_sampler: str = "mv",
                  validation_steps: int = 10, validation_views: int = 4, validation_guidance_scale: float = 7.5,
                  latent_cache_dir: str | None = None, train_backbone_unet: bool = False,
-                 camera_conditioning: str = "none", independent_camera: bool = True,
+                 camera_conditioning: str | None = None, independent_camera: bool | None = None,
                  camera_learning_rate: float | None = None, timestep_shift: float | str | None = None,
                  high_noise_weight: float | None = None):
         super().__init__()
         self.save_hyperparameters()
         try:
-            check_choice("camera_conditioning", camera_conditioning, CAMERA_CONDITIONINGS)
+            if camera_conditioning is not None:
+                check_choice("camera_conditioning", camera_conditioning, CAMERA_CONDITIONINGS)
             check_timestep_shift(timestep_shift)
             check_high_noise_weight(high_noise_weight)
         except ValueError as error:  # the user's config: one line, not a traceback
@@ -206,6 +222,8 @@ class MultiviewAdapterSystem(pl.LightningModule):
         initial_neus, initial_branch = (None, None) if init_from is None else initial_modules(init_from, neus or {})
         if initial_neus is not None:
             check_neus_channels(init_from, dict(initial_neus.config), self.backbone.in_channels)
+        camera_conditioning, independent_camera = continued_camera(
+            init_from, initial_branch, camera_conditioning, independent_camera)
         with torch.random.fork_rng(devices=[]):  # initial weights depend on `seed` only
             torch.manual_seed(seed)
             branch = ControlBranch.from_unet(
@@ -215,7 +233,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
                 condition_embedding_channels=tuple(condition_embedding_channels),
                 camera_conditioning=camera_conditioning, independent_camera=independent_camera).float()
             if initial_branch is not None:
-                load_initial(branch, initial_branch, init_from, new_prefixes=CAMERA_MODULES)
+                load_initial(branch, initial_branch, init_from, new_prefixes=ControlBranch.CAMERA_MODULES)
             field = LatentSparseNeuS(**neus_args) if initial_neus is None else initial_neus.train()
             self.denoiser = MultiviewDenoiser.from_backbone(self.backbone, field, branch, view_chunk=view_chunk)
         if train_backbone_unet:
