@@ -207,8 +207,11 @@ def test_a_run_continues_the_camera_conditioning_of_the_adapter_it_starts_from()
     assert continued_camera("a", ControlBranch.from_unet(unet), None, None) == ("none", True)
     assert continued_camera("a", ControlBranch.from_unet(unet), "embedding", None) == ("embedding", True)
     assert continued_camera(None, None, None, None) == ("none", True)
+    assert continued_camera("a", plucker, "both", None) == ("both", False)  # adds the embedding beside the rays
     with pytest.raises(AdapterError, match="a: its control branch reads the camera as 'plucker', not 'none'"):
         continued_camera("a", plucker, "none", None)
+    with pytest.raises(AdapterError, match="reads the camera as 'plucker', not 'embedding'"):
+        continued_camera("a", plucker, "embedding", None)
 
 
 def test_high_noise_weights_are_the_clipped_inverse_snr_with_mean_one():

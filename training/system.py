@@ -89,12 +89,13 @@ def continued_camera(path: str | None, initial: ControlBranch | None, conditioni
                      independent: bool | None) -> tuple[str, bool]:
     """The run's camera conditioning: what the config sets, else what the adapter it continues was trained with.
 
-    A run may add camera conditioning to an adapter trained without it (its camera encoders start new), but
-    not drop or change the one an adapter has: its trained camera weights would have nowhere to go."""
+    A run may add a camera encoder to an adapter (from "none" to any, or to "both"; the new encoder starts at
+    its init), but not drop or change the one an adapter has: its trained camera weights would have nowhere
+    to go."""
     own = initial.camera_conditioning if initial is not None else "none"
     if conditioning is None:
         conditioning = own
-    elif own != "none" and conditioning != own:
+    elif own not in ("none", conditioning) and conditioning != "both":
         raise AdapterError(f"{path}: its control branch reads the camera as {own!r}, not {conditioning!r}; "
                            f"leave model.camera_conditioning unset (or {own!r}) to continue it")
     if independent is None:
