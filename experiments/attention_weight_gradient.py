@@ -3,7 +3,7 @@
     python experiments/attention_weight_gradient.py --steps 100 --out outputs/weight_gradient
 
 For each ``cross_view_weight_gradient`` ("full": the old behaviour, "floored": log max(w, 1e-3), "detached"):
-a short stage-2 fit with a trained NeuS (``configs/demo_adapter.yaml`` from ``models/tiny-neus`` with
+a short stage-2 fit with a trained NeuS (``configs/camera/chairs.yaml`` from ``models/tiny-neus`` with
 ``train_neus: true`` and 4 supervision views), the same seed and data for each. Then:
 - the exported weights are the trained ones (``--no-ema``): the EMA of so short a run is mostly its start;
 - the NeuS gradient norm per step (``train/grad_norm_neus``, before clipping) from the run's CSV log;
@@ -59,7 +59,7 @@ def main() -> None:
     for variant in args.variant or VARIANTS:
         run = out / variant
         if not (run / "checkpoints" / "last.ckpt").is_file():
-            tunemv("fit", "--config", "configs/demo_adapter.yaml", "--model.train_neus", "true",
+            tunemv("fit", "--config", "configs/camera/chairs.yaml", "--model.train_neus", "true",
                    "--model.cross_view_weight_gradient", variant, "--data.init_args.root", str(chairs),
                    "--data.init_args.num_supervision_views", "4", "--trainer.max_steps", str(args.steps),
                    "--model.warmup_steps", "20", "--trainer.log_every_n_steps", "1",

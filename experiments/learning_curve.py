@@ -6,7 +6,7 @@
     python experiments/learning_curve.py evaluate from-tiny-neus --steps 250 500 1000 2000 3000 [--wait]
     python experiments/learning_curve.py table                   # markdown of every evaluated snapshot
 
-Every run is ``configs/demo_adapter.yaml`` (the recipe of models/demo-adapter: 180 chairs, batch 2 x 4 views,
+Every run is ``configs/camera/chairs.yaml`` (the recipe of the former chairs-only models/demo-adapter: 180 chairs, batch 2 x 4 views,
 AdamW 3e-4, EMA 0.999) with one change, so the curves differ only in what the issue compares:
 - ``from-tiny-neus``: the shipped recipe itself (stage 2 over the frozen stage-1 field);
 - ``from-scratch``: no stage 1: the NeuS starts as the initial sphere and is trained jointly with the branch,
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path("outputs/curve")
-RECIPE = "configs/demo_adapter.yaml"
+RECIPE = "configs/camera/chairs.yaml"
 SNAPSHOT_EVERY = 250
 RUNS = {
     "from-tiny-neus": [],

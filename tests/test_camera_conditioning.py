@@ -237,8 +237,9 @@ def test_a_bad_high_noise_weight_is_refused(bad):
 def test_the_shipped_adapters_read_their_cameras_where_the_pose_is_settled(name):
     """On one batch at t = 900, turning every camera by 180° moves the adapter's ε far more than it moves the
     same adapter with its ray encoder removed, which can tell the turn only through the discretised field.
-    Measured: 0.0152 against 0.0030 blind for models/camera-adapter (5.1x); the former chairs-only demo adapter,
-    which had no ray encoder, scored 1.0x (0.0016). An adapter that ignored its rays would score about 1x."""
+    Measured: 0.0184 against 0.0035 blind for models/demo-adapter (5.3x), 0.0152 against 0.0030 for
+    models/camera-adapter (5.1x); the former chairs-only demo adapter, which had no ray encoder, scored 1.0x
+    (0.0016). An adapter that ignored its rays would score about 1x."""
     from pathlib import Path
 
     from tunemv.adapters.text import Text
