@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=None)
     args = parser.parse_args()
     out = Path(args.out)
-    from tunemv.demo import prepare_chairs
+    from tunemv.cli.demo import prepare_chairs
 
     chairs = prepare_chairs(Path(args.chairs), 200)
     held_out = out / "held-out-chairs"  # chairs no fit has seen (another seed), with their analytic shapes

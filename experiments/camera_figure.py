@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from tunemv.data.format import read_object
 from tunemv.evaluation.fidelity import match_views
 from tunemv.evaluation.views import load_views
-from tunemv.sampling.outputs import to_uint8, upscale_for_preview
+from tunemv.sampling.object_folders import to_uint8, upscale_for_preview
 
 LABEL_WIDTH = 120
 

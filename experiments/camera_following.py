@@ -34,8 +34,8 @@ import torch
 from tunemv.data.format import list_objects, read_object
 from tunemv.evaluation.evaluate import evaluate_dataset
 from tunemv.evaluation.views import border_mask, silhouette_iou
+from tunemv.sampling.object_folders import ObjectFolderOptions, write_object_folders
 from tunemv.sampling.options import parse_option_strings
-from tunemv.sampling.outputs import write_results
 from tunemv.sampling.pipeline import MultiviewPipeline
 
 
@@ -79,8 +79,9 @@ def run_mode(pipe, data: Path, names: list[str], mode: str, args, options) -> di
         out, agreement[name] = sample_object(pipe, data / name, mode == "text", args, options)
         sampled = time.perf_counter() - start
         staging = root / ".staging"
-        [written] = write_results(out, staging, settings={"sampler": args.sampler, "steps": args.steps},
-                                  turntable_frames=0, mesh_resolution=args.mesh_resolution)
+        [written] = write_object_folders(out, staging, settings={"sampler": args.sampler, "steps": args.steps},
+                                         options=ObjectFolderOptions(turntable_frames=0,
+                                                                     mesh_resolution=args.mesh_resolution))
         written.rename(root / name)  # named as its ground truth, which evaluate matches by object id
         shutil.rmtree(staging)
         print(f"{mode} {name}: {agreement[name]} (sampled in {sampled:.0f} s, written in "

@@ -31,7 +31,7 @@ from tunemv.data.format import list_objects, load_image, read_object
 from tunemv.geometry.cameras import Cameras
 from tunemv.sampling.algebra import epsilon_to_sample
 from tunemv.sampling.pipeline import MultiviewPipeline
-from tunemv.training.recipe import add_noise
+from tunemv.training.noising import add_noise
 
 
 def turned(cameras: Cameras, degrees: float = 180.0) -> Cameras:

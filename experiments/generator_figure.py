@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from tunemv.sampling.outputs import grid_image, upscale_for_preview
+from tunemv.sampling.object_folders import grid_image, upscale_for_preview
 from tunemv.sampling.pipeline import MultiviewPipeline
 
 PROMPTS = ("a red chair", "a blue mug", "a green vase")

@@ -71,7 +71,7 @@ def main() -> None:
                "silhouette_iou": silhouette_iou(silhouettes, views)}
         rows.append(row)
         if args.previews:
-            from tunemv.sampling.outputs import grid_image, upscale_for_preview
+            from tunemv.sampling.object_folders import grid_image, upscale_for_preview
 
             Path(args.previews).mkdir(parents=True, exist_ok=True)
             renders = out.field.render(out.cameras[0])[0]

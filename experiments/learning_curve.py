@@ -143,7 +143,7 @@ def figure(objects: Sequence[str], out: Path) -> None:
     from reproduce import slug  # the script beside this one names the folders
 
     from tunemv.data.format import load_image
-    from tunemv.sampling.outputs import grid_image, upscale_for_preview
+    from tunemv.sampling.object_folders import grid_image, upscale_for_preview
 
     snapshots = sorted(((p.parent.parent.name, int(p.parent.name.split("-")[1])) for p in ROOT.glob("*/step-*/curve.json")),
                        key=lambda rs: (list(RUNS).index(rs[0]), rs[1]))

@@ -94,7 +94,7 @@ def run(adapter: str, full_finetune: str | None, out: Path, classifier_dir: str,
         guidance_scale: float, seed: int, variants: Sequence[str] | None, evaluate_only: bool = False,
         scheduler: str = "auto", generator: str | None = None) -> dict:
     from tunemv.evaluation.prompt import load_classifier
-    from tunemv.sampling.outputs import write_results
+    from tunemv.sampling.object_folders import ObjectFolderOptions, write_object_folders
     from tunemv.sampling.pipeline import MultiviewPipeline
 
     classifier = load_classifier(classifier_dir)
@@ -136,8 +136,8 @@ def run(adapter: str, full_finetune: str | None, out: Path, classifier_dir: str,
             if not evaluate_only:
                 output = loaded[model](list(prompts), num_views=views, scheduler=scheduler, steps=steps,
                                        seed=seed, progress=False, **{"guidance_scale": guidance_scale, **options})
-                write_results(output, root, settings={"variant": name, **options}, turntable_frames=0,
-                              overwrite=True)
+                write_object_folders(output, root, settings={"variant": name, **options},
+                                     options=ObjectFolderOptions(turntable_frames=0, overwrite=True))
             row[split] = evaluate(root, classifier)
         row["seconds"] = previous.get(name) if evaluate_only else round(time.perf_counter() - start, 1)
         kept[name] = row

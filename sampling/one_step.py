@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from tunemv.sampling.algebra import epsilon_to_sample
+from tunemv.sampling.denoising_loop import SamplingJob, SamplingResult
 from tunemv.sampling.guidance import classifier_free
-from tunemv.sampling.job import SamplingJob, SamplingResult
 
 MIN_ALPHA_BAR = 0.005
 

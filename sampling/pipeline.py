@@ -38,11 +38,12 @@ from tunemv.errors import TunemvError
 from tunemv.geometry.cameras import Cameras, orbit
 from tunemv.geometry.rays import sees_sphere
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
-from tunemv.sampling.field import MultiviewField, to_unit_range
-from tunemv.sampling.job import SamplingJob
+from tunemv.sampling.denoising_loop import SamplingJob
+from tunemv.sampling.multiview_field import MultiviewField, to_unit_range
 from tunemv.sampling.options import build_sampler
 from tunemv.sampling.pipeline_output import MultiviewPipelineOutput, check_output_type, convert_images
 from tunemv.sampling.references import prepare_references
+from tunemv.sampling.registry import registered_name
 from tunemv.sampling.schedulers import make_scheduler
 from tunemv.sampling.score import MultiviewScore
 
@@ -200,7 +201,7 @@ class MultiviewPipeline:
             if sampler_options is None:
                 sampler_options = defaults.get("sampler_options")
         guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
-        sampler_name = sampler if isinstance(sampler, str) else type(sampler).__name__
+        sampler_name = sampler if isinstance(sampler, str) else registered_name(sampler)
         sampler = build_sampler(sampler, sampler_options)  # a bad option fails before any work
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         backbone, device = self.backbone, self.device

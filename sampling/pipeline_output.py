@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ from einops import rearrange
 from PIL import Image
 
 from tunemv.geometry.cameras import Cameras
-from tunemv.sampling.field import MultiviewField
+from tunemv.sampling.multiview_field import MultiviewField
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 
@@ -34,6 +35,15 @@ class MultiviewPipelineOutput:
     pixels: torch.Tensor = dataclasses.field(default=None, repr=False)  # (B, V, 3, H, W) in [0, 1]
     # What ran: sampler, steps (1 for "one-step"), scheduler ("auto" resolved; None: none used), guidance_scale
     run: dict[str, Any] | None = None
+
+    def save(self, out_dir: str | Path, start_index: int = 0, settings: dict[str, Any] | None = None,
+             **options) -> list[Path]:
+        """Write each object as a dataset-format folder under ``out_dir`` (what ``tunemv sample`` writes);
+        ``options`` are ``ObjectFolderOptions`` fields (``mesh_resolution=128`` adds meshes). Nothing is
+        written unless this is called."""
+        from tunemv.sampling.object_folders import ObjectFolderOptions, write_object_folders
+
+        return write_object_folders(self, out_dir, start_index, settings, ObjectFolderOptions(**options))
 
     @property
     def views(self) -> torch.Tensor:

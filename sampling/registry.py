@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tunemv.errors import TunemvError
 
@@ -54,6 +54,12 @@ def get_sampler(name: str) -> Callable:
     if name not in _SAMPLERS:
         raise SamplerError(f"unknown sampler {name!r}; available: {', '.join(available_samplers())}")
     return _SAMPLERS[name]
+
+
+def registered_name(sampler: Any) -> str:
+    """The name a sampler instance's factory is registered under (its class name when it is not)."""
+    load_plugins()
+    return next((name for name, factory in _SAMPLERS.items() if factory is type(sampler)), type(sampler).__name__)
 
 
 def available_samplers() -> list[str]:

@@ -19,6 +19,7 @@ import torch
 from einops import rearrange
 
 from tunemv.adapters.backbones import Backbone
+from tunemv.sampling.denoising_loop import SamplingJob, SamplingResult, denoise
 from tunemv.sampling.external import ExternalTwoDScore
 from tunemv.sampling.guidance import (
     MixSchedule,
@@ -28,7 +29,6 @@ from tunemv.sampling.guidance import (
     consistency_steps,
     mixed_score,
 )
-from tunemv.sampling.job import SamplingJob, SamplingResult, denoise
 
 Predictions = dict[str, torch.Tensor]  # mode -> (B, V, C, h, w) ε
 

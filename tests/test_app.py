@@ -24,8 +24,8 @@ from sampling_fixtures import adapter_pipeline, save_adapter, save_backbones
 
 gradio = pytest.importorskip("gradio")
 
-from tunemv.app import KEEP_OUTPUTS, MultiviewApp, RequestTooLong, build_demo, without_paths  # noqa: E402
 from tunemv.cli import main  # noqa: E402
+from tunemv.cli.app import KEEP_OUTPUTS, MultiviewApp, RequestTooLong, build_demo, without_paths  # noqa: E402
 from tunemv.errors import TunemvError  # noqa: E402
 
 
@@ -138,7 +138,7 @@ def test_rejected_inputs_are_one_log_line_and_a_message_without_server_paths(ser
 
 
 def test_a_surfaceless_field_keeps_the_views_and_warns_and_files_stay_bounded(adapter, monkeypatch, tmp_path):
-    from tunemv.sampling.field import MultiviewField
+    from tunemv.sampling.multiview_field import MultiviewField
 
     def no_surface(*args, **kwargs):
         raise ValueError("the SDF grid has no surface at level 0.0 (range 0.1..0.9)")

@@ -12,7 +12,7 @@ from tunemv.adapters.control_branch import ControlBranch
 from tunemv.adapters.cross_view_attention import CrossViewInputs
 from tunemv.adapters.unet_halves import decode, encode
 from tunemv.geometry.cameras import Cameras, orbit
-from tunemv.training.recipe import (
+from tunemv.training.noising import (
     check_high_noise_weight,
     check_timestep_shift,
     high_noise_weights,

@@ -175,8 +175,8 @@ def test_a_one_step_run_records_what_ran_and_prints_a_plan_and_an_estimate(tmp_p
 def test_prompts_file_bom_is_stripped_and_bad_bytes_name_the_line(tmp_path):
     from argparse import Namespace
 
+    from tunemv.cli.sample import read_prompts
     from tunemv.errors import TunemvError
-    from tunemv.sampling.command import read_prompts
 
     path = tmp_path / "p.txt"
     path.write_bytes("\ufeffa red chair\r\n\r\na mug\n".encode())

@@ -11,17 +11,17 @@ import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 # Bottom to top: (part, the modules it is made of); parts on one row are peers and may not import each other.
-# The package root's helpers (errors, atomic, _lazy and the lazy __init__) sit under everything; the CLI
-# (cli, demo, __main__) on top.
+# The cellar, tunemv/ (errors, atomic writes, warning filters, the lazy API), sits under everything; the roof,
+# cli/ (the command, tunemv sample, the demo, the app) and __main__, on top, where no part may import it.
 LAYERS = (
-    (("base", ("tunemv", "tunemv.errors", "tunemv.atomic", "tunemv._lazy", "tunemv.log_noise")),),
+    (("base", ("tunemv", "tunemv.errors", "tunemv.atomic", "tunemv._lazy", "tunemv.warning_filters")),),
     (("geometry", ("tunemv.geometry",)),),
     (("data", ("tunemv.data",)), ("neus", ("tunemv.neus",))),
     (("adapters", ("tunemv.adapters",)),),
     (("sampling", ("tunemv.sampling",)),),
     (("training", ("tunemv.training",)), ("tinyif", ("tunemv.tinyif",))),
     (("evaluation", ("tunemv.evaluation",)),),
-    (("cli", ("tunemv.cli", "tunemv.demo", "tunemv.app", "tunemv.__main__")),),
+    (("cli", ("tunemv.cli", "tunemv.__main__")),),
 )
 PART = {prefix: part for row in LAYERS for part, prefixes in row for prefix in prefixes}
 LEVEL = {part: level for level, row in enumerate(LAYERS) for part, _ in row}
@@ -91,7 +91,28 @@ def test_every_folder_is_in_a_layer():
         part_of(name)
 
 
+def test_no_part_imports_the_roof():
+    """cli/ is only ever entered from the command line: a library user's import never pulls in argparse
+    handlers, the demo or Gradio."""
+    roof = [name for name, _ in modules() if part_of(name) == "cli"]
+    assert "tunemv.cli.sample" in roof and "tunemv.cli.app" in roof
+    problems = [f"{path.relative_to(REPO)}:{line}: imports {target}" for name, path in modules() if part_of(name) != "cli"
+                for line, target in imported_modules(path.read_text(encoding="utf-8"), name) if part_of(target) == "cli"]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_cellar_holds_only_what_every_part_imports():
+    """tunemv/ is the cellar: its modules import no part of tunemv but each other."""
+    cellar = [(name, path) for name, path in modules() if path.parent.name == "tunemv" and name != "tunemv.__main__"]
+    assert {name for name, _ in cellar} >= {"tunemv", "tunemv.errors", "tunemv.atomic", "tunemv.warning_filters"}
+    for name, path in cellar:
+        assert part_of(name) == "base", f"{path.relative_to(REPO)}: in tunemv/ but not in the cellar's layer"
+        for line, target in imported_modules(path.read_text(encoding="utf-8"), name):
+            assert part_of(target) == "base", f"{path.relative_to(REPO)}:{line}: the cellar imports {target}"
+
+
 def test_the_check_catches_an_upward_import():
+    assert violations("tunemv.evaluation.evaluate", "from tunemv.cli.sample import read_prompts\n", "e.py")
     bad = "from tunemv.sampling import MultiviewPipeline\n"
     assert violations("tunemv.adapters.denoiser", bad, "adapters/denoiser.py") == [
         "adapters/denoiser.py:1: adapters/ imports tunemv.sampling, which is above it"]
@@ -99,4 +120,4 @@ def test_the_check_catches_an_upward_import():
     assert violations("tunemv.sampling.pipeline", local, "p.py")  # function-local imports count
     assert violations("tunemv.training.system", "import tunemv.tinyif.model\n", "s.py")  # peers too
     assert not violations("tunemv.sampling.pipeline", "from tunemv.adapters.formats import read_checkpoint\n", "p")
-    assert not violations("tunemv.sampling.job", "from .score import MultiviewScore\n", "j")
+    assert not violations("tunemv.sampling.denoising_loop", "from .score import MultiviewScore\n", "j")

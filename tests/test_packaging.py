@@ -11,7 +11,7 @@ import pytest
 from tunemv.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ("geometry", "data", "neus", "adapters", "sampling", "training", "tinyif", "evaluation")
+SUBPACKAGES = ("geometry", "data", "neus", "adapters", "sampling", "training", "tinyif", "evaluation", "cli")
 
 
 def readme_quick_start() -> list[str]:

@@ -199,7 +199,7 @@ def test_pixel_space_if_backbone_samples_with_a_learned_variance_schedule(folder
 def test_pixel_space_ddim_steps_use_the_epsilon_of_the_clipped_x0():
     """x_{t-1} = √ᾱ'·clip(x̂0) + √(1−ᾱ')·ε̂ with ε̂ recomputed from clip(x̂0) in pixel space; latent backbones
     keep diffusers' default (the unclipped ε), so they still match diffusers' own pipelines."""
-    from tunemv.sampling.job import step_arguments
+    from tunemv.sampling.denoising_loop import step_arguments
 
     scheduler = make_scheduler("ddim", {"beta_schedule": "squaredcos_cap_v2", "clip_sample": True})
     scheduler.set_timesteps(10)

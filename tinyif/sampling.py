@@ -21,8 +21,8 @@ import torch
 def sample_images(backbone, prompts: Sequence[str], steps: int = 50, guidance_scale: float = 4.0,
                   generator: torch.Generator | None = None, scheduler: str = "ddpm") -> torch.Tensor:
     """Prompts -> (N, 3, H, W) images in [0, 1] from a pixel-space (IF-family) backbone."""
+    from tunemv.sampling.denoising_loop import step_arguments
     from tunemv.sampling.guidance import classifier_free
-    from tunemv.sampling.job import step_arguments
     from tunemv.sampling.schedulers import make_scheduler
 
     if backbone.family != "if":

@@ -43,8 +43,9 @@ from tunemv.sampling.algebra import alpha_bar, epsilon_to_sample, to_epsilon
 from tunemv.sampling.guidance import classifier_free
 from tunemv.sampling.one_step import MIN_ALPHA_BAR, one_step_timestep, pixel_clip_bound
 from tunemv.training.ema import warmup_ema_multi_avg_fn
-from tunemv.training.recipe import add_noise, diffusion_target, warmup_cosine
+from tunemv.training.noising import add_noise, diffusion_target
 from tunemv.training.system import check_precision, trainable_checkpoint_state
+from tunemv.training.system_setup import warmup_cosine
 from tunemv.training.vsd import dmd_weight, sample_timesteps, sds_weight, vsd_surrogate_loss
 
 GENERATOR_KIND = "generator"

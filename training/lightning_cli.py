@@ -243,7 +243,7 @@ def names_model_class(args: Sequence[str]) -> bool:
 
 
 def parser_kwargs() -> dict[str, Any]:
-    """Raise instead of printing usage, so that tunemv.cli prints one line and exits 2; and take keys only
+    """Raise instead of printing usage, so that the CLI prints one line and exits 2; and take keys only
     as spelled: argparse's prefix matching silently read ``--model.learning_rat`` as ``learning_rate``."""
     strict = {"exit_on_error": False, "allow_abbrev": False}
     return {"prog": "tunemv", **strict, **{name: dict(strict) for name in SUBCOMMANDS}}

@@ -25,7 +25,7 @@ from tunemv.geometry.cameras import Cameras
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 from tunemv.neus.losses import NeuSLoss
 from tunemv.neus.renderer import render_pixels
-from tunemv.training.recipe import neus_arguments, views_and_supervision, warmup_cosine
+from tunemv.training.system_setup import neus_arguments, views_and_supervision, warmup_cosine
 
 
 class NeuSPretrainSystem(pl.LightningModule):

@@ -38,17 +38,15 @@ from tunemv.neus.latent_sparseneus import LatentSparseNeuS, check_choice
 from tunemv.neus.losses import NeuSLoss
 from tunemv.training.ema import warmup_ema_multi_avg_fn
 from tunemv.training.latent_cache import LatentCache
-from tunemv.training.recipe import (
+from tunemv.training.noising import (
     add_noise,
     check_high_noise_weight,
     check_timestep_shift,
     diffusion_target,
     high_noise_weights,
-    neus_arguments,
     shift_timesteps,
-    views_and_supervision,
-    warmup_cosine,
 )
+from tunemv.training.system_setup import neus_arguments, views_and_supervision, warmup_cosine
 from tunemv.training.validation import log_validation_samples
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from tunemv.sampling.outputs import grid_image
+from tunemv.sampling.object_folders import grid_image
 from tunemv.sampling.pipeline import MultiviewPipeline
 
 

@@ -9,10 +9,14 @@ import argparse
 import contextlib
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunemv.errors import TunemvError
+
+if TYPE_CHECKING:
+    from tunemv.sampling.object_folders import ObjectFolderOptions
 
 
 def add_sample_parser(commands) -> None:
@@ -187,16 +191,17 @@ def folder_sampling_defaults(args: argparse.Namespace) -> dict:
     return folder_options
 
 
-def check_names(args: argparse.Namespace) -> dict:
+def check_names(args: argparse.Namespace) -> tuple[dict, Any]:
     """Unknown sampler, scheduler or option names and bad option values fail here, with what is available;
-    returns the sampler's options."""
+    returns the sampler's options and the sampler, built once (cheap: models an option names load when it
+    runs; samplers hold no state between runs, so every batch and every process reuses it)."""
     from tunemv.sampling.options import build_sampler
     from tunemv.sampling.schedulers import make_scheduler
 
     options = folder_sampling_defaults(args) | sampler_options(args)
-    build_sampler(args.sampler, options)  # cheap: models an option names load when it runs
+    sampler = build_sampler(args.sampler, options)
     make_scheduler(args.scheduler, {})
-    return options
+    return options, sampler
 
 
 def load_pipeline(args: argparse.Namespace):
@@ -210,9 +215,33 @@ def load_pipeline(args: argparse.Namespace):
     return MultiviewPipeline.from_checkpoint(args.ckpt, backbone=backbone, ema=args.ema, torch_dtype=args.dtype)
 
 
-def prepare_sample(args: argparse.Namespace) -> tuple[list[str], dict[str, Any], set[int]]:
-    """Every check that needs no model, then (prompts, the pipeline's options, the prompts --resume keeps)."""
+@dataclass
+class SamplePlan:
+    """What ``tunemv sample`` worked out from its arguments before any model loads."""
+
+    prompts: list[str]
+    call: dict[str, Any]  # the pipeline's keyword arguments; ``sampler`` is the instance built once
+    settings: dict[str, Any]  # what sampling.json records besides the seed and the backbone
+    writing: ObjectFolderOptions
+    done: set[int]  # the prompts --resume keeps
+
+    def line(self, objects: int, batch_size: int) -> str:
+        """The one line printed before the model loads: objects, views, steps (as they will run)."""
+        steps = getattr(self.call["sampler"], "fixed_steps", None) or self.call["steps"]
+        views = self.call["num_views"]
+        if self.call.get("cameras"):
+            from tunemv.data.format import read_cameras
+
+            views = len(read_cameras(self.call["cameras"]))
+        return (f"sampling {objects} object(s) x {views} views x {steps} step(s) "
+                f"({self.settings['sampler']}, batches of {batch_size}); an estimate follows the first batch")
+
+
+def plan_sample(args: argparse.Namespace) -> SamplePlan:
+    """Every check that needs no model, then the plan."""
     import torch
+
+    from tunemv.sampling.object_folders import ObjectFolderOptions
 
     prompts = read_prompts(args)
     if args.batch_size < 1 or args.steps < 1 or args.num_views < 1:
@@ -223,7 +252,7 @@ def prepare_sample(args: argparse.Namespace) -> tuple[list[str], dict[str, Any],
                           "with 4-16; sample more views in several runs with --azimuth-start")
     if args.view_chunk is not None and args.view_chunk < 1:
         raise TunemvError(f"--view-chunk must be >= 1 (views per model call), got {args.view_chunk}")
-    chosen = check_names(args)  # before minutes of model loading
+    chosen, sampler = check_names(args)  # before minutes of model loading
     done = check_outputs(args, prompts)
     check_images(args.image or [])
     if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -240,21 +269,39 @@ def prepare_sample(args: argparse.Namespace) -> tuple[list[str], dict[str, Any],
                    sampler=args.sampler, sampler_options=chosen, scheduler=args.scheduler, steps=args.steps,
                    guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt,
                    view_chunk_size=args.view_chunk)
-    return prompts, options, done
-
-
-def sample_settings(args: argparse.Namespace, options: dict[str, Any], backbone: str) -> dict[str, Any]:
-    """What sampling.json records besides the seed: the options (JSON: repr of the others), images, backbone."""
-    settings = {key: value for key, value in options.items() if key != "reference_images"}
-    return settings | {"images": args.image, "backbone": backbone}  # the seed: each output's own
+    call = {key: value for key, value in options.items() if key != "sampler_options"} | {"sampler": sampler}
+    settings = {key: value for key, value in options.items() if key != "reference_images"} | {"images": args.image}
+    writing = ObjectFolderOptions(turntable_frames=args.turntable_frames,
+                                  mesh_resolution=args.mesh_resolution if args.mesh else 0,
+                                  export_transforms="transforms" in args.export, overwrite=args.overwrite or args.resume)
+    return SamplePlan(prompts, call, settings, writing, done)
 
 
 def run_sample(args: argparse.Namespace) -> int:
+    """``tunemv sample``: one process, or the data engine across ``--devices`` (and ``--filter``)."""
+    distributed = args.devices != 1 or args.num_nodes != 1 or args.filter is not None
+    if distributed:
+        if args.devices < 1 or args.num_nodes < 1:
+            raise TunemvError(f"--devices and --num-nodes must be >= 1, got {args.devices} and {args.num_nodes}")
+        if args.batch_size != 1:
+            raise TunemvError("--devices and --filter sample one prompt per call (each seeded seed + index); "
+                              "drop --batch-size")
+        if args.filter is not None and not 0 <= args.filter <= 1:
+            raise TunemvError(f"--filter takes a mean hull IoU in [0, 1], got {args.filter}")
+    plan = plan_sample(args)
+    wrote = sample_with_data_engine(args, plan) if distributed else sample_in_process(args, plan)
+    if wrote:
+        done = plan.done
+        print(f"wrote {len(plan.prompts)} object(s) to {args.out}" + (f" ({len(done)} kept by --resume)" if done else ""))
+    return 0
+
+
+def sample_in_process(args: argparse.Namespace, plan: SamplePlan) -> bool:
     import torch
 
-    from tunemv.sampling.outputs import write_results
+    from tunemv.sampling.object_folders import write_object_folders
 
-    prompts, options, done = prepare_sample(args)
+    prompts, done = plan.prompts, plan.done
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
     wrote = (lambda message: None) if args.quiet else print  # --quiet: nothing but errors and the final line
     if done:
@@ -262,43 +309,45 @@ def run_sample(args: argparse.Namespace) -> int:
     todo = [start for start in range(0, len(prompts), args.batch_size)
             if not all(start + index in done for index in range(len(prompts[start: start + args.batch_size])))]
     remaining = sum(len(prompts[start: start + args.batch_size]) for start in todo)
-    log(sample_plan(remaining, options, args.batch_size))  # before minutes of model loading
+    log(plan.line(remaining, args.batch_size))  # before minutes of model loading
     pipe = load_pipeline(args)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe.to(device)
-    settings = sample_settings(args, options, pipe.backbone.name_or_path)
+    pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    settings = {**plan.settings, "backbone": pipe.backbone.name_or_path}
     began = time.monotonic()
     for count, start in enumerate(todo, start=1):
         batch = prompts[start: start + args.batch_size]
         # Seeded by the batch's first prompt index: with --batch-size 1 a prompt's views do not depend on the
         # prompts before it; a batch is redone whole, so a resumed run writes what an uninterrupted one did.
         try:
-            output = pipe(batch, seed=args.seed + start, progress=not args.quiet, **options)
+            output = pipe(batch, seed=args.seed + start, progress=not args.quiet, **plan.call)
         except ValueError as error:  # option values the pipeline refuses (a bad reference or camera)
             raise TunemvError(str(error)) from error
-        write_results(output, args.out, start_index=start, settings=settings,
-                      turntable_frames=args.turntable_frames, mesh_resolution=args.mesh_resolution if args.mesh else 0,
-                      export_transforms="transforms" in args.export,
-                      overwrite=args.overwrite or args.resume, log=wrote)
+        write_object_folders(output, args.out, start_index=start, settings=settings, options=plan.writing, log=wrote)
         if count == 1 and len(todo) > 1:  # the estimate, from the first batch (model warm-up included)
             log(estimate_line(time.monotonic() - began, len(todo) - 1))
-    print(f"wrote {len(prompts)} object(s) to {args.out}" + (f" ({len(done)} kept by --resume)" if done else ""))
-    return 0
+    return True
 
 
-def sample_plan(objects: int, options: dict[str, Any], batch_size: int) -> str:
-    """The one line ``tunemv sample`` prints before it starts: objects, views, steps (as they will run)."""
-    from tunemv.sampling.options import build_sampler
+def sample_with_data_engine(args: argparse.Namespace, plan: SamplePlan) -> bool:
+    """Lightning's predict loop across processes; rank 0 then runs the ``--filter`` pass. Returns whether this
+    process is rank 0, which alone reports."""
+    from tunemv.sampling.data_engine import sample_dataset
 
-    sampler = build_sampler(options["sampler"], options["sampler_options"])
-    steps = getattr(sampler, "fixed_steps", None) or options["steps"]
-    views = options["num_views"]
-    if options.get("cameras"):
-        from tunemv.data.format import read_cameras
+    if not args.quiet:  # the plan before the model loads; Lightning's progress bar gives the estimate
+        print(plan.line(len(plan.prompts) - len(plan.done), 1), file=sys.stderr)
+    rank_zero = sample_dataset(lambda: load_pipeline(args), plan.prompts, args.out, args.seed,
+                               {**plan.call, "progress": False}, plan.settings, plan.writing,
+                               devices=args.devices, accelerator=args.accelerator, strategy=args.strategy,
+                               num_nodes=args.num_nodes, done=plan.done, progress=not args.quiet)
+    if args.filter is not None and rank_zero:  # the quality pass, once, over the whole root
+        from tunemv.atomic import write_text_atomic
+        from tunemv.evaluation.evaluate import evaluate_dataset
 
-        views = len(read_cameras(options["cameras"]))
-    return (f"sampling {objects} object(s) x {views} views x {steps} step(s) "
-            f"({options['sampler']}, batches of {batch_size}); an estimate follows the first batch")
+        passed = evaluate_dataset(args.out, mask_source="border", progress=False).passing(args.filter)
+        path = write_text_atomic(Path(args.out) / "passed.txt", "".join(f"{name}\n" for name in passed))
+        print(f"{len(passed)} of {len(plan.prompts)} objects have a mean hull IoU >= {args.filter:g}; "
+              f"list written to {path}")
+    return rank_zero
 
 
 def estimate_line(first: float, batches_left: int) -> str:
@@ -335,7 +384,7 @@ def check_outputs(args: argparse.Namespace, prompts: list[str]) -> set[int]:
     import os
 
     from tunemv.data.format import remove_stale_staging
-    from tunemv.sampling.outputs import object_name
+    from tunemv.sampling.object_folders import object_name
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tunemv.errors import TunemvError
-from tunemv.log_noise import silence_expected_noise
+from tunemv.warning_filters import silence_expected_noise
 
 EXIT_PROBLEMS = 1  # the command ran and found problems (e.g. `data check`)
 EXIT_BAD_INPUT = 2  # bad arguments or input files
@@ -140,45 +140,6 @@ def _foundation_train_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample(args: argparse.Namespace) -> int:
-    """``tunemv sample``: one process, or the data engine across ``--devices`` (and ``--filter``)."""
-    from tunemv.sampling.command import run_sample
-
-    if args.devices == 1 and args.num_nodes == 1 and args.filter is None:
-        return run_sample(args)
-    from tunemv.sampling.command import load_pipeline, prepare_sample, sample_plan, sample_settings
-    from tunemv.training.predict import predict_dataset
-
-    if args.devices < 1 or args.num_nodes < 1:
-        raise TunemvError(f"--devices and --num-nodes must be >= 1, got {args.devices} and {args.num_nodes}")
-    if args.batch_size != 1:
-        raise TunemvError("--devices and --filter sample one prompt per call (each seeded seed + index); "
-                          "drop --batch-size")
-    if args.filter is not None and not 0 <= args.filter <= 1:
-        raise TunemvError(f"--filter takes a mean hull IoU in [0, 1], got {args.filter}")
-    prompts, options, done = prepare_sample(args)
-    if not args.quiet:  # the plan before the model loads; Lightning's progress bar gives the estimate
-        print(sample_plan(len(prompts) - len(done), options, 1), file=sys.stderr)
-    backbone = args.backbone or args.adapter or args.ckpt
-    write = {"settings": sample_settings(args, options, backbone), "turntable_frames": args.turntable_frames,
-             "mesh_resolution": args.mesh_resolution if args.mesh else 0,
-             "export_transforms": "transforms" in args.export, "overwrite": args.overwrite or args.resume}
-    options = {**options, "progress": False}
-    rank_zero = predict_dataset(lambda: load_pipeline(args), prompts, args.out, args.seed, options, write,
-                                devices=args.devices, accelerator=args.accelerator, strategy=args.strategy,
-                                num_nodes=args.num_nodes, done=done, progress=not args.quiet)
-    if args.filter is not None and rank_zero:  # the quality pass, once, over the whole root
-        from tunemv.atomic import write_text_atomic
-        from tunemv.evaluation.evaluate import evaluate_dataset
-
-        passed = evaluate_dataset(args.out, mask_source="border", progress=False).passing(args.filter)
-        path = write_text_atomic(Path(args.out) / "passed.txt", "".join(f"{name}\n" for name in passed))
-        print(f"{len(passed)} of {len(prompts)} objects have a mean hull IoU >= {args.filter:g}; list written to {path}")
-    if rank_zero:
-        print(f"wrote {len(prompts)} object(s) to {args.out}" + (f" ({len(done)} kept by --resume)" if done else ""))
-    return 0
-
-
 def _lightning(argv: list[str]) -> int:
     """``tunemv fit|validate|distill ...`` through LightningCLI; config errors become one line and exit code 2."""
     from jsonargparse import ArgumentError
@@ -253,16 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a JSON object of measured figures (name: value) for the folder's model card")
     export.set_defaults(handler=_export)
 
-    from tunemv.sampling.command import add_sample_parser  # argparse only; torch loads when it runs
+    from tunemv.cli.sample import add_sample_parser  # argparse only; torch loads when it runs
 
     add_sample_parser(commands)
-    commands.choices["sample"].set_defaults(handler=_sample)  # the data engine (training/) sits above sampling/
 
-    from tunemv.demo import add_demo_parser
+    from tunemv.cli.demo import add_demo_parser
 
     add_demo_parser(commands)
 
-    from tunemv.app import add_app_parser  # argparse only; Gradio and torch load when it runs
+    from tunemv.cli.app import add_app_parser  # argparse only; Gradio and torch load when it runs
 
     add_app_parser(commands)
 

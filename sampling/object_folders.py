@@ -15,6 +15,7 @@ import io
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from einops import rearrange
 from PIL import Image
 
 from tunemv.data.format import write_object
-from tunemv.sampling.pipeline import MultiviewPipelineOutput
+from tunemv.sampling.pipeline_output import MultiviewPipelineOutput
 
 MESH_FILES = ("mesh.ply", "mesh.glb")
 PREVIEW_SIZE = 256  # a 32 px view is a thumbnail on a screen; previews are upscaled to at least this
@@ -54,13 +55,22 @@ def object_name(index: int, prompt: str) -> str:
     return f"{index:04d}_{slug}"
 
 
-def write_results(output: MultiviewPipelineOutput, out_dir: str | Path, start_index: int = 0,
-                  settings: dict[str, Any] | None = None, turntable_frames: int = 24, mesh_resolution: int = 0,
-                  overwrite: bool = False, log: Callable[[str], None] | None = None,
-                  export_transforms: bool = False) -> list[Path]:
+@dataclass(frozen=True)
+class ObjectFolderOptions:
+    """What an object folder holds besides its views, cameras and caption."""
+
+    turntable_frames: int = 24  # turntable.gif frames of NeuS renders; 0 for none
+    mesh_resolution: int = 0  # marching-cubes grid of mesh.ply and mesh.glb; 0 for none
+    export_transforms: bool = False  # transforms/ for nerfstudio, instant-ngp or a 3DGS trainer
+    overwrite: bool = False  # replace an existing object folder
+
+
+def write_object_folders(output: MultiviewPipelineOutput, out_dir: str | Path, start_index: int = 0,
+                         settings: dict[str, Any] | None = None, options: ObjectFolderOptions = ObjectFolderOptions(),
+                         log: Callable[[str], None] | None = None) -> list[Path]:
     """Write every object of ``output`` under ``out_dir``; returns the object folders.
 
-    ``export_transforms`` also writes ``transforms/`` in each (``transforms.json`` with RGBA views whose alpha is
+    ``options.export_transforms`` also writes ``transforms/`` in each (``transforms.json`` with RGBA views whose alpha is
     the fused field's opacity), for nerfstudio, instant-ngp or a 3DGS trainer. The turntable is also written
     as ``turntable.mp4`` when imageio-ffmpeg is installed.
 
@@ -69,6 +79,7 @@ def write_results(output: MultiviewPipelineOutput, out_dir: str | Path, start_in
     half-written object, and ``tunemv sample --resume`` can skip the ones that exist.
     """
     out_dir = Path(out_dir)
+    turntable_frames, mesh_resolution, overwrite = options.turntable_frames, options.mesh_resolution, options.overwrite
     folders = []
     for b, prompt in enumerate(output.prompts):
         folder = out_dir / object_name(start_index + b, prompt)
@@ -80,7 +91,7 @@ def write_results(output: MultiviewPipelineOutput, out_dir: str | Path, start_in
             extras["turntable.gif"] = iio.imwrite("<bytes>", to_uint8(frames), extension=".gif", duration=80, loop=0)
             if has_ffmpeg():
                 extras["turntable.mp4"] = mp4_bytes(to_uint8(frames))
-        if export_transforms:
+        if options.export_transforms:
             extras |= transforms_files(output, b)
         if mesh_resolution > 0:
             mesh = output.field.mesh(b, mesh_resolution, views=output.pixels[b])

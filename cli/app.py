@@ -127,7 +127,7 @@ class MultiviewApp:
 
     @staticmethod
     def turntable_is_video() -> bool:
-        from tunemv.sampling.outputs import has_ffmpeg
+        from tunemv.sampling.object_folders import has_ffmpeg
 
         return has_ffmpeg()
 
@@ -169,7 +169,7 @@ class MultiviewApp:
                  num_views: int = 8, guidance_scale: float | None = None, seed: int | None = -1,
                  elevation: float = 20.0, progress=None) -> Generation:
         from tunemv.errors import TunemvError
-        from tunemv.sampling.outputs import has_ffmpeg, mp4_bytes, to_uint8, upscale_for_preview
+        from tunemv.sampling.object_folders import has_ffmpeg, mp4_bytes, to_uint8, upscale_for_preview
 
         prompt = (prompt or "").strip()
         if not prompt:

@@ -4,8 +4,8 @@ A prompt list is split across processes by Lightning's own ``Trainer.predict`` (
 number of nodes); every process writes its objects into one dataset-format root. Object i goes to rank
 i mod world size (no padding: each object is sampled and written exactly once) and is seeded ``seed + i``, as
 ``tunemv sample --batch-size 1`` seeds it, so the union of the ranks' outputs is a single-process run's, byte
-for byte. Each object folder is renamed into place whole (``write_results``). After a barrier, rank 0 runs
-the ``--filter`` quality pass over the root (hull IoU, as ``tunemv evaluate --filter``).
+for byte. Each object folder is renamed into place whole (``write_object_folders``). The command line runs
+what comes after (the ``--filter`` pass) on rank 0.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from tunemv.sampling.object_folders import ObjectFolderOptions, write_object_folders
 
 
 class PromptList(Dataset):
@@ -47,16 +49,17 @@ class SamplingModule(pl.LightningModule):
     """``predict_step`` samples one prompt and writes its object folder."""
 
     def __init__(self, load_pipeline: Callable[[], Any], prompts: Sequence[str], out: str, seed: int,
-                 options: dict[str, Any], write_options: dict[str, Any], done: set[int] = frozenset()):
+                 call: dict[str, Any], settings: dict[str, Any], writing: ObjectFolderOptions,
+                 done: set[int] = frozenset()):
         super().__init__()
         self.load_pipeline, self.prompts, self.out, self.seed = load_pipeline, list(prompts), out, seed
-        self.options, self.write_options, self.done = options, write_options, set(done)
+        self.call, self.settings, self.writing, self.done = call, dict(settings), writing, set(done)
         self.pipe = None
 
     def setup(self, stage: str) -> None:
         if self.pipe is None:  # in each process, on its own device
             self.pipe = self.load_pipeline().to(self.device)
-            self.write_options["settings"]["backbone"] = self.pipe.backbone.name_or_path  # as one process says it
+            self.settings["backbone"] = self.pipe.backbone.name_or_path  # as one process says it
 
     def predict_dataloader(self) -> DataLoader:
         dataset = PromptList(self.prompts, self.done)
@@ -65,26 +68,21 @@ class SamplingModule(pl.LightningModule):
         return DataLoader(dataset, batch_size=None, sampler=sampler)
 
     def predict_step(self, item: tuple[int, str], batch_index: int) -> int:
-        from tunemv.sampling.outputs import write_results
-
         index, prompt = item
         index = int(index)
-        output = self.pipe(prompt, seed=self.seed + index, output_type="pt", **self.options)
-        write_results(output, self.out, start_index=index, settings=self.write_options["settings"],
-                      turntable_frames=self.write_options["turntable_frames"],
-                      mesh_resolution=self.write_options["mesh_resolution"],
-                      export_transforms=self.write_options["export_transforms"],
-                      overwrite=self.write_options["overwrite"])
+        output = self.pipe(prompt, seed=self.seed + index, output_type="pt", **self.call)
+        write_object_folders(output, self.out, start_index=index, settings=self.settings, options=self.writing)
         return index
 
 
-def predict_dataset(load_pipeline: Callable[[], Any], prompts: Sequence[str], out: str | Path, seed: int,
-                    options: dict[str, Any], write_options: dict[str, Any], devices: int | str = 1,
-                    accelerator: str = "auto", strategy: str = "ddp", num_nodes: int = 1, done: set[int] = frozenset(),
-                    progress: bool = True) -> bool:
-    """Sample every prompt not in ``done`` across ``devices`` processes into ``out``; returns whether this
-    process is rank 0 (after a barrier: every object is written), which runs what comes after (the filter)."""
-    module = SamplingModule(load_pipeline, prompts, str(out), seed, options, write_options, set(done))
+def sample_dataset(load_pipeline: Callable[[], Any], prompts: Sequence[str], out: str | Path, seed: int,
+                   call: dict[str, Any], settings: dict[str, Any], writing: ObjectFolderOptions,
+                   devices: int | str = 1, accelerator: str = "auto", strategy: str = "ddp", num_nodes: int = 1,
+                   done: set[int] = frozenset(), progress: bool = True) -> bool:
+    """Sample every prompt not in ``done`` across ``devices`` processes into ``out`` (``call``: the pipeline's
+    keyword arguments; ``settings``: what sampling.json records); returns whether this process is rank 0
+    (after a barrier: every object is written)."""
+    module = SamplingModule(load_pipeline, prompts, str(out), seed, call, settings, writing, set(done))
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=strategy if devices != 1 else "auto",
                          num_nodes=num_nodes, logger=False, enable_checkpointing=False, enable_model_summary=False,
                          enable_progress_bar=progress, use_distributed_sampler=False)

@@ -10,7 +10,7 @@
    the held-out chair's ground-truth mesh (volume IoU, Chamfer), next to the initial sphere's.
 
 Every stage calls the library functions its own command calls (``generate_procedural_dataset``,
-``run_lightning``, ``export_adapter``, ``MultiviewPipeline`` and ``write_results``); the demo only chains them
+``run_lightning``, ``export_adapter``, ``MultiviewPipeline`` and ``write_object_folders``); the demo only chains them
 and times them. ``--adapter DIR`` skips stages 1-2.
 """
 
@@ -103,8 +103,8 @@ def sample_jobs(adapter: Path, jobs: list[tuple[str, str, dict, Path]], args: ar
     and the mask IoU of the field's silhouettes with the views' own masks."""
     import torch
 
+    from tunemv.sampling.object_folders import ObjectFolderOptions, write_object_folders
     from tunemv.sampling.options import build_sampler
-    from tunemv.sampling.outputs import write_results
     from tunemv.sampling.pipeline import MultiviewPipeline
 
     build_sampler(args.sampler)  # an unknown name fails before the model loads
@@ -119,8 +119,8 @@ def sample_jobs(adapter: Path, jobs: list[tuple[str, str, dict, Path]], args: ar
                        guidance_scale=args.guidance_scale, **extra)
         output = pipe(prompt, seed=seed, progress=False, **options)
         settings = {**options, "seed": seed, "backbone": pipe.backbone.name_or_path}
-        write_results(output, root, settings=settings, mesh_resolution=args.mesh_resolution, overwrite=True,
-                      log=print)
+        write_object_folders(output, root, settings=settings, log=print,
+                             options=ObjectFolderOptions(mesh_resolution=args.mesh_resolution, overwrite=True))
         elapsed = loading + time.perf_counter() - start
         seconds.append((elapsed, silhouette_agreement(output)))
     return seconds
@@ -136,7 +136,7 @@ def silhouette_agreement(output) -> float:
 
 
 def slug(prompt: str) -> str:
-    from tunemv.sampling.outputs import object_name
+    from tunemv.sampling.object_folders import object_name
 
     return object_name(0, prompt)[5:]
 
