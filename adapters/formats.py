@@ -12,10 +12,18 @@ A **pretrained NeuS folder** (stage 1, ``tunemv export`` of a ``configs/neus_pre
     FOLDER/config.json, FOLDER/diffusion_pytorch_model.safetensors   LatentSparseNeuS.save_pretrained
     FOLDER/neus.json        {"backbone", "tunemv_version", "global_step", "checkpoint"}
 
-A **training checkpoint** (``tunemv fit``'s Lightning ``.ckpt``) keeps only the trainable weights, under the
-``state_dict`` prefixes below, and a ``"tunemv"`` entry with both modules' configs and the backbone's name,
-so neither reading it nor exporting it needs the backbone. A stage-1 checkpoint keeps ``neus.*`` only and
-says ``"kind": "neus"``.
+A **training checkpoint** (``tunemv fit``'s Lightning ``.ckpt``) keeps only the trainable weights and a
+``"tunemv"`` entry that declares everything a reader needs, so neither reading it nor exporting it needs the
+backbone or knows how training names its modules::
+
+    "format": 2                 CHECKPOINT_FORMAT; an entry without one is format 1 (checkpoint_format_1.py)
+    "backbone": hub id or folder
+    "neus_config", "control_branch_config": the modules' diffusers configs (a stage-1 NeuS: neus_config only)
+    "prefixes": {"live": {"neus": P, "control_branch": P}, "ema": {...}, "unet": P}   state_dict prefixes;
+                 "ema" where the run kept an EMA, "unet" where it fine-tuned the backbone's UNet
+    "weights": "live", "live+ema", or "ema" (a weights-only snapshot: the EMA under the live prefixes)
+    "sampling": {"sampler", "sampler_options", "guidance_scale"}   how it samples, where not as an adapter
+    "kind": "neus" | "generator", "generator": {...}, "skipped_steps": what the writer adds
 
 What each trusts: an adapter or NeuS folder is data only (JSON and safetensors). A ``.ckpt`` is a pickle, which
 can name any Python callable to run while it is read; ``read_checkpoint`` reads it with
@@ -42,6 +50,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
+from tunemv.adapters import checkpoint_format_1
 from tunemv.adapters.backbones import first_line, looks_local
 from tunemv.adapters.control_branch import ControlBranch
 from tunemv.atomic import apply_umask, make_temporary_dir
@@ -51,12 +60,8 @@ from tunemv.neus.latent_sparseneus import ConfigError, LatentSparseNeuS
 ADAPTER_FILE = "adapter.json"
 NEUS_FOLDER, BRANCH_FOLDER = "neus", "control_branch"
 
-# state_dict prefixes of the two trainable modules; EMA weights live in an AveragedModel over ModuleList([neus, branch])
-PREFIXES = {False: ("denoiser.neus.", "denoiser.control_branch."), True: ("ema.module.0.", "ema.module.1.")}
-TRAINABLE = ("denoiser.neus.", "denoiser.control_branch.", "ema.")  # the only weights a checkpoint keeps
-UNET_PREFIX = "backbone.unet."  # only in checkpoints of the train_backbone_unet baseline
-NEUS_PREFIX = "neus."  # the only weights a stage-1 (NeuS pretraining) checkpoint keeps
-WEIGHT_PREFIXES = (*PREFIXES[False], *PREFIXES[True], UNET_PREFIX, NEUS_PREFIX)  # not ema.n_averaged (an int)
+CHECKPOINT_FORMAT = 2  # the "tunemv" entry's layout version; see the module docstring
+MODULES = ("neus", "control_branch")  # the adapter's two trainable modules, as "prefixes" names them
 NEUS_INFO_FILE = "neus.json"  # beside a pretrained NeuS folder's config.json: its backbone and training run
 CONFIG_FILE, WEIGHTS_GLOB = "config.json", "diffusion_pytorch_model*.safetensors"  # what save_pretrained writes
 # The globals a .ckpt may name beyond torch's own weights-only set (tensors, dtypes, OrderedDict, plain
@@ -308,24 +313,60 @@ def check_checkpoint(checkpoint: Any, path: Path) -> None:
     for key in configs:
         if not isinstance(meta[key], dict):
             raise CheckpointError(f"{path}: 'tunemv' entry's '{key}' must be a dict, got {type(meta[key]).__name__}")
-    generator = meta.get("generator")  # a distillation checkpoint: how it samples, and its teacher
+    generator = meta.get("generator")  # a distillation checkpoint: its teacher and schedule
     if generator is not None and not (isinstance(generator, dict) and set(GENERATOR_KEYS) <= set(generator)):
         raise CheckpointError(f"{path}: 'tunemv' entry's 'generator' must have {', '.join(map(repr, GENERATOR_KEYS))}")
-    problem = _checkpoint_weight_problem(state_dict)
+    version = meta.get("format", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: 'tunemv' entry's format {version!r} is not one this tunemv reads (1 to "
+                              f"{CHECKPOINT_FORMAT}); a newer tunemv wrote it, or it is damaged")
+    if version == 1:  # written before the entry declared its layout: what those writers did, made explicit
+        meta = checkpoint["tunemv"] = checkpoint_format_1.declared(meta, state_dict)
+    problem = _declaration_problem(meta) or _checkpoint_weight_problem(state_dict, meta["prefixes"])
     if problem:
         raise CheckpointError(f"{path}: {problem}")
 
 
 GENERATOR_KEYS = ("timestep", "teacher", "vsd_steps")
+SAMPLING_KEYS = ("sampler", "sampler_options", "guidance_scale")
 
 
-def _checkpoint_weight_problem(state_dict: dict[str, Any]) -> str | None:
-    """Every model weight (under the prefixes sampling and export load) must be a finite float tensor."""
+def _declaration_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with the entry's ``prefixes`` and ``sampling``, if anything."""
+    prefixes = meta.get("prefixes")
+    modules = ("neus",) if meta.get("kind") == "neus" else MODULES
+    if not isinstance(prefixes, dict) or not isinstance(prefixes.get("live"), dict):
+        return "'tunemv' entry's 'prefixes' must be a dict with a 'live' dict of module prefixes"
+    for group in ("live", "ema"):
+        if group in prefixes and not (isinstance(prefixes[group], dict) and all(
+                isinstance(prefixes[group].get(name), str) and prefixes[group][name] for name in modules)):
+            return f"'tunemv' entry's prefixes['{group}'] must name a prefix for each of {', '.join(modules)}"
+    if "unet" in prefixes and not (isinstance(prefixes["unet"], str) and prefixes["unet"]):
+        return "'tunemv' entry's prefixes['unet'] must be a state_dict prefix"
+    sampling = meta.get("sampling")
+    if sampling is not None and not (isinstance(sampling, dict) and set(SAMPLING_KEYS) >= set(sampling)
+                                     and isinstance(sampling.get("sampler"), str)
+                                     and isinstance(sampling.get("sampler_options", {}), dict)):
+        return (f"'tunemv' entry's 'sampling' must be a dict of {', '.join(SAMPLING_KEYS)} with the sampler's "
+                f"name, got {sampling!r}")
+    return None
+
+
+def declared_weight_prefixes(meta: dict[str, Any]) -> tuple[str, ...]:
+    prefixes = meta["prefixes"]
+    return (*[p for group in ("live", "ema") for p in (prefixes.get(group) or {}).values()],
+            *([prefixes["unet"]] if "unet" in prefixes else []))
+
+
+def _checkpoint_weight_problem(state_dict: dict[str, Any], prefixes: dict[str, Any]) -> str | None:
+    """Every model weight (under the declared prefixes, which sampling and export load) must be a finite float
+    tensor."""
     weights = {}
+    loaded = declared_weight_prefixes({"prefixes": prefixes})
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
             return f"state_dict['{key}'] is a {type(value).__name__}, not a tensor"
-        if key.startswith(WEIGHT_PREFIXES):
+        if key.startswith(loaded):
             if value.dtype not in FLOAT_DTYPES:
                 return f"weight '{key}' is {str(value.dtype).removeprefix('torch.')}, not a float"
             weights[key] = value
@@ -333,11 +374,13 @@ def _checkpoint_weight_problem(state_dict: dict[str, Any]) -> str | None:
     return f"weight '{broken}' is not finite (NaN or inf)" if broken else None
 
 
-def checkpoint_metadata(backbone: str, neus: LatentSparseNeuS, control_branch: ControlBranch,
-                        weights: str, **extra) -> dict[str, Any]:
-    """The checkpoint's ``"tunemv"`` entry, which ``load_adapter_modules`` reads back."""
-    return {"backbone": backbone, "neus_config": module_config(neus),
-            "control_branch_config": module_config(control_branch), "weights": weights, **extra}
+def checkpoint_metadata(backbone: str, neus: LatentSparseNeuS, control_branch: ControlBranch, weights: str,
+                        prefixes: dict[str, Any], sampling: dict[str, Any] | None = None, **extra) -> dict[str, Any]:
+    """The checkpoint's ``"tunemv"`` entry, which ``load_adapter_modules`` reads back: the writer declares its
+    ``state_dict`` ``prefixes`` and, for a model that samples otherwise than an adapter, its ``sampling``."""
+    meta = {"format": CHECKPOINT_FORMAT, "backbone": backbone, "neus_config": module_config(neus),
+            "control_branch_config": module_config(control_branch), "weights": weights, "prefixes": prefixes}
+    return meta | ({"sampling": sampling} if sampling is not None else {}) | extra
 
 
 def module_config(module) -> dict[str, Any]:
@@ -346,9 +389,10 @@ def module_config(module) -> dict[str, Any]:
     return {key: value for key, value in dict(module.config).items() if key != "_name_or_path"}
 
 
-def checkpoint_metadata_neus(backbone: str, neus: LatentSparseNeuS, **extra) -> dict[str, Any]:
-    """The ``"tunemv"`` entry of a stage-1 checkpoint: a NeuS alone, no control branch."""
-    return {"kind": "neus", "backbone": backbone, "neus_config": module_config(neus), "weights": "live", **extra}
+def checkpoint_metadata_neus(backbone: str, neus: LatentSparseNeuS, prefix: str, **extra) -> dict[str, Any]:
+    """The ``"tunemv"`` entry of a stage-1 checkpoint: a NeuS alone (under ``prefix``), no control branch."""
+    return {"format": CHECKPOINT_FORMAT, "kind": "neus", "backbone": backbone, "neus_config": module_config(neus),
+            "weights": "live", "prefixes": {"live": {"neus": prefix}}, **extra}
 
 
 def is_neus_checkpoint(checkpoint: dict[str, Any]) -> bool:
@@ -359,7 +403,8 @@ def load_neus_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoint")
     """The NeuS of a stage-1 checkpoint, in eval mode."""
     neus = _module_from_config(LatentSparseNeuS, checkpoint["tunemv"], "neus_config", source)
     try:
-        neus.load_state_dict(submodule_state(checkpoint["state_dict"], NEUS_PREFIX), strict=True)
+        neus.load_state_dict(submodule_state(checkpoint["state_dict"], live_prefixes(checkpoint)["neus"]),
+                             strict=True)
     except RuntimeError as error:
         raise CheckpointError(f"{source}: neus weights do not fit its config ({str(error).splitlines()[0]})") from error
     return neus.eval()
@@ -421,16 +466,30 @@ def _clean(config: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in config.items() if key != "_use_default_values"}
 
 
+def live_prefixes(checkpoint: dict[str, Any]) -> dict[str, str]:
+    return checkpoint["tunemv"]["prefixes"]["live"]
+
+
 def has_ema(checkpoint: dict[str, Any]) -> bool:
     """Whether the checkpoint's weights to sample from are an EMA (a full checkpoint or an EMA snapshot)."""
-    if checkpoint["tunemv"].get("weights") == "ema":
-        return True
-    return any(key.startswith(PREFIXES[True]) for key in checkpoint["state_dict"])
+    return checkpoint["tunemv"].get("weights") == "ema" or "ema" in checkpoint["tunemv"]["prefixes"]
+
+
+def unet_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The backbone UNet's weights where the run fine-tuned it (the train_backbone_unet baseline), else {}."""
+    prefix = checkpoint["tunemv"]["prefixes"].get("unet")
+    return submodule_state(checkpoint["state_dict"], prefix) if prefix else {}
 
 
 def carries_unet(checkpoint: dict[str, Any]) -> bool:
     """Whether the run fine-tuned the backbone's UNet (the train_backbone_unet baseline)."""
-    return any(key.startswith(UNET_PREFIX) for key in checkpoint["state_dict"])
+    return bool(unet_state(checkpoint))
+
+
+def checkpoint_sampling(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """How the checkpoint's model samples where not as an adapter (a distilled generator's sampler, options
+    and guidance scale), as its writer declared; what its exported folder's adapter.json says."""
+    return checkpoint["tunemv"].get("sampling")
 
 
 def load_adapter_modules(checkpoint: dict[str, Any], ema: bool | None = None, source: str = "checkpoint"
@@ -449,8 +508,13 @@ def load_adapter_modules(checkpoint: dict[str, Any], ema: bool | None = None, so
                               "or use last.ckpt for the live weights")
     modules = (_module_from_config(LatentSparseNeuS, meta, "neus_config", source),
                _module_from_config(ControlBranch, meta, "control_branch_config", source))
-    prefixes = PREFIXES[ema and not snapshot_of_ema]
-    for module, prefix, name in zip(modules, prefixes, ("neus", "control_branch"), strict=True):
+    declared = meta["prefixes"]
+    if ema and not snapshot_of_ema and "ema" not in declared:
+        raise CheckpointError(f"{source}: no EMA weights (the run had no EMA: set model.ema_decay, or export "
+                              "without --ema)")
+    prefixes = declared["ema" if ema and not snapshot_of_ema else "live"]
+    for module, name in zip(modules, MODULES, strict=True):
+        prefix = prefixes[name]
         weights = submodule_state(state_dict, prefix)
         if not weights:
             hint = " (the run had no EMA: set model.ema_decay, or export without --ema)" if ema else ""
@@ -462,12 +526,3 @@ def load_adapter_modules(checkpoint: dict[str, Any], ema: bool | None = None, so
                                   f"({str(error).splitlines()[0]})") from error
         module.eval()
     return modules
-
-
-def generator_sampling(meta: dict[str, Any]) -> dict[str, Any] | None:
-    """How a distilled generator samples (``adapter.json``'s "sampling"), from its checkpoint's "tunemv" entry;
-    None for an adapter's checkpoint."""
-    generator = meta.get("generator")
-    if generator is None:
-        return None
-    return {"sampler": "one-step", "sampler_options": {"timestep": generator["timestep"]}, "guidance_scale": 1.0}

@@ -171,7 +171,7 @@ def folder_sampling_defaults(args: argparse.Namespace) -> dict:
     from tunemv.adapters.formats import (
         AdapterError,
         CheckpointError,
-        generator_sampling,
+        checkpoint_sampling,
         read_adapter_info,
         read_checkpoint,
     )
@@ -184,7 +184,7 @@ def folder_sampling_defaults(args: argparse.Namespace) -> dict:
             if args.adapter:
                 defaults.update(read_adapter_info(args.adapter).get("sampling") or {})
             elif args.ckpt:  # a distillation checkpoint samples as its exported folder would
-                defaults.update(generator_sampling(read_checkpoint(args.ckpt)["tunemv"]) or {})
+                defaults.update(checkpoint_sampling(read_checkpoint(args.ckpt)) or {})
     folder_options = defaults.get("sampler_options") or {} if args.sampler is None else {}
     args.sampler = args.sampler or defaults["sampler"]
     args.guidance_scale = defaults["guidance_scale"] if args.guidance_scale is None else args.guidance_scale

@@ -23,14 +23,13 @@ from tunemv.adapters.control_branch import ControlBranch
 from tunemv.adapters.denoiser import MultiviewDenoiser
 from tunemv.adapters.formats import (
     ADAPTER_FILE,
-    UNET_PREFIX,
     AdapterError,
-    generator_sampling,
+    checkpoint_sampling,
     load_adapter_modules,
     portable_backbone,
     read_adapter_folder,
     read_checkpoint,
-    submodule_state,
+    unet_state,
     write_adapter_folder,
 )
 from tunemv.adapters.hub import CARD_FILE, model_card, push_folder, resolve_folder
@@ -114,7 +113,7 @@ class MultiviewPipeline:
         or as ``ema`` says."""
         data = read_checkpoint(checkpoint)
         neus, branch = load_adapter_modules(data, ema=ema, source=str(checkpoint))
-        unet = submodule_state(data["state_dict"], UNET_PREFIX)
+        unet = unet_state(data)
         if unet and isinstance(backbone, Backbone):
             raise AdapterError(f"{checkpoint}: carries a fine-tuned UNet (train_backbone_unet); pass the backbone "
                                "by name, not a loaded Backbone that loading would change")
@@ -122,7 +121,7 @@ class MultiviewPipeline:
                              checkpoint, **backbone_options)
         if unet:  # a train_backbone_unet baseline: its fine-tuned UNet replaces the hub one
             pipe.backbone.unet.load_state_dict(unet, strict=True)
-        pipe.sampling_defaults.update(generator_sampling(data["tunemv"]) or {})  # a distillation checkpoint
+        pipe.sampling_defaults.update(checkpoint_sampling(data) or {})  # a distillation checkpoint
         return pipe
 
     @classmethod

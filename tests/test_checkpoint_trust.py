@@ -159,3 +159,26 @@ def test_an_older_checkpoint_with_a_path_in_its_config_still_exports(runs, tmp_p
     assert get_unsafe_globals_in_checkpoint(str(tmp_path / "old.ckpt")) == ["pathlib.PosixPath"]
     assert code_in_checkpoint(tmp_path / "old.ckpt") == []
     assert main(["export", str(tmp_path / "old.ckpt"), str(tmp_path / "export")]) == 0
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_todays_checkpoints_declare_their_layout(runs, run):
+    """Format 2: every weight a reader loads sits under a declared prefix, and a generator declares how it
+    samples, so adapters/formats.py needs to know neither how training names its modules nor its sampler."""
+    meta = torch.load(runs[run], weights_only=True)["tunemv"]
+    state = torch.load(runs[run], weights_only=True)["state_dict"]
+    assert meta["format"] == 2
+    prefixes = meta["prefixes"]
+    modules = ["neus"] if run.startswith("neus") else ["neus", "control_branch"]
+    for group in [g for g in ("live", "ema") if g in prefixes]:
+        assert sorted(prefixes[group]) == sorted(modules)
+        for prefix in prefixes[group].values():
+            assert any(key.startswith(prefix) for key in state), (group, prefix)
+    assert ("ema" in prefixes) == (meta["weights"] == "live+ema")
+    declared = tuple(p for g in ("live", "ema") for p in prefixes.get(g, {}).values())
+    # what no declared prefix covers: the EMA's step count and the distillation student (resume only)
+    assert {key.split(".")[0] for key in state if not key.startswith(declared)} <= {"ema", "student"}
+    assert ("sampling" in meta) == run.startswith("distill")
+    if run.startswith("distill"):
+        assert meta["sampling"] == {"sampler": "one-step", "sampler_options": {"timestep": meta["generator"]["timestep"]},
+                                    "guidance_scale": 1.0}

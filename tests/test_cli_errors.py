@@ -27,6 +27,7 @@ from tiny_pipelines import tiny_if
 from tunemv.adapters.backbones import Backbone, ModelError
 from tunemv.adapters.formats import checkpoint_metadata
 from tunemv.cli import main
+from tunemv.training.system import declared_prefixes
 
 REPO = Path(__file__).resolve().parents[1]
 ADAPTER = str(REPO / "models/demo-adapter")
@@ -141,7 +142,7 @@ def broken(tmp_path_factory) -> dict[str, str]:
     folder("int8_adapter", lambda f: edit_weights(f / "neus", lambda w: spoil(w, torch.tensor(0, dtype=torch.int8))))
 
     neus, branch = pipe.denoiser.neus, pipe.denoiser.control_branch
-    meta = checkpoint_metadata(str(root / "if"), neus, branch, "live")
+    meta = checkpoint_metadata(str(root / "if"), neus, branch, "live", declared_prefixes("live"))
     state = {**{f"denoiser.neus.{k}": v for k, v in neus.state_dict().items()},
              **{f"denoiser.control_branch.{k}": v for k, v in branch.state_dict().items()}}
 

@@ -62,12 +62,13 @@ def test_an_exported_adapter_card_has_the_hub_front_matter(folders, tmp_path):
     pipeline_tag, which the Hub reads from the front matter."""
     from tunemv.adapters.formats import checkpoint_metadata
     from tunemv.training.export import export_adapter
+    from tunemv.training.system import declared_prefixes
 
     pipe = MultiviewPipeline.from_pretrained(folders["adapter"])
     neus, branch = pipe.denoiser.neus, pipe.denoiser.control_branch
     state = {**{f"denoiser.neus.{k}": v for k, v in neus.state_dict().items()},
              **{f"denoiser.control_branch.{k}": v for k, v in branch.state_dict().items()}}
-    meta = checkpoint_metadata(str(folders["backbone"]), neus, branch, "live")
+    meta = checkpoint_metadata(str(folders["backbone"]), neus, branch, "live", declared_prefixes("live"))
     torch.save({"state_dict": state, "tunemv": meta, "global_step": 1}, tmp_path / "run.ckpt")
     out = export_adapter(tmp_path / "run.ckpt", tmp_path / "exported")
     front = yaml.safe_load((out / "README.md").read_text().split("---")[1])

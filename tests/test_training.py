@@ -8,11 +8,10 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from tiny_pipelines import tiny_if
 
-from tunemv.adapters.formats import TRAINABLE
 from tunemv.data.datamodule import MultiviewDataModule
 from tunemv.data.dataset import collate_multiview
 from tunemv.data.generate import generate_procedural_dataset
-from tunemv.training.system import MultiviewAdapterSystem, NonFiniteLossError, ema_key_pairs
+from tunemv.training.system import TRAINABLE, MultiviewAdapterSystem, NonFiniteLossError, ema_key_pairs
 
 SMALL_NEUS = {"num_coarse": 16, "num_importance": 16, "upsample_steps": 1}
 

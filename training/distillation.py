@@ -44,12 +44,13 @@ from tunemv.sampling.guidance import classifier_free
 from tunemv.sampling.one_step import MIN_ALPHA_BAR, one_step_timestep, pixel_clip_bound
 from tunemv.training.ema import warmup_ema_multi_avg_fn
 from tunemv.training.noising import add_noise, diffusion_target
-from tunemv.training.system import check_precision, trainable_checkpoint_state
+from tunemv.training.system import check_precision, declared_prefixes, trainable_checkpoint_state
 from tunemv.training.system_setup import warmup_cosine
 from tunemv.training.vsd import dmd_weight, sample_timesteps, sds_weight, vsd_surrogate_loss
 
 GENERATOR_KIND = "generator"
 STUDENT_PREFIX = "student."
+GENERATOR_SAMPLER = "one-step"  # the registered sampler that draws x0 = G(x_tG) in one evaluation
 
 
 class OneStepDistillationSystem(pl.LightningModule):
@@ -293,9 +294,15 @@ class OneStepDistillationSystem(pl.LightningModule):
         h = self.hparams
         checkpoint["tunemv"] = checkpoint_metadata(
             self.backbone.name_or_path, self.denoiser.neus, self.denoiser.control_branch, weights,
-            kind=GENERATOR_KIND, generator={"timestep": self.generator_timestep, "teacher": h.teacher,
+            declared_prefixes(weights), sampling=self.sampling(), kind=GENERATOR_KIND, generator={"timestep": self.generator_timestep, "teacher": h.teacher,
                                             "vsd_steps": h.vsd_steps,
                                             "stage": 1 if self.global_step <= h.vsd_steps else 2})
+
+    def sampling(self) -> dict:
+        """How the generator samples, which its checkpoint and exported folder declare: one evaluation at its
+        timestep t_G, unguided (GECO §3.1)."""
+        return {"sampler": GENERATOR_SAMPLER, "sampler_options": {"timestep": self.generator_timestep},
+                "guidance_scale": 1.0}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         from tunemv.training.system import load_ema_snapshot

@@ -9,7 +9,7 @@ from pathlib import Path
 from tunemv.adapters.formats import (
     CheckpointError,
     carries_unet,
-    generator_sampling,
+    checkpoint_sampling,
     has_ema,
     is_neus_checkpoint,
     load_adapter_modules,
@@ -49,7 +49,7 @@ def export_adapter(checkpoint_path: str | Path, out_dir: str | Path, ema: bool |
         info["data"] = Path(data).name if Path(data).is_absolute() else str(data)
     generator = checkpoint["tunemv"].get("generator")
     if generator is not None:  # a distilled one-step generator: its folder says how it samples
-        info["sampling"] = generator_sampling(checkpoint["tunemv"])
+        info["sampling"] = checkpoint_sampling(checkpoint)
         info["generator"] = {key: generator[key] for key in ("teacher", "vsd_steps")}
         # The weights after step n have seen steps 0..n−1: stage I's alone while n <= vsd_steps.
         info["generator"]["stage"] = 1 if (checkpoint.get("global_step") or 0) <= generator["vsd_steps"] else 2

@@ -20,12 +20,14 @@ import torch
 from einops import rearrange
 
 from tunemv.adapters.backbones import Backbone
-from tunemv.adapters.formats import NEUS_PREFIX, checkpoint_metadata_neus
+from tunemv.adapters.formats import checkpoint_metadata_neus
 from tunemv.geometry.cameras import Cameras
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 from tunemv.neus.losses import NeuSLoss
 from tunemv.neus.renderer import render_pixels
 from tunemv.training.system_setup import neus_arguments, views_and_supervision, warmup_cosine
+
+NEUS_PREFIX = "neus."  # where this system's state_dict keeps the NeuS, which its checkpoints declare
 
 
 class NeuSPretrainSystem(pl.LightningModule):
@@ -165,7 +167,7 @@ class NeuSPretrainSystem(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep only the NeuS weights; the backbone is reloaded from its name."""
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(NEUS_PREFIX)}
-        checkpoint["tunemv"] = checkpoint_metadata_neus(self.hparams.backbone, self.neus)
+        checkpoint["tunemv"] = checkpoint_metadata_neus(self.hparams.backbone, self.neus, NEUS_PREFIX)
 
     def train(self, mode: bool = True) -> NeuSPretrainSystem:
         super().train(mode)

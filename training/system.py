@@ -25,9 +25,6 @@ from tunemv.adapters.control_branch import ControlBranch
 from tunemv.adapters.denoiser import MultiviewDenoiser
 from tunemv.adapters.formats import (
     ADAPTER_FILE,
-    PREFIXES,
-    TRAINABLE,
-    UNET_PREFIX,
     AdapterError,
     checkpoint_metadata,
     read_adapter_folder,
@@ -423,6 +420,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
         weights = trainable_checkpoint_state(self, checkpoint, extra)
         checkpoint["tunemv"] = checkpoint_metadata(self.hparams.backbone, self.denoiser.neus,
                                                    self.denoiser.control_branch, weights,
+                                                   declared_prefixes(weights, unet=bool(extra)),
                                                    skipped_steps=self.skipped_steps)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -438,10 +436,24 @@ class MultiviewAdapterSystem(pl.LightningModule):
 
 
 # ------------------------------------------------------------------------ checkpoints (shared with distillation)
+# Where this system's state_dict keeps the adapter, which every checkpoint declares ("prefixes"): the modules
+# live at self.denoiser.{neus, control_branch}, their EMA in an AveragedModel over ModuleList([neus, branch]).
+LIVE_PREFIXES = {"neus": "denoiser.neus.", "control_branch": "denoiser.control_branch."}
+EMA_PREFIXES = {"neus": "ema.module.0.", "control_branch": "ema.module.1."}
+UNET_PREFIX = "backbone.unet."  # only in checkpoints of the train_backbone_unet baseline
+TRAINABLE = (*LIVE_PREFIXES.values(), "ema.")  # the only weights a checkpoint keeps (besides extra prefixes)
+
+
 def ema_key_pairs(state: dict) -> list[tuple[str, str]]:
     """(EMA key, live key) for every averaged weight (``n_averaged`` has no live twin)."""
-    return [(key, live + key[len(ema):]) for key in state
-            for ema, live in zip(PREFIXES[True], PREFIXES[False], strict=True) if key.startswith(ema)]
+    return [(key, LIVE_PREFIXES[name] + key[len(ema):]) for key in state
+            for name, ema in EMA_PREFIXES.items() if key.startswith(ema)]
+
+
+def declared_prefixes(weights: str, unet: bool = False) -> dict:
+    """The checkpoint's "prefixes" for what ``trainable_checkpoint_state`` kept (``weights``)."""
+    return ({"live": dict(LIVE_PREFIXES)} | ({"ema": dict(EMA_PREFIXES)} if weights == "live+ema" else {})
+            | ({"unet": UNET_PREFIX} if unet else {}))
 
 
 def trainable_checkpoint_state(module: pl.LightningModule, checkpoint: dict, extra_prefixes: tuple[str, ...] = ()
