@@ -133,3 +133,30 @@ def test_every_public_name_resolves():
             assert getattr(module, name) is not None, f"{module.__name__}.{name}"
     with pytest.raises(AttributeError):
         tunemv.NotAThing  # noqa: B018
+
+
+def test_configs_keep_data_and_outputs_out_of_the_source_folders():
+    """A config's dataset and run folders sit under datasets/ or outputs/, which .gitignore covers (data/ is
+    the tunemv.data source folder); models/ holds the shipped models they start from."""
+    import yaml
+
+    ignored = (REPO / ".gitignore").read_text().split()
+    assert "datasets/" in ignored and "outputs/" in ignored
+    keys = ("root", "reference_root", "cache_dir", "latent_cache_dir", "default_root_dir", "dirpath")
+
+    def paths(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in keys and isinstance(value, str):
+                    yield key, value
+                yield from paths(value)
+        elif isinstance(node, list):
+            for item in node:
+                yield from paths(item)
+
+    found = 0
+    for config in sorted((REPO / "configs").rglob("*.yaml")):
+        for key, value in paths(yaml.safe_load(config.read_text()) or {}):
+            found += 1
+            assert Path(value).parts[0] in ("datasets", "outputs", "models"), f"{config.name}: {key}: {value}"
+    assert found > 20
