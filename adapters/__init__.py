@@ -12,7 +12,7 @@ _EXPORTS = {
     "CrossViewInputs": "tunemv.adapters.cross_view_attention",
     "MultiviewDenoiser": "tunemv.adapters.denoiser",
     "DenoiserOutput": "tunemv.adapters.denoiser",
-    "GuidancePredictions": "tunemv.adapters.denoiser",
+    "ModePredictions": "tunemv.adapters.denoiser",
     "MODES": "tunemv.adapters.denoiser",
 }
 

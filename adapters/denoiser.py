@@ -46,12 +46,20 @@ class DenoiserOutput:
 
 
 @dataclass
-class GuidancePredictions:
-    cond: dict[str, torch.Tensor]  # mode -> (B, V, Cp, h, w) with the prompt
-    uncond: dict[str, torch.Tensor]  # mode -> the same with the unconditional prompt; empty without one
-    neus: LatentSparseNeuSOutput | None  # the "mv" renders (text-free, so shared by cond and uncond)
-    # mode -> (B, V, Cp, h, w) the learned-variance half with the prompt (IF); empty for other backbones
+class ModePredictions:
+    """Predictions per mode ("mv", "independent", "2d"), each (B, V, C, h, w): what ``MultiviewDenoiser.predict``
+    returns in the backbone's parameterisation and a sampler's scores return in ε, one shape for both."""
+
+    cond: dict[str, torch.Tensor]  # mode -> with the prompt
+    uncond: dict[str, torch.Tensor]  # mode -> with the unconditional prompt; empty without one
+    # mode -> the learned-variance half with the prompt (IF); empty for backbones without one
     variance: dict[str, torch.Tensor] = field(default_factory=dict)
+    neus: LatentSparseNeuSOutput | None = None  # the "mv" renders (text-free, so shared by cond and uncond)
+
+    def merged(self, other: ModePredictions) -> ModePredictions:
+        """Both sources' modes in one (``other`` wins a mode both have)."""
+        return ModePredictions(self.cond | other.cond, self.uncond | other.uncond, self.variance | other.variance,
+                               other.neus if other.neus is not None else self.neus)
 
 
 class MultiviewDenoiser(nn.Module):
@@ -144,7 +152,7 @@ class MultiviewDenoiser(nn.Module):
     # ------------------------------------------------------------------------------------ shared encoder
     def predict(self, noisy_views: torch.Tensor, timesteps: torch.Tensor, cameras: Cameras, text: Text,
                 modes: Sequence[str] = MODES, uncond: Text | None = None,
-                cond_only: Collection[str] = ()) -> GuidancePredictions:
+                cond_only: Collection[str] = ()) -> ModePredictions:
         """Every requested mode, with ``text`` and (given ``uncond``) without the prompt, from one encoder pass.
 
         The frozen encoder half runs once per distinct input (prompt and, for CFG, the empty prompt), the
@@ -202,7 +210,7 @@ class MultiviewDenoiser(nn.Module):
         cond = {mode: p[0, :, :, :channels] for mode, p in full.items()}
         uncond = {mode: p[1, :, :, :channels] for mode, p in full.items() if len(p) == 2}
         variance = {mode: p[0, :, :, channels:] for mode, p in full.items() if p.shape[3] > channels}
-        return GuidancePredictions(cond, uncond, renders, variance)
+        return ModePredictions(cond, uncond, variance, renders)
 
     # --------------------------------------------------------------------------------- the trainable parts
     def render_condition(self, noisy_views: torch.Tensor, timesteps: torch.Tensor, cameras: Cameras,

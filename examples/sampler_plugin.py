@@ -35,11 +35,10 @@ class DecayingConsistency(ConsistencySampler):
         if not 0 < decay <= 1:
             raise ValueError(f"decay must be in (0, 1], got {decay}")
         super().__init__(consistency_scale=consistency_scale, consistency_ratio=consistency_ratio)
-        self.decay, self.base_scale = decay, consistency_scale
+        self.decay = decay
 
-    def combine(self, job, cond, uncond, timestep, step_index):
-        self.consistency_scale = self.base_scale * self.decay**step_index
-        return super().combine(job, cond, uncond, timestep, step_index)
+    def consistency_scale_at(self, step):  # a sampler keeps no state: the step says where the run is
+        return self.consistency_scale * self.decay**step.index
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from diffusers import SchedulerMixin
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 
 from tunemv.adapters.text import Text
 from tunemv.geometry.cameras import Cameras
+from tunemv.sampling.algebra import epsilon_to_sample
 from tunemv.sampling.schedulers import takes_variance
 from tunemv.sampling.score import MultiviewScore
 
@@ -45,8 +47,9 @@ class SamplingJob:
     reference_latents: torch.Tensor | None = None  # (B, V, C, h, w), used where ``references``
     eta: float = 0.0  # DDIM's stochasticity
     generator: torch.Generator | None = None
-    # (step, t, latents) after every step; a tensor it returns replaces the latents (callback_on_step_end)
-    callback: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None
+    # (step, t, latents, denoised) after every step, denoised the step's x̂0 (as k-diffusion's callback has it);
+    # a tensor it returns replaces the latents (callback_on_step_end)
+    callback: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None
     progress: bool = True
     progress_bar: dict = field(default_factory=dict)  # further tqdm options (set_progress_bar_config)
 
@@ -95,18 +98,28 @@ class SamplingJob:
         return timesteps
 
 
+@dataclass(frozen=True)
+class Step:
+    """Where one model evaluation sits in a denoising run: what a sampler's hooks are told, so that a sampler
+    keeps nothing between evaluations or runs."""
+
+    index: int  # this evaluation's index in the run, from 0
+    count: int  # the run's evaluations (Heun: 2n − 1 for n steps; a refine round: the schedule's tail)
+    timestep: float  # the step's t (the largest of the views'; references sit at 0)
+
+
 @dataclass
 class SamplingResult:
     latents: torch.Tensor  # (B, V, C, h, w) clean views in model space, references unchanged
 
 
-def denoise(job: SamplingJob, epsilon_fn: Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor],
+def denoise(job: SamplingJob, epsilon_fn: Callable[[torch.Tensor, torch.Tensor, Step], Any],
             latents: torch.Tensor | None = None, start_index: int = 0, desc: str = "sampling") -> torch.Tensor:
     """Run the scheduler from step ``start_index`` (x_T = noise when ``latents`` is None) to the clean views.
 
-    ``epsilon_fn(model_input, timesteps (B, V), step_index, num_steps)`` returns the guided ε, or (ε, the
-    learned-variance half), which a learned-variance scheduler (DDPM on IF) steps with. Schedulers see
-    (B·V, C, h, w), as in diffusers' pipelines, so per-image rules (IF's thresholding) stay per image.
+    ``epsilon_fn(model_input, timesteps (B, V), step)`` returns the guided ε, or (ε, the learned-variance half
+    or None), which a learned-variance scheduler (DDPM on IF) steps with. Schedulers see (B·V, C, h, w), as in
+    diffusers' pipelines, so per-image rules (IF's thresholding) stay per image.
     """
     scheduler, batch = job.scheduler, job.noise.shape[0]
     flat = lambda x: rearrange(x, "b v c h w -> (b v) c h w")  # noqa: E731
@@ -120,13 +133,16 @@ def denoise(job: SamplingJob, epsilon_fn: Callable[[torch.Tensor, torch.Tensor, 
     bar = {"desc": desc, "leave": False, **job.progress_bar, "disable": not job.progress}
     for index, t in enumerate(tqdm(timesteps, **bar)):
         model_input = job.keep_references(unflat(scheduler.scale_model_input(flat(x), t)))
-        epsilon = epsilon_fn(model_input, job.view_timesteps(t), index, len(timesteps))
+        view_t = job.view_timesteps(t)
+        epsilon = epsilon_fn(model_input, view_t, Step(index, len(timesteps), float(view_t.max())))
         epsilon, variance = epsilon if isinstance(epsilon, tuple) else (epsilon, None)
+        guided = epsilon
         if variance is not None and takes_variance(scheduler):
             epsilon = torch.cat([epsilon, variance.to(epsilon.dtype)], dim=2)
         x = job.keep_references(unflat(scheduler.step(flat(epsilon), t, flat(x), **step_kwargs).prev_sample))
         if job.callback is not None:
-            replaced = job.callback(index, t, x)
+            denoised = job.keep_references(epsilon_to_sample(guided, model_input, view_t, job.score.alphas_cumprod))
+            replaced = job.callback(index, t, x, denoised)
             x = x if replaced is None else job.keep_references(replaced.to(x))
     return x
 

@@ -14,8 +14,8 @@ import torch
 from einops import rearrange
 
 from tunemv.adapters.backbones import Backbone, ModelError
+from tunemv.adapters.denoiser import ModePredictions
 from tunemv.sampling.algebra import to_epsilon
-from tunemv.sampling.score import Epsilons
 
 
 def check_same_space(backbone: Backbone, other: Backbone) -> None:
@@ -56,14 +56,14 @@ class ExternalTwoDScore:
 
     @torch.no_grad()
     def __call__(self, sample: torch.Tensor, timesteps: torch.Tensor, modes: Sequence[str] = ("2d",),
-                 guided: bool = True, cond_only: Collection[str] = ()) -> Epsilons:
+                 guided: bool = True, cond_only: Collection[str] = ()) -> ModePredictions:
         if tuple(modes) != self.modes:
             raise ValueError(f"{self.model.name_or_path}: another 2D model only predicts mode '2d', not {tuple(modes)}")
         _batch, views = timesteps.shape
         epsilon, variance = self._epsilon(sample, timesteps, self.cond, views)
         uncond = {"2d": self._epsilon(sample, timesteps, self.uncond, views)[0]} \
             if guided and self.uncond is not None and "2d" not in cond_only else {}
-        return Epsilons({"2d": epsilon}, uncond, {} if variance is None else {"2d": variance})
+        return ModePredictions({"2d": epsilon}, uncond, {} if variance is None else {"2d": variance})
 
     @classmethod
     def for_job(cls, model: str | Backbone, backbone: Backbone, prompts: list[str],

@@ -74,5 +74,5 @@ class OneStepSampler:
         if bound is not None:
             x0 = x0.clamp(-bound, bound)  # pixel space: the schedule's own clip of x̂0
         if job.callback is not None:
-            job.callback(0, t, x0)
+            job.callback(0, t, x0, x0)  # one evaluation: its x̂0 is the result
         return SamplingResult(job.keep_references(x0))

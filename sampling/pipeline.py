@@ -174,7 +174,9 @@ class MultiviewPipeline:
 
         As in diffusers: ``output_type`` ("pil", "np", "pt") shapes ``.images``; ``seed=None`` without a
         ``generator`` draws a random seed, reported in ``.seed``; ``callback_on_step_end(pipe, step, t,
-        {"latents": x})`` runs after every denoising step and may return ``{"latents": ...}`` to replace them;
+        {"latents": x, "denoised": x̂0})`` runs after every denoising step (``denoised``: the clean views that
+        step's guided ε points at, in model space, as k-diffusion's callback has them) and may return
+        ``{"latents": ...}`` to replace the latents;
         ``set_progress_bar_config`` configures the progress bar (``progress=False`` hides it). ``callback(step,
         t, latents)`` is the deprecated form. ``num_inference_steps`` is diffusers' name for ``steps`` (default
         50; both, if they differ, is an error). ``height`` and ``width`` may only name the square size the
@@ -260,11 +262,11 @@ class MultiviewPipeline:
         if callback is None and callback_on_step_end is None:
             return None
 
-        def on_step(step: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor | None:
+        def on_step(step: int, t: torch.Tensor, latents: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor | None:
             if callback is not None:
                 callback(step, t, latents)
             if callback_on_step_end is not None:
-                returned = callback_on_step_end(self, step, t, {"latents": latents})
+                returned = callback_on_step_end(self, step, t, {"latents": latents, "denoised": denoised})
                 if isinstance(returned, dict) and returned.get("latents") is not None:
                     return returned["latents"]
             return None

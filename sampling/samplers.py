@@ -14,12 +14,14 @@ registered through the ``tunemv.samplers`` entry points, the mechanism plugins u
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import torch
 from einops import rearrange
 
 from tunemv.adapters.backbones import Backbone
-from tunemv.sampling.denoising_loop import SamplingJob, SamplingResult, denoise
+from tunemv.adapters.denoiser import ModePredictions
+from tunemv.sampling.denoising_loop import SamplingJob, SamplingResult, Step, denoise
 from tunemv.sampling.external import ExternalTwoDScore
 from tunemv.sampling.guidance import (
     MixSchedule,
@@ -30,7 +32,7 @@ from tunemv.sampling.guidance import (
     mixed_score,
 )
 
-Predictions = dict[str, torch.Tensor]  # mode -> (B, V, C, h, w) ε
+Scores = dict[str, Any]  # mode -> the score serving it in place of the job's own (another model's "2d")
 
 
 class GuidedSampler:
@@ -38,9 +40,17 @@ class GuidedSampler:
 
     Options: ``consistency_scale`` α and ``consistency_ratio`` K of consistency guidance (TuneMV3D §3.3,
     eq. 4), on a fraction K of the steps; K = 0 (this class's default) turns it off.
+
+    A sampler holds its options and nothing else: what one run needs (another model's score) is made per call
+    and passed along, and each hook is told its ``Step``, so one instance serves any number of runs, batches
+    or threads alike. A plugin overrides ``modes(job, step)`` and ``combine(job, predictions, step)``.
     """
 
     default_consistency_ratio = 0.0
+    # Modes whose unconditional (CFG) prediction ``combine`` never reads; the denoiser then skips their
+    # unconditional copy (a branch and a decoder pass). Empty here, so a plugin gets every prediction; the
+    # built-ins use ``COND_ONLY_INDEPENDENT``.
+    cond_only_modes: frozenset[str] = frozenset()
 
     def __init__(self, consistency_scale: float = 7.5, consistency_ratio: float | None = None):
         self.consistency_scale = float(consistency_scale)
@@ -48,77 +58,64 @@ class GuidedSampler:
         check_ratio(self.consistency_ratio)
 
     def __call__(self, job: SamplingJob) -> SamplingResult:
-        self.prepare(job)
-        return SamplingResult(self.run(job, desc=type(self).__name__))
+        return SamplingResult(self.run(job, self.scores(job), desc=type(self).__name__))
 
-    def run(self, job: SamplingJob, **kwargs) -> torch.Tensor:
+    def scores(self, job: SamplingJob) -> Scores:
+        """The scores this run takes besides the job's own, by mode; none here."""
+        return {}
+
+    def run(self, job: SamplingJob, scores: Scores, **kwargs) -> torch.Tensor:
         """The shared loop (``denoise``) with this sampler's guided ε."""
-        return denoise(job, partial(self.epsilon, job), **kwargs)
+        return denoise(job, partial(self.epsilon, job, scores), **kwargs)
 
-    # Modes whose unconditional (CFG) prediction ``combine`` never reads; the denoiser then skips their
-    # unconditional copy (a branch and a decoder pass). Empty here, so a plugin gets every prediction; the
-    # built-ins use ``COND_ONLY_INDEPENDENT``.
-    cond_only_modes: frozenset[str] = frozenset()
-    two_d: ExternalTwoDScore | None = None  # another model's "2d" score, where a sampler takes one
+    def takes_consistency(self, step: Step) -> bool:
+        """Whether this model evaluation takes consistency guidance: round(K·n) of a run's n evaluations,
+        spread uniformly. Counted over the run's real evaluations, not ``steps × order``: Heun makes 2n − 1 of
+        them, and a refine round runs only the tail of the schedule."""
+        return self.consistency_scale != 0.0 and step.index in consistency_steps(step.count, self.consistency_ratio)
 
-    def prepare(self, job: SamplingJob) -> None:
-        self.guided_steps: frozenset[int] = frozenset()  # set per run by ``epsilon``, from that run's length
-        self.variances: Predictions = {}  # learned-variance halves of the last prediction (IF)
+    def consistency_scale_at(self, step: Step) -> float:
+        """α at ``step``; a plugin may schedule it."""
+        return self.consistency_scale
 
-    def guided_steps_of(self, num_steps: int) -> frozenset[int]:
-        """The model evaluations (indices into one run of ``num_steps``) that take consistency guidance.
+    def modes(self, job: SamplingJob, step: Step) -> tuple[str, ...]:
+        return ("mv", "independent") if self.takes_consistency(step) else ("mv",)
 
-        Counted over the run's real evaluations, not ``steps × order``: Heun makes 2n − 1 of them, and a
-        refine round runs only the tail of the schedule."""
-        if self.consistency_scale == 0.0:
-            return frozenset()
-        return consistency_steps(num_steps, self.consistency_ratio)
+    def combine(self, job: SamplingJob, predictions: ModePredictions, step: Step) -> torch.Tensor:
+        epsilon = classifier_free(predictions.cond["mv"], predictions.uncond.get("mv"), job.guidance_scale)
+        return self.consistency(epsilon, predictions, step)
 
-    def modes(self, job: SamplingJob, timestep: float, step_index: int) -> tuple[str, ...]:
-        return ("mv", "independent") if step_index in self.guided_steps else ("mv",)
-
-    def combine(self, job: SamplingJob, cond: Predictions, uncond: Predictions, timestep: float,
-                step_index: int) -> torch.Tensor:
-        epsilon = classifier_free(cond["mv"], uncond.get("mv"), job.guidance_scale)
-        return self.consistency(epsilon, cond)
-
-    def consistency(self, epsilon: torch.Tensor, cond: Predictions) -> torch.Tensor:
+    def consistency(self, epsilon: torch.Tensor, predictions: ModePredictions, step: Step) -> torch.Tensor:
+        cond = predictions.cond
         if "independent" not in cond:
             return epsilon
-        return consistency_guidance(epsilon, cond["mv"], cond["independent"], self.consistency_scale)
+        return consistency_guidance(epsilon, cond["mv"], cond["independent"], self.consistency_scale_at(step))
 
     # ---------------------------------------------------------------------------------------------- step
-    def epsilon(self, job: SamplingJob, model_input: torch.Tensor, timesteps: torch.Tensor, step_index: int,
-                num_steps: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        t = float(timesteps.max())  # references sit at 0; the step's t is the largest
-        if step_index == 0:
-            self.guided_steps = self.guided_steps_of(num_steps)
-        modes = self.modes(job, t, step_index)
-        cond, uncond = self.predict(job, model_input, timesteps, modes)
-        epsilon = self.combine(job, cond, uncond, t, step_index)
-        variance = self.variance(job, self.variances, t)
-        return epsilon if variance is None else (epsilon, variance)
+    def epsilon(self, job: SamplingJob, scores: Scores, model_input: torch.Tensor, timesteps: torch.Tensor,
+                step: Step) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(guided ε, the learned-variance half or None) at one model evaluation."""
+        predictions = self.predict(job, scores, model_input, timesteps, self.modes(job, step))
+        return self.combine(job, predictions, step), self.variance(job, predictions, step)
 
-    def variance(self, job: SamplingJob, variances: Predictions, timestep: float) -> torch.Tensor | None:
+    def variance(self, job: SamplingJob, predictions: ModePredictions, step: Step) -> torch.Tensor | None:
         """The learned-variance half a DDPM step on IF uses: the prompted prediction's, as IFPipeline takes
         it; "mv" before "2d" (``MixedScoreSampler`` mixes the two by λ). None where the backbone has none."""
+        variances = predictions.variance
         return next((variances[mode] for mode in ("mv", "2d", "independent") if mode in variances), None)
 
-    def predict(self, job: SamplingJob, model_input: torch.Tensor, timesteps: torch.Tensor,
-                modes: tuple[str, ...]) -> tuple[Predictions, Predictions]:
-        """ε for each mode, with the prompt and (under CFG) without; "2d" from ``two_d`` when there is one.
-        The learned-variance halves, if any, are left in ``self.variances``."""
-        external = self.two_d is not None and "2d" in modes
-        own = tuple(mode for mode in modes if not (external and mode == "2d"))
-        cond, uncond = {}, {}
-        self.variances: Predictions = {}
-        for score, wanted in ((job.score, own), (self.two_d, ("2d",) if external else ())):
-            if wanted:
-                out = score(model_input, timesteps, wanted, guided=job.guided, cond_only=self.cond_only_modes)
-                cond.update(out.cond)
-                uncond.update(out.uncond)
-                self.variances.update(out.variance)
-        return cond, uncond
+    def predict(self, job: SamplingJob, scores: Scores, model_input: torch.Tensor, timesteps: torch.Tensor,
+                modes: tuple[str, ...]) -> ModePredictions:
+        """ε for each mode, with the prompt and (under CFG) without, the learned-variance halves with them;
+        a mode in ``scores`` from that score, the rest from the job's own, one call each."""
+        routed: dict[Any, list[str]] = {}
+        for mode in modes:
+            routed.setdefault(scores.get(mode, job.score), []).append(mode)
+        predictions = ModePredictions({}, {})
+        for score, wanted in sorted(routed.items(), key=lambda item: item[0] is not job.score):
+            predictions = predictions.merged(score(model_input, timesteps, tuple(wanted), guided=job.guided,
+                                                   cond_only=self.cond_only_modes))
+        return predictions
 
 
 # Consistency guidance takes ε_mv(c) − ε_ind(c) only: ε_ind(∅) is never needed.
@@ -131,11 +128,12 @@ class TwoDModelOption:
 
     two_d_model: str | Backbone | None = None
 
-    def prepare(self, job: SamplingJob) -> None:
-        super().prepare(job)
-        self.two_d = None if self.two_d_model is None else ExternalTwoDScore.for_job(
+    def scores(self, job: SamplingJob) -> Scores:
+        if self.two_d_model is None:
+            return super().scores(job)
+        return {**super().scores(job), "2d": ExternalTwoDScore.for_job(
             self.two_d_model, job.score.backbone, job.prompts, job.negative_prompts if job.guided else None,
-            job.score.denoiser.view_chunk)
+            job.score.view_chunk)}
 
 
 class MultiviewSampler(GuidedSampler):
@@ -167,25 +165,25 @@ class MixedScoreSampler(TwoDModelOption, GuidedSampler):
         self.schedule = MixSchedule(schedule) if isinstance(schedule, str) else schedule
         self.two_d_model = two_d_model
 
-    def modes(self, job: SamplingJob, timestep: float, step_index: int) -> tuple[str, ...]:
-        weight = self.schedule(timestep, job.num_train_timesteps)
+    def modes(self, job: SamplingJob, step: Step) -> tuple[str, ...]:
+        weight = self.schedule(step.timestep, job.num_train_timesteps)
         # λ = 0 needs no multiview score, except where consistency guidance takes ε_mv(c) − ε_ind(c).
-        guided = step_index in self.guided_steps
-        modes = super().modes(job, timestep, step_index) if weight > 0 or guided else ()
+        modes = super().modes(job, step) if weight > 0 or self.takes_consistency(step) else ()
         return (*modes, "2d") if weight < 1 else modes
 
-    def combine(self, job: SamplingJob, cond: Predictions, uncond: Predictions, timestep: float,
-                step_index: int) -> torch.Tensor:
-        weight = self.schedule(timestep, job.num_train_timesteps)
+    def combine(self, job: SamplingJob, predictions: ModePredictions, step: Step) -> torch.Tensor:
+        cond, uncond = predictions.cond, predictions.uncond
+        weight = self.schedule(step.timestep, job.num_train_timesteps)
         two_d = classifier_free(cond["2d"], uncond.get("2d"), job.guidance_scale) if "2d" in cond else None
         multiview = classifier_free(cond["mv"], uncond.get("mv"), job.guidance_scale) if "mv" in cond else None
         epsilon = mixed_score(multiview, two_d, weight)
-        return self.consistency(epsilon, cond)
+        return self.consistency(epsilon, predictions, step)
 
-    def variance(self, job: SamplingJob, variances: Predictions, timestep: float) -> torch.Tensor | None:
+    def variance(self, job: SamplingJob, predictions: ModePredictions, step: Step) -> torch.Tensor | None:
+        variances = predictions.variance
         if "mv" in variances and "2d" in variances:
-            return mixed_score(variances["mv"], variances["2d"], self.schedule(timestep, job.num_train_timesteps))
-        return super().variance(job, variances, timestep)
+            return mixed_score(variances["mv"], variances["2d"], self.schedule(step.timestep, job.num_train_timesteps))
+        return super().variance(job, predictions, step)
 
 
 class TwoDSampler(TwoDModelOption, GuidedSampler):
@@ -195,12 +193,11 @@ class TwoDSampler(TwoDModelOption, GuidedSampler):
         super().__init__(consistency_scale=0.0)
         self.two_d_model = two_d_model
 
-    def modes(self, job: SamplingJob, timestep: float, step_index: int) -> tuple[str, ...]:
+    def modes(self, job: SamplingJob, step: Step) -> tuple[str, ...]:
         return ("2d",)
 
-    def combine(self, job: SamplingJob, cond: Predictions, uncond: Predictions, timestep: float,
-                step_index: int) -> torch.Tensor:
-        return classifier_free(cond["2d"], uncond.get("2d"), job.guidance_scale)
+    def combine(self, job: SamplingJob, predictions: ModePredictions, step: Step) -> torch.Tensor:
+        return classifier_free(predictions.cond["2d"], predictions.uncond.get("2d"), job.guidance_scale)
 
 
 class RefineSampler(GuidedSampler):
@@ -222,15 +219,14 @@ class RefineSampler(GuidedSampler):
         self.rounds, self.strength = int(rounds), float(strength)
 
     def __call__(self, job: SamplingJob) -> SamplingResult:
-        self.prepare(job)
-        latents = self.run(job, desc="refine 0")
+        scores = self.scores(job)
+        latents = self.run(job, scores, desc="refine 0")
         start = _start_index(job.steps, self.strength)
         for round_index in range(self.rounds):
             noise = torch.randn(latents.shape, generator=job.generator, device="cpu",
                                 dtype=latents.dtype).to(latents.device)
             noised = renoise(job.scheduler, job.steps, start, render_field(job, latents), noise)
-            latents = self.run(job, latents=noised, start_index=start,
-                               desc=f"refine {round_index + 1}")
+            latents = self.run(job, scores, latents=noised, start_index=start, desc=f"refine {round_index + 1}")
         return SamplingResult(latents)
 
 
@@ -259,6 +255,4 @@ def _start_index(steps: int, strength: float) -> int:
 @torch.no_grad()
 def render_field(job: SamplingJob, latents: torch.Tensor) -> torch.Tensor:
     """The NeuS field fused from clean ``latents`` (t = 0), rendered at the job's cameras; references kept."""
-    zeros = torch.zeros(latents.shape[:2], dtype=torch.long, device=latents.device)
-    renders = job.score.denoiser.render_condition(latents, zeros, job.cameras).image
-    return job.keep_references(renders.to(latents.dtype))
+    return job.keep_references(job.score.render_field(latents).to(latents.dtype))

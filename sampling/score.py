@@ -2,30 +2,22 @@
 
 ``MultiviewScore`` serves the adapter's modes ("mv", "independent", "2d") from one shared-encoder ``predict``
 call; ``ExternalTwoDScore`` (in ``external``) serves "2d" from another backbone. Both are called as
-``score(x_t (B, V, C, h, w), timesteps (B, V), modes, guided, cond_only) -> Epsilons`` and convert whatever the
-model predicts to ε, so a sampler merges two symmetric sources.
+``score(x_t (B, V, C, h, w), timesteps (B, V), modes, guided, cond_only) -> ModePredictions`` in ε, whatever
+the model predicts, so a sampler merges two symmetric sources. A sampler asks the score, never the model
+behind it: ``view_chunk`` and ``render_field`` are the rest of what samplers need.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
 
 import torch
 
 from tunemv.adapters.backbones import Backbone
-from tunemv.adapters.denoiser import MultiviewDenoiser
+from tunemv.adapters.denoiser import ModePredictions, MultiviewDenoiser
 from tunemv.adapters.text import Text
 from tunemv.geometry.cameras import Cameras
 from tunemv.sampling.algebra import to_epsilon
-
-
-@dataclass
-class Epsilons:
-    cond: dict[str, torch.Tensor]  # mode -> (B, V, C, h, w) ε with the prompt
-    uncond: dict[str, torch.Tensor]  # mode -> ε with the negative prompt; empty without classifier-free guidance
-    # mode -> (B, V, C, h, w) the learned-variance half with the prompt, for backbones that predict one (IF)
-    variance: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class MultiviewScore:
@@ -48,11 +40,22 @@ class MultiviewScore:
 
     @torch.no_grad()
     def __call__(self, sample: torch.Tensor, timesteps: torch.Tensor, modes: Sequence[str], guided: bool = True,
-                 cond_only: Collection[str] = ()) -> Epsilons:
+                 cond_only: Collection[str] = ()) -> ModePredictions:
         """ε for each of ``modes``, with the prompt and, when ``guided``, without it (except ``cond_only``)."""
         uncond = self.uncond if guided else None
         out = self.denoiser.predict(sample, timesteps, self.cameras, self.text, tuple(modes), uncond,
                                     cond_only=cond_only)
         to_eps = lambda p: to_epsilon(p, sample, timesteps, self.alphas_cumprod, self.backbone.prediction_type)  # noqa: E731
-        return Epsilons({m: to_eps(p) for m, p in out.cond.items()}, {m: to_eps(p) for m, p in out.uncond.items()},
-                        out.variance)
+        return ModePredictions({m: to_eps(p) for m, p in out.cond.items()},
+                               {m: to_eps(p) for m, p in out.uncond.items()}, out.variance)
+
+    @property
+    def view_chunk(self) -> int | None:
+        """How many images one model call takes (None: all); another 2D model a sampler brings uses it too."""
+        return self.denoiser.view_chunk
+
+    @torch.no_grad()
+    def render_field(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, V, C, h, w) the NeuS field fused from clean ``latents`` (t = 0), rendered at the job's cameras."""
+        zeros = torch.zeros(latents.shape[:2], dtype=torch.long, device=latents.device)
+        return self.denoiser.render_condition(latents, zeros, self.cameras).image

@@ -56,6 +56,18 @@ def test_callback_on_step_end_sees_every_step_and_may_replace_the_latents(pipe):
     assert torch.equal(zeroed.latents, torch.zeros_like(zeroed.latents))
 
 
+@pytest.mark.parametrize(("scheduler", "tolerance"), [("euler", 1e-5), ("ddim", 0.02)])
+def test_the_step_callback_carries_the_clean_views_each_step_points_at(pipe, scheduler, tolerance):
+    """``denoised`` is x̂0 (k-diffusion's callback): it closes on the result as the steps go, and Euler's last
+    step lands on it exactly (DDIM's too, up to the pixel clip its step applies to x̂0)."""
+    seen = []
+    out = call(pipe, scheduler=scheduler, output_type="pt",
+               callback_on_step_end=lambda caller, step, t, tensors: seen.append(tensors["denoised"].clone()))
+    distances = [float((denoised - out.latents).abs().mean()) for denoised in seen]
+    assert len(seen) == STEPS and seen[0].shape == out.latents.shape
+    assert distances == sorted(distances, reverse=True) and distances[-1] < tolerance < distances[0]
+
+
 def test_the_progress_bar_is_configurable(pipe, capsys):
     pipe.set_progress_bar_config(disable=True)
     pipe(PROMPT, num_views=VIEWS, steps=STEPS, seed=0)

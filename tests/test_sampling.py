@@ -290,11 +290,12 @@ def test_a_plugin_sampler_runs_through_the_pipeline(monkeypatch, awake_pipe):
 
     @registry.register_sampler("independent-only")
     class IndependentOnly(GuidedSampler):  # the adapter without NeuS, as a plugin would write it
-        def modes(self, job, timestep, step_index):
+        def modes(self, job, step):
             return ("independent",)
 
-        def combine(self, job, cond, uncond, timestep, step_index):
-            return classifier_free(cond["independent"], uncond.get("independent"), job.guidance_scale)
+        def combine(self, job, predictions, step):
+            return classifier_free(predictions.cond["independent"], predictions.uncond.get("independent"),
+                                   job.guidance_scale)
 
     out = run(awake_pipe, sampler="independent-only").latents
     assert (out - run(awake_pipe, sampler="mv").latents).abs().max() > 1e-4
@@ -313,7 +314,8 @@ def test_a_plugin_sampler_gets_an_option_of_its_own(monkeypatch, awake_pipe):
             self.decay = decay
             received.append(decay)
 
-        def combine(self, job, cond, uncond, timestep, step_index):
+        def combine(self, job, predictions, step):
+            cond, uncond = predictions.cond, predictions.uncond
             return classifier_free(cond["mv"], uncond.get("mv"), job.guidance_scale) * (1 - 0.01 * self.decay)
 
     out = run(awake_pipe, sampler="decaying", sampler_options={"decay": 0.8}).latents
@@ -402,10 +404,10 @@ class CountingConsistency:
         runs = self.runs
 
         class Counting(base):
-            def modes(self, job, timestep, step_index):
-                if step_index == 0:
+            def modes(self, job, step):
+                if step.index == 0:
                     runs.append([])
-                modes = super().modes(job, timestep, step_index)
+                modes = super().modes(job, step)
                 runs[-1].append("independent" in modes)
                 return modes
 
