@@ -7,7 +7,9 @@ from tunemv._lazy import lazy_getattr
 
 _EXPORTS = {
     "MultiviewDataset": "tunemv.data.dataset",
-    "collate_multiview": "tunemv.data.dataset",
+    "collate_multiview": "tunemv.data.batch",
+    "MultiviewItem": "tunemv.data.batch",
+    "ViewSet": "tunemv.data.batch",
     "MultiviewDataModule": "tunemv.data.datamodule",
     "check_dataset": "tunemv.data.check",
     "inspect_object": "tunemv.data.format",

@@ -7,7 +7,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
-from tunemv.data.dataset import EpochSampler, MultiviewDataset, ViewSelection, collate_multiview
+from tunemv.data.batch import collate_multiview
+from tunemv.data.dataset import EpochSampler, MultiviewDataset, ViewSelection
 from tunemv.data.format import list_objects
 from tunemv.errors import DatasetError
 

@@ -16,11 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
-from torch.utils.data._utils.collate import collate, default_collate_fn_map
 
+from tunemv.data.batch import MultiviewItem, ViewSet
 from tunemv.data.format import ObjectRecord, Problem, list_objects, load_image, load_mask, read_object
 from tunemv.errors import DatasetError
-from tunemv.geometry.cameras import Cameras
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +97,7 @@ class MultiviewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> MultiviewItem:
         epoch, index = divmod(int(index), len(self.records))
         for attempt in range(len(self.records)):
             record = self.records[(index + attempt) % len(self.records)]
@@ -110,16 +109,15 @@ class MultiviewDataset(Dataset):
                 log.warning("skipping unreadable object: %s", error)
         raise DatasetError(self.root, "every object failed to load")
 
-    def _load(self, record: ObjectRecord, generator: torch.Generator) -> dict:
+    def _load(self, record: ObjectRecord, generator: torch.Generator) -> MultiviewItem:
         inputs, supervision = select_views(record.num_views, self.num_views, self.num_supervision_views,
                                            self.view_selection, generator)
         caption = record.captions[0]
         if self.random_caption and len(record.captions) > 1:
             caption = record.captions[int(torch.randint(len(record.captions), (1,), generator=generator))]
-        return {"caption": caption, "object_id": record.object_id, **self._views(record, inputs),
-                "supervision": self._views(record, supervision)}
+        return MultiviewItem(caption, record.object_id, self._views(record, inputs), self._views(record, supervision))
 
-    def _views(self, record: ObjectRecord, indices: torch.Tensor) -> dict:
+    def _views(self, record: ObjectRecord, indices: torch.Tensor) -> ViewSet:
         height, width = (self.resolution, self.resolution) if self.resolution else (record.cameras.height, record.cameras.width)
         images, masks, depths = [], [], []
         for i in indices.tolist():
@@ -133,11 +131,10 @@ class MultiviewDataset(Dataset):
             masks.append(mask)
             depths.append(depth)
         empty = torch.zeros(0, 3, height, width)
-        return {"images": torch.stack(images) if images else empty,
-                "masks": torch.stack(masks) if masks else empty[:, :1],
-                "depths": torch.stack(depths) if depths else empty[:, :1],
-                "cameras": record.cameras[indices].rescale(height, width),
-                "view_indices": indices}
+        return ViewSet(images=torch.stack(images) if images else empty,
+                       masks=torch.stack(masks) if masks else empty[:, :1],
+                       depths=torch.stack(depths) if depths else empty[:, :1],
+                       cameras=record.cameras[indices].rescale(height, width), view_indices=indices)
 
     @staticmethod
     def _read_view(record: ObjectRecord, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,14 +176,6 @@ def resize_depth(depth: torch.Tensor, height: int, width: int) -> torch.Tensor:
     coverage = F.interpolate(known, (height, width), mode="area")
     total = F.interpolate(depth * known, (height, width), mode="area")
     return torch.where(coverage >= 0.5, total / coverage.clamp(min=1e-6), torch.zeros_like(total))
-
-
-def collate_multiview(batch: list[dict]) -> dict:
-    """``default_collate`` that also stacks ``Cameras`` (into ``[B, V]``); captions become lists of str."""
-    def collate_cameras(items, *, collate_fn_map=None):
-        return Cameras.stack(items)
-
-    return collate(batch, collate_fn_map={**default_collate_fn_map, Cameras: collate_cameras})
 
 
 class EpochSampler(Sampler[int]):

@@ -20,7 +20,8 @@ import torch
 
 from tunemv.adapters.backbones import Backbone
 from tunemv.adapters.formats import folder_backbone, read_pretrained_neus
-from tunemv.data.dataset import MultiviewDataset, collate_multiview
+from tunemv.data.batch import collate_multiview
+from tunemv.data.dataset import MultiviewDataset
 from tunemv.tinyif.model_card import image_grid, plot_curve
 
 
@@ -48,16 +49,16 @@ def renders(neus, backbone: Backbone, data: Path, out: Path, objects: int = 4) -
     for index in range(min(objects, len(dataset))):
         item = dataset[index]
         batch = collate_multiview([item])
-        x0 = backbone.encode_views(batch["images"]).float()
-        truth = (item["supervision"]["images"] + 1) / 2
+        x0 = backbone.encode_views(batch.views.images).float()
+        truth = (item.supervision.images + 1) / 2
         rows = [truth]
         for step in (0, half):
             t = torch.full(x0.shape[:2], step, dtype=torch.long)
             generator = torch.Generator().manual_seed(index)
             x_t = x0 if step == 0 else backbone.noise_scheduler.add_noise(
                 x0[0], torch.randn(x0[0].shape, generator=generator), t[0])[None]
-            field = neus.fields(x_t, t, batch["cameras"])[0]
-            image = neus.render(field, item["supervision"]["cameras"], *x0.shape[-2:]).image
+            field = neus.fields(x_t, t, batch.views.cameras)[0]
+            image = neus.render(field, item.supervision.cameras, *x0.shape[-2:]).image
             rows.append(((backbone.decode_views(image[None])[0] + 1) / 2).clamp(0, 1))
         name = dataset.records[index].object_id
         labels += [f"{name}: held-out views", "renders from 8 clean views", f"renders from 8 views at t={half}"]

@@ -20,7 +20,8 @@ import torch
 
 from tunemv.adapters.backbones import Backbone
 from tunemv.adapters.formats import folder_backbone, read_pretrained_neus
-from tunemv.data.dataset import MultiviewDataset, collate_multiview
+from tunemv.data.batch import collate_multiview
+from tunemv.data.dataset import MultiviewDataset
 from tunemv.data.generate import procedural_shape
 from tunemv.evaluation.hull import carve_visual_hull
 from tunemv.evaluation.mesh_accuracy import volume_iou
@@ -42,21 +43,21 @@ def probe(neus: LatentSparseNeuS, backbone: Backbone, root: Path, views: int, gr
         batch = collate_multiview([item])
         shape = procedural_shape(record.directory)
         truth = lambda p, shape=shape: shape(p) < 0  # noqa: E731
-        hull = carve_visual_hull(item["masks"], item["cameras"], grid)
+        hull = carve_visual_hull(item.views.masks, item.views.cameras, grid)
         row = {"object": record.object_id, "sphere_iou": volume_iou(sphere, truth, grid),
                "hull_iou": volume_iou(hull, truth, grid)}
-        x0 = backbone.encode_views(batch["images"]).float()
+        x0 = backbone.encode_views(batch.views.images).float()
         for step in timesteps:
             generator = torch.Generator().manual_seed(seed + index)
             t = torch.full(x0.shape[:2], step, dtype=torch.long)
             x_t = x0 if step == 0 else backbone.noise_scheduler.add_noise(
                 x0[0], torch.randn(x0[0].shape, generator=generator), t[0])[None]
-            field = neus.fields(x_t, t, batch["cameras"])[0]
+            field = neus.fields(x_t, t, batch.views.cameras)[0]
             occupied = lambda p, field=field: torch.cat([field.sdf(c) for c in p.split(65536)]) < 0  # noqa: E731
-            render = neus.render(field, item["supervision"]["cameras"], *x0.shape[-2:])
+            render = neus.render(field, item.supervision.cameras, *x0.shape[-2:])
             image = backbone.decode_views(render.image[None])[0].clamp(-1, 1)
-            psnr = 10 * torch.log10(4.0 / (image - item["supervision"]["images"]).square().mean())
-            masks, predicted = item["supervision"]["masks"] >= 0.5, render.opacity >= 0.5
+            psnr = 10 * torch.log10(4.0 / (image - item.supervision.images).square().mean())
+            masks, predicted = item.supervision.masks >= 0.5, render.opacity >= 0.5
             row[f"t{step}"] = {"volume_iou": volume_iou(occupied, truth, grid), "psnr": float(psnr),
                                "mask_iou": mask_iou(predicted, masks)}
         rows.append(row)

@@ -158,8 +158,8 @@ def test_the_cache_is_built_once_and_refuses_other_settings(teacher, tmp_path):
     cache = PseudoGroundTruthCache(cache_dir, str(teacher), reference_root=chairs, **CACHE)
     assert len(cache) == 3
     item = cache[1]
-    assert item["caption"] in PROMPTS and item["renders"].shape == (3, 3, 16, 16)  # 2 views + 1 novel viewpoint
-    assert tuple(item["cameras"].shape) == (2,) and tuple(item["render_cameras"].shape) == (3,)
+    assert item.caption in PROMPTS and item.renders.shape == (3, 3, 16, 16)  # 2 views + 1 novel viewpoint
+    assert tuple(item.cameras.shape) == (2,) and tuple(item.render_cameras.shape) == (3,)
     # A rebuilt object is the one that was there: sampling and rendering are seeded per object.
     copy_dir = tmp_path / "copy"
     rebuilt = PseudoGroundTruthCache(copy_dir, str(teacher), reference_root=chairs, **CACHE)
@@ -168,8 +168,8 @@ def test_the_cache_is_built_once_and_refuses_other_settings(teacher, tmp_path):
     rebuilt.build(log=lambda message: None)
     again = rebuilt[1]
     for key in ("noise", "views", "renders", "opacity"):  # (to float rounding: other thread counts here)
-        torch.testing.assert_close(again[key], item[key], rtol=0, atol=1e-4)
-    assert (rebuilt[0]["views"] - item["views"]).abs().max() > 1e-2  # calibration: another object differs
+        torch.testing.assert_close(getattr(again, key), getattr(item, key), rtol=0, atol=1e-4)
+    assert (rebuilt[0].views - item.views).abs().max() > 1e-2  # calibration: another object differs
     with pytest.raises(CacheError, match=r"settings\.json.*other settings \(steps\)"):
         PseudoGroundTruthCache(cache_dir, str(teacher), reference_root=chairs, **{**CACHE, "steps": 3}).build()
     (copy_dir / "objects" / "000000.safetensors").write_bytes(b"broken")
@@ -181,9 +181,9 @@ def test_a_batch_of_the_cache_collates_for_the_system(teacher):
     module = data(teacher, teacher.parent / "cache")
     module.setup("fit")
     batch = next(iter(module.train_dataloader()))
-    assert batch["noise"].shape == (2, 2, 3, 16, 16) and tuple(batch["render_cameras"].shape) == (2, 3)
-    assert batch["reference"].dtype == torch.bool and batch["reference"].shape == (2, 2)
-    assert set(batch["caption"]) <= {module.cache[i]["caption"] for i in range(len(module.cache))}
+    assert batch.noise.shape == (2, 2, 3, 16, 16) and tuple(batch.render_cameras.shape) == (2, 3)
+    assert batch.reference.dtype == torch.bool and batch.reference.shape == (2, 2)
+    assert set(batch.caption) <= {module.cache[i].caption for i in range(len(module.cache))}
 
 
 def test_image_objects_keep_their_reference_view_and_its_orbit(teacher):
@@ -194,14 +194,14 @@ def test_image_objects_keep_their_reference_view_and_its_orbit(teacher):
     cache = PseudoGroundTruthCache(teacher.parent / "cache", str(teacher), reference_root=str(teacher.parent / "chairs"),
                                    **CACHE)
     item, folder = cache[2], cache.reference_object(2)
-    assert item["reference"].tolist() == [True, False]
-    assert item["caption"] == (folder / "caption.txt").read_text().splitlines()[0].strip()
+    assert item.reference.tolist() == [True, False]
+    assert item.caption == (folder / "caption.txt").read_text().splitlines()[0].strip()
     pipe = MultiviewPipeline.from_pretrained(teacher)
     expected = prepare_references(pipe.backbone, [str(folder / "images" / "000.png")], None, 1, 2,
                                   pipe.backbone.image_resolution).latents[0, 0]
-    torch.testing.assert_close(item["views"][0], expected)
+    torch.testing.assert_close(item.views[0], expected)
     truth = read_cameras(folder / "cameras.json")[0]
-    torch.testing.assert_close(item["cameras"][0].c2w, truth.c2w.float(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(item.cameras[0].c2w, truth.c2w.float(), atol=1e-4, rtol=0)
     assert load_image(folder / "images" / "000.png")[0].shape[-1] == 16
 
 
@@ -211,7 +211,7 @@ def test_g_clips_as_the_sampler_does_but_passes_gradient_through_the_clip(teache
     model = system(teacher)
     noise = 20 * torch.randn(1, 2, 3, 16, 16, generator=torch.Generator().manual_seed(0))  # far out of range
     cameras = PseudoGroundTruthCache(teacher.parent / "cache", str(teacher),
-                                     reference_root=str(teacher.parent / "chairs"), **CACHE)[0]["cameras"]
+                                     reference_root=str(teacher.parent / "chairs"), **CACHE)[0].cameras
     text = model.backbone.encode_prompt([PROMPTS[0]]).float()
     x = model.generate(noise, Cameras.stack([cameras]), text)
     assert x.abs().max() <= 1.0

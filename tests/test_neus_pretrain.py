@@ -12,7 +12,8 @@ from tunemv.adapters.formats import (
     write_adapter_folder,
     write_neus_folder,
 )
-from tunemv.data.dataset import MultiviewDataset, collate_multiview, resize_depth
+from tunemv.data.batch import collate_multiview
+from tunemv.data.dataset import MultiviewDataset, resize_depth
 from tunemv.data.generate import generate_procedural_dataset
 from tunemv.geometry.cameras import orbit
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
@@ -79,7 +80,7 @@ def test_resized_depth_averages_known_depth_only():
 
 def test_items_carry_depth_from_the_dataset(workspace):
     batch = batch_of(workspace / "data")
-    depths, masks = batch["depths"], batch["masks"]
+    depths, masks = batch.views.depths, batch.views.masks
     assert depths.shape == masks.shape
     known = depths > 0
     assert (known <= (masks > 0)).float().mean() > 0.97  # depth is known on the object only
@@ -249,7 +250,7 @@ def test_stage_one_raises_held_out_volume_iou_well_above_the_initial_sphere(tmp_
     for index, record in enumerate(held_out.records):
         batch = collate_multiview([held_out[index]])
         with torch.no_grad():
-            field = system.neus.fields(batch["images"], torch.zeros(1, 8, dtype=torch.long), batch["cameras"])[0]
+            field = system.neus.fields(batch.views.images, torch.zeros(1, 8, dtype=torch.long), batch.views.cameras)[0]
         shape = procedural_shape(record.directory)
         truth = lambda p, shape=shape: shape(p) < 0  # noqa: E731
         learned = volume_iou(lambda p, field=field: field.sdf(p) < 0, truth, 32)

@@ -8,8 +8,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from tiny_pipelines import tiny_if
 
+from tunemv.data.batch import collate_multiview
 from tunemv.data.datamodule import MultiviewDataModule
-from tunemv.data.dataset import collate_multiview
 from tunemv.data.generate import generate_procedural_dataset
 from tunemv.training.system import TRAINABLE, MultiviewAdapterSystem, NonFiniteLossError, ema_key_pairs
 
@@ -216,7 +216,7 @@ class RecordBatches(Callback):
         self.seen = []
 
     def on_train_batch_start(self, trainer, module, batch, batch_index):
-        self.seen.append((trainer.global_step, batch["object_id"], batch["view_indices"].tolist()))
+        self.seen.append((trainer.global_step, batch.object_id, batch.views.view_indices.tolist()))
 
 
 def test_resuming_mid_epoch_replays_exactly_the_unseen_batches(workspace, tmp_path):

@@ -44,6 +44,7 @@ from tunemv.sampling.guidance import classifier_free
 from tunemv.sampling.one_step import MIN_ALPHA_BAR, one_step_timestep, pixel_clip_bound
 from tunemv.training.ema import warmup_ema_multi_avg_fn
 from tunemv.training.noising import add_noise, diffusion_target
+from tunemv.training.pseudo_ground_truth import PseudoGroundTruth
 from tunemv.training.system import check_precision, declared_prefixes, trainable_checkpoint_state
 from tunemv.training.system_setup import warmup_cosine
 from tunemv.training.vsd import dmd_weight, sample_timesteps, sds_weight, vsd_surrogate_loss
@@ -161,10 +162,10 @@ class OneStepDistillationSystem(pl.LightningModule):
         return self.global_step < self.hparams.vsd_steps
 
     # ------------------------------------------------------------------------------------------ stage I
-    def vsd_losses(self, batch: dict, text, uncond) -> dict[str, torch.Tensor]:
+    def vsd_losses(self, batch: PseudoGroundTruth, text, uncond) -> dict[str, torch.Tensor]:
         h = self.hparams
-        cameras, reference, clean = batch["cameras"], batch["reference"], batch["views"]
-        noise = torch.randn_like(batch["noise"])  # fresh z: VSD matches G's distribution, not the cached pairs
+        cameras, reference, clean = batch.cameras, batch.reference, batch.views
+        noise = torch.randn_like(batch.noise)  # fresh z: VSD matches G's distribution, not the cached pairs
         update_generator = self.global_step % h.generator_every == 0
         with torch.set_grad_enabled(update_generator):
             x = self.generate(noise, cameras, text, reference, clean)
@@ -194,25 +195,25 @@ class OneStepDistillationSystem(pl.LightningModule):
                 weight = sds_weight(self.alphas_cumprod, t)
             terms["vsd"] = vsd_surrogate_loss(x, epsilon_teacher, epsilon_student, weight / x[0].numel())
             if h.regression_weight:
-                paired = self.generate(batch["noise"], cameras, text, reference, clean)
+                paired = self.generate(batch.noise, cameras, text, reference, clean)
                 terms["regression"] = masked_mse(paired, clean, generated)
         terms["total"] = terms["student"] + terms.get("vsd", 0.0) + h.regression_weight * terms.get("regression", 0.0)
         return terms
 
     # ----------------------------------------------------------------------------------------- stage II
-    def consistency_losses(self, batch: dict, text) -> dict[str, torch.Tensor]:
+    def consistency_losses(self, batch: PseudoGroundTruth, text) -> dict[str, torch.Tensor]:
         h = self.hparams
-        reference = batch["reference"]
-        x = self.generate(batch["noise"], batch["cameras"], text, reference, batch["views"])
+        reference = batch.reference
+        x = self.generate(batch.noise, batch.cameras, text, reference, batch.views)
         zeros = torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
-        targets = batch["render_cameras"]
-        field = self.denoiser.neus(x, zeros, batch["cameras"], targets, resolution=(targets.height, targets.width))
+        targets = batch.render_cameras
+        field = self.denoiser.neus(x, zeros, batch.cameras, targets, resolution=(targets.height, targets.width))
         flat = lambda y: rearrange(y, "b v c h w -> (b v) c h w").float()  # noqa: E731
-        renders, truth = flat(field.image), flat(batch["renders"])
+        renders, truth = flat(field.image), flat(batch.renders)
         ssim = structural_similarity_index_measure(renders, truth, data_range=2.0)
         terms = {"field_mse": F.mse_loss(renders, truth), "field_ssim": ssim,
-                 "opacity": F.mse_loss(flat(field.opacity), flat(batch["opacity"])),
-                 "views": masked_mse(x, batch["views"], (~reference)[:, :, None, None, None].float())}
+                 "opacity": F.mse_loss(flat(field.opacity), flat(batch.opacity)),
+                 "views": masked_mse(x, batch.views, (~reference)[:, :, None, None, None].float())}
         terms["total"] = (h.field_weight * (terms["field_mse"] + h.ssim_weight * (1 - ssim))
                           + h.opacity_weight * terms["opacity"] + h.view_weight * terms["views"])
         return terms
@@ -222,20 +223,20 @@ class OneStepDistillationSystem(pl.LightningModule):
         if self.trainer is not None:
             check_precision(self.backbone.dtype, str(self.trainer.precision), self.trainer.accelerator)
 
-    def training_step(self, batch: dict, batch_index: int) -> torch.Tensor:
+    def training_step(self, batch: PseudoGroundTruth, batch_index: int) -> torch.Tensor:
         # Seeded from (seed, step, rank): a resumed run replays the same noise and timesteps.
         torch.manual_seed((self.hparams.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank)
-        text = self.backbone.encode_prompt(batch["caption"]).float()
+        text = self.backbone.encode_prompt(batch.caption).float()
         h = self.hparams
         # G's NeuS takes gradients in the stages that train it (AdamW skips a parameter without a gradient).
         self.denoiser.neus.requires_grad_(h.vsd_train_neus if self.in_stage_one() else h.train_neus)
         if self.in_stage_one():
             guided = self.hparams.teacher_guidance_scale > 1.0
-            uncond = self.backbone.encode_prompt([""] * len(batch["caption"])).float() if guided else None
+            uncond = self.backbone.encode_prompt([""] * len(batch)).float() if guided else None
             terms, stage = self.vsd_losses(batch, text, uncond), 1
         else:
             terms, stage = self.consistency_losses(batch, text), 2
-        size = len(batch["caption"])
+        size = len(batch)
         self.log_dict({f"train/{name}": torch.as_tensor(value).detach() for name, value in terms.items()}, batch_size=size)
         self.log("train/stage", float(stage), batch_size=size)
         self.log("train/loss", terms["total"].detach(), batch_size=size, prog_bar=True)

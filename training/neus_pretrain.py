@@ -21,6 +21,7 @@ from einops import rearrange
 
 from tunemv.adapters.backbones import Backbone
 from tunemv.adapters.formats import checkpoint_metadata_neus
+from tunemv.data.batch import MultiviewItem
 from tunemv.geometry.cameras import Cameras
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 from tunemv.neus.losses import NeuSLoss
@@ -87,19 +88,19 @@ class NeuSPretrainSystem(pl.LightningModule):
         return torch.where((t == 0)[..., None, None, None], x0, flat)
 
     @torch.no_grad()
-    def targets(self, batch: dict) -> dict[str, Any]:
+    def targets(self, batch: MultiviewItem) -> dict[str, Any]:
         """Clean model-space views of inputs then supervision, with masks and depths at model resolution."""
-        views = self.backbone.encode_views(batch["images"].to(self.backbone.dtype)).float()
-        supervision = self.backbone.encode_views(batch["supervision"]["images"].to(self.backbone.dtype)).float()
+        views = self.backbone.encode_views(batch.views.images.to(self.backbone.dtype)).float()
+        supervision = self.backbone.encode_views(batch.supervision.images.to(self.backbone.dtype)).float()
         height, width = views.shape[-2:]
 
-        cameras = Cameras.cat([batch["cameras"], batch["supervision"]["cameras"]], dim=1).rescale(height, width)
+        cameras = Cameras.cat([batch.views.cameras, batch.supervision.cameras], dim=1).rescale(height, width)
         return dict(inputs=views, clean=torch.cat([views, supervision], 1), masks=views_and_supervision(batch, "masks", height, width),
-                    depths=views_and_supervision(batch, "depths", height, width), input_cameras=batch["cameras"].rescale(height, width),
+                    depths=views_and_supervision(batch, "depths", height, width), input_cameras=batch.views.cameras.rescale(height, width),
                     target_cameras=cameras)
 
     # ------------------------------------------------------------------------------------------- steps
-    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+    def losses(self, batch: MultiviewItem) -> dict[str, torch.Tensor]:
         target = self.targets(batch)
         objects, views = target["inputs"].shape[:2]
         t = self.timesteps(objects, views)
@@ -125,16 +126,16 @@ class NeuSPretrainSystem(pl.LightningModule):
         return self.loss.terms(stack("color"), gather(target["clean"]), stack("opacity"), gather(target["masks"])[..., 0],
                                stack("depth"), gather(target["depths"])[..., 0], eikonal)
 
-    def training_step(self, batch: dict, batch_index: int) -> torch.Tensor:
+    def training_step(self, batch: MultiviewItem, batch_index: int) -> torch.Tensor:
         torch.manual_seed((self.hparams.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank)
         terms = self.losses(batch)
-        size = len(batch["caption"])
+        size = len(batch)
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=size)
         self.log("train/inv_s", self.neus.deviation().detach(), batch_size=size)
         return terms["total"]
 
     @torch.no_grad()
-    def validation_step(self, batch: dict, batch_index: int) -> None:
+    def validation_step(self, batch: MultiviewItem, batch_index: int) -> None:
         """Full renders at the supervision views from all-clean and from t = T/2 inputs: PSNR and mask IoU."""
         torch.manual_seed(self.hparams.seed * 7_919 + batch_index)
         target = self.targets(batch)
@@ -146,7 +147,7 @@ class NeuSPretrainSystem(pl.LightningModule):
             output = self.neus(self.noised(target["inputs"], t), t, target["input_cameras"],
                                target["target_cameras"][:, supervision], with_eikonal=False)
             images = self.backbone.decode_views(output.image).clamp(-1, 1)
-            truth = batch["supervision"]["images"].to(images)
+            truth = batch.supervision.images.to(images)
             psnr = 10 * torch.log10(4.0 / (images - truth).square().mean(dim=(2, 3, 4)).clamp(min=1e-10))
             masks = target["masks"][:, supervision] >= 0.5
             predicted = output.opacity >= 0.5

@@ -21,8 +21,8 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -31,8 +31,9 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
 from tunemv.atomic import atomic_path, current_umask, write_text_atomic
+from tunemv.data.batch import collate_multiview
 from tunemv.data.datamodule import ResumableDataLoader
-from tunemv.data.dataset import EpochSampler, collate_multiview
+from tunemv.data.dataset import EpochSampler
 from tunemv.data.vocabulary import CATEGORIES, COLOURS
 from tunemv.errors import TunemvError
 from tunemv.geometry.cameras import Cameras, orbit
@@ -58,6 +59,25 @@ def random_viewpoints(count: int, generator: torch.Generator, elevation: tuple[f
     eye = radius * torch.stack([tilt.cos() * azimuth.cos(), tilt.cos() * azimuth.sin(), tilt.sin()], -1)
     return Cameras.look_at(eye.float(), Cameras.intrinsics_from_fov(fov, resolution, resolution), resolution,
                            resolution)
+
+
+@dataclass
+class PseudoGroundTruth:
+    """One cached teacher sample (a batch: a leading B, captions and indices as lists), V views at h x w in
+    model space and R render viewpoints of its field."""
+
+    caption: str | list[str]
+    noise: torch.Tensor  # (V, C, h, w) the teacher's x_T
+    views: torch.Tensor  # (V, C, h, w) its clean views (references as given)
+    reference: torch.Tensor  # (V,) bool: views given as image→multiview references
+    cameras: Cameras  # [V]
+    render_cameras: Cameras  # [V + R]: the views' cameras, then the extra viewpoints
+    renders: torch.Tensor  # (V + R, C, h, w) the teacher field's renders there
+    opacity: torch.Tensor  # (V + R, 1, h, w)
+    index: int | torch.Tensor  # the object's index in the cache
+
+    def __len__(self) -> int:  # objects in a batch
+        return len(self.caption) if isinstance(self.caption, list) else 1
 
 
 class PseudoGroundTruthCache:
@@ -196,7 +216,7 @@ class PseudoGroundTruthCache:
                           metadata={"prompt": prompt, "seed": str(seed)})
                 os.chmod(temporary, 0o666 & ~current_umask())  # safetensors writes owner-only files
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> PseudoGroundTruth:
         path = self.path(index)
         try:
             with safe_open(str(path), framework="pt") as file:
@@ -206,10 +226,11 @@ class PseudoGroundTruthCache:
             raise CacheError(f"{path}: not a readable cache object ({error}); delete it and build again") from error
         size = tensors["views"].shape[-1]
         reference = tensors.get("reference", torch.zeros(len(tensors["views"]), dtype=torch.bool)).bool()
-        return {"caption": prompt, "noise": tensors["noise"], "views": tensors["views"], "reference": reference,
-                "cameras": Cameras(tensors["K"], tensors["c2w"], size, size),
-                "render_cameras": Cameras(tensors["render_K"], tensors["render_c2w"], size, size),
-                "renders": tensors["renders"], "opacity": tensors["opacity"]}
+        return PseudoGroundTruth(
+            caption=prompt, noise=tensors["noise"], views=tensors["views"], reference=reference,
+            cameras=Cameras(tensors["K"], tensors["c2w"], size, size),
+            render_cameras=Cameras(tensors["render_K"], tensors["render_c2w"], size, size),
+            renders=tensors["renders"], opacity=tensors["opacity"], index=index)
 
 
 class CacheDataset(Dataset):
@@ -221,8 +242,8 @@ class CacheDataset(Dataset):
     def __len__(self) -> int:
         return len(self.cache)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {**self.cache[index % len(self.cache)], "index": index % len(self.cache)}
+    def __getitem__(self, index: int) -> PseudoGroundTruth:
+        return self.cache[index % len(self.cache)]
 
 
 class DistillationDataModule(pl.LightningDataModule):

@@ -30,11 +30,13 @@ from tunemv.adapters.formats import (
     read_adapter_folder,
     read_pretrained_neus,
 )
+from tunemv.data.batch import MultiviewItem
 from tunemv.errors import TunemvError
 from tunemv.neus.latent_sparseneus import LatentSparseNeuS, check_choice
 from tunemv.neus.losses import NeuSLoss
 from tunemv.training.ema import warmup_ema_multi_avg_fn
 from tunemv.training.latent_cache import LatentCache
+from tunemv.training.model_inputs import ModelInputs
 from tunemv.training.noising import (
     add_noise,
     check_high_noise_weight,
@@ -255,7 +257,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
         # Per rank too: under DDP each GPU must draw its own noise, timesteps and dropouts.
         return (self.hparams.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank
 
-    def make_inputs(self, batch: dict, dropouts: bool = True) -> dict[str, Any]:
+    def make_inputs(self, batch: MultiviewItem, dropouts: bool = True) -> ModelInputs:
         """Clean model-space views, noised inputs, references, mode and prompts for one batch.
 
         Without ``dropouts`` (validation): no references, mode "mv" and every prompt, so that validation
@@ -264,9 +266,8 @@ class MultiviewAdapterSystem(pl.LightningModule):
         scheduler = self.backbone.noise_scheduler
         h = self.hparams
         p_reference, p_drop_neus, p_drop_text = (h.p_reference, h.p_drop_neus, h.p_drop_text) if dropouts else (0, 0, 0)
-        x0 = self.encode_views(batch["images"], batch["object_id"], batch["view_indices"])
-        x0_supervision = self.encode_views(batch["supervision"]["images"], batch["object_id"],
-                                           batch["supervision"]["view_indices"])
+        x0 = self.encode_views(batch.views.images, batch.object_id, batch.views.view_indices)
+        x0_supervision = self.encode_views(batch.supervision.images, batch.object_id, batch.supervision.view_indices)
         objects, views = x0.shape[:2]
         height, width = x0.shape[-2:]
         t = torch.randint(0, scheduler.config.num_train_timesteps, (objects, 1), device=self.device)
@@ -282,12 +283,12 @@ class MultiviewAdapterSystem(pl.LightningModule):
         x_t = add_noise(scheduler, x0, noise, t)
         x_t = torch.where(reference[..., None, None, None], x0, x_t)  # references are clean
         mode = "independent" if torch.rand(()) < p_drop_neus else "mv"
-        captions = [("" if torch.rand(()) < p_drop_text else caption) for caption in batch["caption"]]
-        cameras = batch["cameras"].rescale(height, width)
-        return dict(x0=x0, x0_supervision=x0_supervision, noise=noise, t=t, x_t=x_t, reference=reference,
-                    mode=mode, captions=captions,
-                    cameras=cameras.with_noise(h.get("camera_noise", 0.0)) if dropouts else cameras,
-                    supervision_cameras=batch["supervision"]["cameras"].rescale(height, width))
+        captions = [("" if torch.rand(()) < p_drop_text else caption) for caption in batch.caption]
+        cameras = batch.views.cameras.rescale(height, width)
+        return ModelInputs(x0=x0, x0_supervision=x0_supervision, noise=noise, t=t, x_t=x_t, reference=reference,
+                           mode=mode, captions=captions,
+                           cameras=cameras.with_noise(h.get("camera_noise", 0.0)) if dropouts else cameras,
+                           supervision_cameras=batch.supervision.cameras.rescale(height, width))
 
     @torch.no_grad()
     def encode_views(self, images: torch.Tensor, object_ids, view_indices: torch.Tensor) -> torch.Tensor:
@@ -300,25 +301,25 @@ class MultiviewAdapterSystem(pl.LightningModule):
     def diffusion_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return diffusion_target(self.backbone.noise_scheduler, self.backbone.prediction_type, x0, noise, t)
 
-    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+    def losses(self, batch: MultiviewItem) -> dict[str, torch.Tensor]:
         """Named loss terms; in eval mode without dropouts or the eikonal term (no SDF gradients there)."""
         inputs = self.make_inputs(batch, dropouts=self.training)
-        text = self.backbone.encode_prompt(inputs["captions"])
-        mv = inputs["mode"] == "mv"
+        text = self.backbone.encode_prompt(inputs.captions)
+        mv = inputs.mode == "mv"
         supervise_neus = mv and self.hparams.get("train_neus", True)
-        output = self.denoiser(inputs["x_t"], inputs["t"], inputs["cameras"], text.hidden_states.float(),
-                               mode=inputs["mode"], added_cond_kwargs=text.added_cond_kwargs,
-                               supervision_cameras=inputs["supervision_cameras"] if supervise_neus else None)
-        target = self.diffusion_target(inputs["x0"], inputs["noise"], inputs["t"])
+        output = self.denoiser(inputs.x_t, inputs.t, inputs.cameras, text.hidden_states.float(),
+                               mode=inputs.mode, added_cond_kwargs=text.added_cond_kwargs,
+                               supervision_cameras=inputs.supervision_cameras if supervise_neus else None)
+        target = self.diffusion_target(inputs.x0, inputs.noise, inputs.t)
         per_view = (output.prediction.float() - target).square().mean(dim=(2, 3, 4))  # (B, V)
         if self.hparams.get("high_noise_weight") is not None:
-            per_view = per_view * high_noise_weights(self.backbone.noise_scheduler, inputs["t"],
+            per_view = per_view * high_noise_weights(self.backbone.noise_scheduler, inputs.t,
                                                      float(self.hparams.high_noise_weight))
-        denoised = ~inputs["reference"]
+        denoised = ~inputs.reference
         terms = {"diffusion": (per_view * denoised).sum() / denoised.sum().clamp(min=1)}
         total = terms["diffusion"]
         if supervise_neus:
-            clean = torch.cat([inputs["x0"], inputs["x0_supervision"]], dim=1)
+            clean = torch.cat([inputs.x0, inputs.x0_supervision], dim=1)
             size = clean.shape[-2:]
             masks = views_and_supervision(batch, "masks", *size) if self.hparams.opacity_weight else None
             depths = views_and_supervision(batch, "depths", *size) if self.hparams.get("depth_weight") else None
@@ -333,7 +334,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
         if self.trainer is not None:
             check_precision(self.backbone.dtype, str(self.trainer.precision), self.trainer.accelerator)
 
-    def training_step(self, batch: dict, batch_index: int) -> torch.Tensor | None:
+    def training_step(self, batch: MultiviewItem, batch_index: int) -> torch.Tensor | None:
         torch.manual_seed(self.step_generator_seed())  # same randomness on resume (see the module docstring)
         # Diverged weights (an absurd learning rate) are caught here, before they become NaN sample points
         # deep in NeuS; the step is skipped and counted like a non-finite loss.
@@ -351,7 +352,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
                                          f"{self.global_step}{detail}; lower the learning rate or check the data")
             return None  # Lightning skips the optimizer step
         self.nonfinite_steps = 0
-        batch_size = len(batch["caption"])
+        batch_size = len(batch)
         self.log_dict({f"train/{name}": value.detach() for name, value in terms.items()}, batch_size=batch_size,
                       prog_bar=False)
         self.log("train/loss", terms["total"].detach(), batch_size=batch_size, prog_bar=True)
@@ -375,14 +376,14 @@ class MultiviewAdapterSystem(pl.LightningModule):
             self.ema.update_parameters(torch.nn.ModuleList([self.denoiser.neus, self.denoiser.control_branch]))
 
     @torch.no_grad()
-    def validation_step(self, batch: dict, batch_index: int) -> None:
+    def validation_step(self, batch: MultiviewItem, batch_index: int) -> None:
         # Fixed randomness per batch, so validation losses are comparable across the run.
         torch.manual_seed(self.hparams.seed * 7_919 + batch_index)
         terms = self.losses(batch)
-        self.log_dict({f"val/{name}": value for name, value in terms.items()}, batch_size=len(batch["caption"]))
+        self.log_dict({f"val/{name}": value for name, value in terms.items()}, batch_size=len(batch))
         if batch_index == 0 and self.hparams.validation_steps > 0 and self.trainer is not None \
                 and not self.trainer.sanity_checking:
-            log_validation_samples(self, list(self.hparams.validation_prompts or batch["caption"]))
+            log_validation_samples(self, list(self.hparams.validation_prompts or batch.caption))
 
     # ------------------------------------------------------------------------------------ optimisation
     def configure_optimizers(self):

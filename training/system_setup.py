@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from tunemv.adapters.backbones import Backbone
+from tunemv.data.batch import MultiviewItem
 from tunemv.data.dataset import resize_depth
 from tunemv.errors import TunemvError
 
@@ -40,10 +41,10 @@ def warmup_cosine(warmup_steps: int, total_steps: int | None, floor: float = 0.0
     return factor
 
 
-def views_and_supervision(batch: dict, key: str, height: int, width: int) -> torch.Tensor:
+def views_and_supervision(batch: MultiviewItem, key: str, height: int, width: int) -> torch.Tensor:
     """(B, V + S, 1, height, width): the batch's masks (area-averaged) or depths (``key="depths"``: known
     depth only) of the input views, then of the supervision views, at the model's resolution."""
-    maps = torch.cat([batch[key], batch["supervision"][key]], dim=1).float()
+    maps = batch.maps(key).float()
     flat = rearrange(maps, "b v c h w -> (b v) c h w")
     if tuple(flat.shape[-2:]) != (height, width):
         flat = resize_depth(flat, height, width) if key == "depths" else F.interpolate(flat, (height, width), mode="area")
