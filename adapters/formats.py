@@ -510,14 +510,14 @@ def load_adapter_modules(checkpoint: dict[str, Any], ema: bool | None = None, so
                _module_from_config(ControlBranch, meta, "control_branch_config", source))
     declared = meta["prefixes"]
     if ema and not snapshot_of_ema and "ema" not in declared:
-        raise CheckpointError(f"{source}: no EMA weights (the run had no EMA: set model.ema_decay, or export "
+        raise CheckpointError(f"{source}: no EMA weights (the run had no EMA: set model.ema.decay, or export "
                               "without --ema)")
     prefixes = declared["ema" if ema and not snapshot_of_ema else "live"]
     for module, name in zip(modules, MODULES, strict=True):
         prefix = prefixes[name]
         weights = submodule_state(state_dict, prefix)
         if not weights:
-            hint = " (the run had no EMA: set model.ema_decay, or export without --ema)" if ema else ""
+            hint = " (the run had no EMA: set model.ema.decay, or export without --ema)" if ema else ""
             raise CheckpointError(f"{source}: no '{prefix}*' weights{hint}")
         try:
             module.load_state_dict(weights, strict=True)

@@ -61,7 +61,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_flush_denormal(True)
 
+    from tunemv.data.batch import MultiviewItem, ViewSet
     from tunemv.geometry.cameras import Cameras, orbit
+    from tunemv.training.config import CrossViewConfig, DropoutConfig, ValidationConfig
     from tunemv.training.system import MultiviewAdapterSystem
 
     objects = 1
@@ -70,19 +72,19 @@ def main() -> None:
 
         config = yaml.safe_load(Path(args.config).read_text())
         data = config["data"].get("init_args", config["data"])
-        model = {**config["model"], "p_reference": 0, "p_drop_neus": 0, "p_drop_text": 0, "validation_steps": 0}
+        model = {**config["model"], "dropouts": DropoutConfig(0, 0, 0), "validation": ValidationConfig(steps=0)}
         system = MultiviewAdapterSystem(**model)
         objects, args.views, args.supervision = data["batch_size"], data["num_views"], data["num_supervision_views"]
         size = data["resolution"]
         args.unet, args.latent = f"{args.config}: {model['backbone']}", size // system.backbone.vae_scale_factor
-        args.cross_view_blocks = model.get("cross_view_blocks", [0])
+        args.cross_view_blocks = list(system.settings.cross_view.blocks)
         args.checkpointing = model.get("gradient_checkpointing", False)
     else:
         with tempfile.TemporaryDirectory() as folder:
             build_pipeline(Path(folder), args.unet)
             system = MultiviewAdapterSystem(folder, backbone_dtype=args.backbone_dtype,
-                                            cross_view_blocks=args.cross_view_blocks, p_reference=0,
-                                            p_drop_neus=0, p_drop_text=0, gradient_checkpointing=args.checkpointing)
+                                            cross_view=CrossViewConfig(blocks=tuple(args.cross_view_blocks)),
+                                            dropouts=DropoutConfig(0, 0, 0), gradient_checkpointing=args.checkpointing)
         size = args.latent * 2  # the tiny VAE downsamples 2x
     device = torch.device(args.device)
     system = system.to(device)
@@ -92,13 +94,13 @@ def main() -> None:
     cameras = Cameras.stack([orbit(total, 20.0, resolution=size)] * objects).to(device)
     images = lambda views: torch.rand(objects, views, 3, size, size, device=device) * 2 - 1  # noqa: E731
     masks = lambda views: torch.ones(objects, views, 1, size, size, device=device)  # noqa: E731
-    batch = {"images": images(args.views), "caption": ["a red chair"] * objects, "object_id": list(range(objects)),
-             "view_indices": torch.arange(args.views, device=device).expand(objects, -1),
-             "cameras": cameras[:, : args.views],
-             "masks": masks(args.views),
-             "supervision": {"images": images(args.supervision), "cameras": cameras[:, args.views:],
-                             "view_indices": torch.arange(args.supervision, device=device).expand(objects, -1),
-                             "masks": masks(args.supervision)}}
+    def view_set(count: int, offset: int) -> ViewSet:
+        return ViewSet(images=images(count), masks=masks(count), depths=torch.zeros_like(masks(count)),
+                       cameras=cameras[:, offset: offset + count],
+                       view_indices=torch.arange(offset, offset + count, device=device).expand(objects, -1))
+
+    batch = MultiviewItem(["a red chair"] * objects, list(range(objects)), view_set(args.views, 0),
+                          view_set(args.supervision, args.views))
     system.train()
 
     autocast = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.autocast]

@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("out_dir", help="output folder: neus/, control_branch/, adapter.json")
     export.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
                         help="export the EMA (--ema) or the live (--no-ema) weights; default: the EMA when the "
-                             "run kept one (model.ema_decay)")
+                             "run kept one (model.ema.decay)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     export.add_argument("--figures", default=None, metavar="JSON",
                         help="a JSON object of measured figures (name: value) for the folder's model card")

@@ -24,7 +24,7 @@ args = parser.parse_args()
 
 out = Path(args.out)
 run_lightning(["fit", "--config", "configs/distill_demo.yaml", "--model.teacher", args.teacher,
-               "--model.vsd_steps", str(args.steps // 2), "--data.init_args.teacher", args.teacher,
+               "--model.vsd.steps", str(args.steps // 2), "--data.init_args.teacher", args.teacher,
                "--data.init_args.cache_dir", str(out / "pseudo-ground-truth"),
                "--data.init_args.num_objects", str(args.objects), "--data.init_args.num_reference_objects", "0",
                "--data.init_args.num_views", str(args.views), "--data.init_args.steps", str(args.teacher_steps),

@@ -60,9 +60,9 @@ def main() -> None:
         run = out / variant
         if not (run / "checkpoints" / "last.ckpt").is_file():
             tunemv("fit", "--config", "configs/camera/chairs.yaml", "--model.train_neus", "true",
-                   "--model.cross_view_weight_gradient", variant, "--data.init_args.root", str(chairs),
+                   "--model.cross_view.weight_gradient", variant, "--data.init_args.root", str(chairs),
                    "--data.init_args.num_supervision_views", "4", "--trainer.max_steps", str(args.steps),
-                   "--model.warmup_steps", "20", "--trainer.log_every_n_steps", "1",
+                   "--model.optimization.warmup_steps", "20", "--trainer.log_every_n_steps", "1",
                    "--trainer.default_root_dir", str(run), "--trainer.logger.init_args.save_dir", str(run),
                    "--trainer.enable_progress_bar", "false")
         # The trained weights, not the EMA: at decay 0.999 the EMA of a 100-step run is still 90% its start.

@@ -113,7 +113,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         "neus": ["fit", "--config", str(CONFIGS / "neus_pretrain.yaml"), "--model.init_args.backbone",
                  str(root / "if"), "--trainer.limit_val_batches", "0", *data],
         "distill": ["distill", "--config", str(CONFIGS / "distill_demo.yaml"), "--model.teacher", str(teacher),
-                    "--model.vsd_steps", "1", "--data.init_args.teacher", str(teacher),
+                    "--model.vsd.steps", "1", "--data.init_args.teacher", str(teacher),
                     "--data.init_args.cache_dir", str(root / "cache"), "--data.init_args.reference_root",
                     str(root / "data"), *[f"--data.init_args.{k}={json.dumps(v)}" for k, v in CACHE.items()]],
     }

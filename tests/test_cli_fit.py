@@ -87,7 +87,9 @@ def test_distill_config_prints(capsys):
     assert main(["distill", "--config", str(CONFIGS / "distill_demo.yaml"), "--print_config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["teacher"] == "./models/demo-adapter" == printed["data"]["init_args"]["teacher"]
-    assert printed["model"]["vsd_steps"] < printed["trainer"]["max_steps"]  # both stages run
+    assert printed["model"]["vsd"]["steps"] < printed["trainer"]["max_steps"]  # both stages run
+    # a group given in part keeps the rest of its default: the distillation's own weight decay, 0
+    assert printed["model"]["optimization"]["weight_decay"] == 0.0 and printed["model"]["optimization"]["warmup_steps"] == 20
 
 
 def test_data_section_config_prints(capsys):
@@ -107,7 +109,7 @@ def test_large_configs_instantiate_on_tiny_backbones(config, assets):
     assert cli.datamodule.hparams.num_views == 8 and cli.datamodule.hparams.num_supervision_views == 8
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     assert any(callback.save_last for callback in trainer.checkpoint_callbacks)
-    assert model.hparams.gradient_checkpointing and model.hparams.ema_decay
+    assert model.settings.gradient_checkpointing and model.settings.ema.decay
 
 
 def _instantiate(config: str, assets: Path):
@@ -173,8 +175,8 @@ def test_a_camera_conditioned_fit_exports_a_folder_that_samples_with_its_cameras
     """model.camera_conditioning, timestep_shift and high_noise_weight through fit, export and the pipeline."""
     from tunemv.sampling.pipeline import MultiviewPipeline
 
-    args = ["fit", *fit_args("tiny.yaml", assets), *TINY_RUN, "--model.camera_conditioning", "both",
-            "--model.timestep_shift", "views", "--model.camera_learning_rate", "1e-3", "--model.high_noise_weight", "25", "--trainer.max_steps", "2"]
+    args = ["fit", *fit_args("tiny.yaml", assets), *TINY_RUN, "--model.camera.conditioning", "both",
+            "--model.diffusion_loss.timestep_shift", "views", "--model.camera.learning_rate", "1e-3", "--model.diffusion_loss.high_noise_weight", "25", "--trainer.max_steps", "2"]
     assert main(args) == 0
     last = tmp_path / "outputs/tiny/checkpoints/last.ckpt"
     state = torch.load(last, weights_only=False)["state_dict"]
@@ -189,9 +191,13 @@ def test_a_camera_conditioned_fit_exports_a_folder_that_samples_with_its_cameras
 
 
 @pytest.mark.parametrize(("extra", "expected"), [
-    (["--model.camera_conditioning", "rays"], "camera_conditioning must be one of"),
-    (["--model.timestep_shift", "0.5"], "timestep_shift"),
-    (["--model.high_noise_weight", "0.5"], "high_noise_weight"),
+    (["--model.camera.conditioning", "rays"], "model.camera.conditioning must be one of"),
+    (["--model.dropouts.text", "1.5"], "model.dropouts.text must be in [0, 1], got 1.5"),
+    (["--model.cross_view.heads", "0"], "model.cross_view.heads must be in [1, inf]"),
+    # A former flat key (before the options were grouped) names its new home.
+    (["--model.learning_rate", "1e-3"], "--model.learning_rate: is --model.optimization.learning_rate now"),
+    (["--model.diffusion_loss.timestep_shift", "0.5"], "timestep_shift"),
+    (["--model.diffusion_loss.high_noise_weight", "0.5"], "high_noise_weight"),
     (["--model.no_such_key", "1"], "no_such_key"),
     (["--data.root", "{missing}"], "data root does not exist"),
     (["--data.root", "{empty}"], "no usable objects"),
@@ -204,7 +210,7 @@ def test_a_camera_conditioned_fit_exports_a_folder_that_samples_with_its_cameras
     (["--lr_scheduler", "StepLR"], "--lr_scheduler"),
     # An absurd learning rate: NaN weights after step 1 were cast to indices in NeuS's bilinear sampling
     # (IndexError, a traceback); now each step is skipped and counted, then one line (issue 22, item 1).
-    (["--model.learning_rate", "1e6", "--model.neus_learning_rate", "1e6", "--model.warmup_steps", "0",
+    (["--model.optimization.learning_rate", "1e6", "--model.optimization.neus_learning_rate", "1e6", "--model.optimization.warmup_steps", "0",
       "--model.max_nonfinite_steps", "3", "--trainer.max_steps", "8"], "not finite for 3 steps in a row"),
 ])
 def test_user_errors_are_one_line(extra, expected, assets, tmp_path, capsys):

@@ -21,6 +21,7 @@ from tunemv.cli import main
 from tunemv.data.generate import generate_procedural_dataset
 from tunemv.geometry.cameras import Cameras
 from tunemv.sampling.pipeline import MultiviewPipeline
+from tunemv.training.config import EMAConfig, OptimizationConfig, StudentConfig, VSDConfig
 from tunemv.training.distillation import OneStepDistillationSystem
 from tunemv.training.pseudo_ground_truth import CacheError, DistillationDataModule, PseudoGroundTruthCache
 
@@ -56,8 +57,8 @@ def data(folder, cache_dir, **overrides) -> DistillationDataModule:
 
 
 def system(folder, **kwargs) -> OneStepDistillationSystem:
-    return OneStepDistillationSystem(str(folder), warmup_steps=0, learning_rate=1e-3, neus_learning_rate=1e-3,
-                                     student_learning_rate=1e-3, **kwargs)
+    return OneStepDistillationSystem(str(folder), optimization=OptimizationConfig(1e-3, 1e-3, 0.0, warmup_steps=0),
+                                     student=StudentConfig(learning_rate=1e-3), **kwargs)
 
 
 def trainer(max_steps: int, **kwargs) -> pl.Trainer:
@@ -75,7 +76,7 @@ def changed(before: dict, module: torch.nn.Module) -> bool:
 
 @pytest.mark.parametrize("vsd_steps", [1, 0], ids=["stage I (VSD)", "stage II (3D-consistent)"])
 def test_one_step_of_each_stage_changes_the_generator_and_leaves_everything_frozen(teacher, vsd_steps):
-    model = system(teacher, vsd_steps=vsd_steps)
+    model = system(teacher, vsd=VSDConfig(steps=vsd_steps))
     backbone, teacher_parts = snapshot(model.backbone.unet), snapshot(model.teacher)
     generator, student, neus = snapshot(model.denoiser.control_branch), snapshot(model.student), \
         snapshot(model.denoiser.neus)
@@ -90,7 +91,7 @@ def test_one_step_of_each_stage_changes_the_generator_and_leaves_everything_froz
 
 def test_resume_across_the_stage_switch_is_exact(teacher, tmp_path):
     def run(max_steps: int, resume: str | None = None) -> OneStepDistillationSystem:
-        model = system(teacher, vsd_steps=2, ema_decay=0.9)
+        model = system(teacher, vsd=VSDConfig(steps=2), ema=EMAConfig(0.9))
         checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True, save_top_k=0,
                                       every_n_train_steps=1)
         trainer(max_steps, enable_checkpointing=True, callbacks=[checkpoints]).fit(
@@ -115,7 +116,7 @@ def test_the_exported_generator_samples_what_g_computed(teacher, tmp_path, capsy
             "--data.init_args.teacher", str(teacher), "--data.init_args.cache_dir", str(teacher.parent / "cache"),
             "--data.init_args.reference_root", str(teacher.parent / "chairs"),
             *[f"--data.init_args.{key}={json.dumps(value)}" for key, value in CACHE.items()],
-            "--model.vsd_steps", "1", "--trainer.max_steps", "2", "--trainer.default_root_dir", str(root),
+            "--model.vsd.steps", "1", "--trainer.max_steps", "2", "--trainer.default_root_dir", str(root),
             "--trainer.logger", "false", "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false"]
     assert main(args) == 0
     last = root / "checkpoints" / "last.ckpt"

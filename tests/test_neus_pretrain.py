@@ -203,12 +203,14 @@ def test_a_frozen_pretrained_neus_stays_as_loaded_while_the_branch_trains(worksp
 
     from tunemv.data.datamodule import MultiviewDataModule
     from tunemv.errors import TunemvError
+    from tunemv.training.config import DropoutConfig, OptimizationConfig
 
     write_neus_folder(tmp_path / "neus", LatentSparseNeuS(in_channels=3, **SMALL_NEUS), {"backbone": "x"})
     with pytest.raises(TunemvError, match=r"set model\.init_from"):
         MultiviewAdapterSystem(str(workspace / "backbone"), train_neus=False)
     system = MultiviewAdapterSystem(str(workspace / "backbone"), init_from=str(tmp_path / "neus"), train_neus=False,
-                                    p_drop_neus=0, warmup_steps=1, learning_rate=1e-2)
+                                    dropouts=DropoutConfig(neus=0),
+                                    optimization=OptimizationConfig(warmup_steps=1, learning_rate=1e-2))
     neus = {k: v.clone() for k, v in system.denoiser.neus.state_dict().items()}
     branch = {k: v.clone() for k, v in system.denoiser.control_branch.state_dict().items()}
     data = MultiviewDataModule(str(workspace / "data"), num_views=4, num_supervision_views=0, resolution=16,

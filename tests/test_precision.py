@@ -49,7 +49,7 @@ def fit_one_step(assets, family: str, dtype: str, precision: str, capsys) -> tup
     code = main(["fit", "--config", str(CONFIG), "--model.backbone", str(assets / family),
                  "--model.backbone_dtype", dtype, "--data.root", str(assets / "data"),
                  "--data.resolution", "16" if family == "if" else "32", "--data.num_views", "2",
-                 "--data.num_supervision_views", "2", "--model.opacity_weight", "0.5",  # the BCE under autocast
+                 "--data.num_supervision_views", "2", "--model.neus_loss.opacity_weight", "0.5",  # the BCE under autocast
                  "--trainer.precision", precision, "--trainer.max_steps", "1", "--trainer.logger", "false",
                  "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
                  "--trainer.limit_val_batches", "0"])

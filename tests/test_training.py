@@ -11,6 +11,7 @@ from tiny_pipelines import tiny_if
 from tunemv.data.batch import collate_multiview
 from tunemv.data.datamodule import MultiviewDataModule
 from tunemv.data.generate import generate_procedural_dataset
+from tunemv.training.config import DropoutConfig, EMAConfig, OptimizationConfig, ValidationConfig
 from tunemv.training.system import TRAINABLE, MultiviewAdapterSystem, NonFiniteLossError, ema_key_pairs
 
 SMALL_NEUS = {"num_coarse": 16, "num_importance": 16, "upsample_steps": 1}
@@ -43,8 +44,10 @@ def test_training_lowers_held_out_render_and_diffusion_losses_and_leaves_the_bac
     data = datamodule(workspace)
     data.setup("fit")
     batch = collate_multiview([data.train_set[i] for i in range(2)])
-    system = MultiviewAdapterSystem(str(workspace / "backbone"), neus=SMALL_NEUS, warmup_steps=5, learning_rate=2e-3,
-                                    neus_learning_rate=5e-3, p_reference=0, p_drop_neus=0, p_drop_text=0)
+    system = MultiviewAdapterSystem(str(workspace / "backbone"), neus=SMALL_NEUS,
+                                    optimization=OptimizationConfig(warmup_steps=5, learning_rate=2e-3,
+                                                                    neus_learning_rate=5e-3),
+                                    dropouts=DropoutConfig(reference=0, neus=0, text=0))
     frozen = copy.deepcopy(system.backbone.state_dict())
 
     def evaluate():  # fixed noise and timesteps; the render loss covers the 4 held-out supervision views too
@@ -82,8 +85,9 @@ class StopAfter(Callback):
 
 def test_resuming_a_killed_run_gives_the_same_weights(workspace, tmp_path):
     def system():
-        return MultiviewAdapterSystem(str(workspace / "backbone"), neus=SMALL_NEUS, warmup_steps=2, ema_decay=0.9,
-                                      p_reference=0.5, p_drop_neus=0.3, p_drop_text=0.3)
+        return MultiviewAdapterSystem(str(workspace / "backbone"), neus=SMALL_NEUS,
+                                      optimization=OptimizationConfig(warmup_steps=2), ema=EMAConfig(0.9),
+                                      dropouts=DropoutConfig(reference=0.5, neus=0.3, text=0.3))
 
     uninterrupted = system()
     trainer(6).fit(uninterrupted, datamodule(workspace))
@@ -111,7 +115,8 @@ def test_weights_only_snapshots_hold_one_copy_of_the_ema_and_load_as_it(workspac
     last = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0, every_n_train_steps=2)
     snapshots = ModelCheckpoint(dirpath=tmp_path, save_weights_only=True, save_top_k=-1, every_n_train_steps=4,
                                 filename="snapshot-{step}")
-    system = MultiviewAdapterSystem(str(workspace / "backbone"), neus=SMALL_NEUS, warmup_steps=2, ema_decay=0.5)
+    system = MultiviewAdapterSystem(str(workspace / "backbone"), neus=SMALL_NEUS,
+                                    optimization=OptimizationConfig(warmup_steps=2), ema=EMAConfig(0.5))
     trainer(4, callbacks=[last, snapshots], enable_checkpointing=True).fit(system, datamodule(workspace))
     full = torch.load(tmp_path / "last.ckpt", weights_only=False)
     snapshot = torch.load(tmp_path / "snapshot-step=4.ckpt", weights_only=False)
@@ -133,7 +138,7 @@ def test_weights_only_snapshots_hold_one_copy_of_the_ema_and_load_as_it(workspac
     with pytest.raises(CheckpointError, match="only the EMA"):
         load_adapter_modules(snapshot, ema=False)
 
-    validated = MultiviewAdapterSystem(str(workspace / "backbone"), neus=SMALL_NEUS, ema_decay=0.5)
+    validated = MultiviewAdapterSystem(str(workspace / "backbone"), neus=SMALL_NEUS, ema=EMAConfig(0.5))
     trainer(1, limit_val_batches=1).validate(validated, datamodule(workspace),
                                              ckpt_path=tmp_path / "snapshot-step=4.ckpt", verbose=False)
     state = validated.state_dict()
@@ -147,8 +152,9 @@ def test_full_fine_tune_baseline_trains_and_carries_the_unet(workspace, tmp_path
     from tunemv.sampling.pipeline import MultiviewPipeline
     from tunemv.training.export import export_adapter
 
-    system = MultiviewAdapterSystem(str(workspace / "backbone"), neus=SMALL_NEUS, warmup_steps=0,
-                                    train_backbone_unet=True, ema_decay=0.9)
+    system = MultiviewAdapterSystem(str(workspace / "backbone"), neus=SMALL_NEUS,
+                                    optimization=OptimizationConfig(warmup_steps=0), train_backbone_unet=True,
+                                    ema=EMAConfig(0.9))
     before = {k: v.clone() for k, v in system.backbone.unet.state_dict().items()}
     checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=2)
     trainer(2, callbacks=[checkpoints], enable_checkpointing=True).fit(system, datamodule(workspace))
@@ -202,8 +208,8 @@ def test_validation_samples_a_grid_of_views_and_neus_renders(workspace, tmp_path
 
     data = MultiviewDataModule(str(workspace / "data"), num_views=3, num_supervision_views=2, resolution=16,
                                batch_size=1, view_selection="uniform", val_root=str(workspace / "data"))
-    system = MultiviewAdapterSystem(str(workspace / "backbone"), neus=SMALL_NEUS, validation_steps=2,
-                                    validation_views=3, validation_prompts=["a red chair", "a blue mug"])
+    system = MultiviewAdapterSystem(str(workspace / "backbone"), neus=SMALL_NEUS,
+                                    validation=ValidationConfig(steps=2, views=3, prompts=["a red chair", "a blue mug"]))
     pl.Trainer(accelerator="cpu", logger=CSVLogger(tmp_path), enable_progress_bar=False, enable_model_summary=False,
                limit_val_batches=1, num_sanity_val_steps=0).validate(system, data)
     (grid,) = (tmp_path / "lightning_logs").rglob("samples/step_*.png")
@@ -225,7 +231,8 @@ def test_resuming_mid_epoch_replays_exactly_the_unseen_batches(workspace, tmp_pa
                                    batch_size=1, view_selection="random")
 
     def system():
-        return MultiviewAdapterSystem(str(workspace / "backbone"), neus=SMALL_NEUS, warmup_steps=2)
+        return MultiviewAdapterSystem(str(workspace / "backbone"), neus=SMALL_NEUS,
+                                      optimization=OptimizationConfig(warmup_steps=2))
 
     full, resumed_batches = RecordBatches(), RecordBatches()
     uninterrupted = system()

@@ -27,6 +27,7 @@ other terms.
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import torch
@@ -38,10 +39,20 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 from tunemv.adapters.backbones import Backbone
 from tunemv.adapters.denoiser import MultiviewDenoiser
 from tunemv.adapters.formats import AdapterError, checkpoint_metadata, read_adapter_folder
-from tunemv.errors import TunemvError
 from tunemv.sampling.algebra import alpha_bar, epsilon_to_sample, to_epsilon
 from tunemv.sampling.guidance import classifier_free
-from tunemv.sampling.one_step import MIN_ALPHA_BAR, one_step_timestep, pixel_clip_bound
+from tunemv.sampling.one_step import one_step_timestep, pixel_clip_bound
+from tunemv.training.config import (
+    DISTILLATION_OPTIMIZATION,
+    ConsistencyConfig,
+    EMAConfig,
+    GeneratorConfig,
+    OptimizationConfig,
+    StudentConfig,
+    VSDConfig,
+    as_group,
+    as_plain,
+)
 from tunemv.training.ema import warmup_ema_multi_avg_fn
 from tunemv.training.noising import add_noise, diffusion_target
 from tunemv.training.pseudo_ground_truth import PseudoGroundTruth
@@ -61,47 +72,34 @@ class OneStepDistillationSystem(pl.LightningModule):
         teacher: the adapter folder to distil (``tunemv export``'s); its backbone is loaded frozen, once.
         backbone: another name or folder for the teacher's backbone (default: the one ``adapter.json`` names).
         backbone_dtype: storage dtype of the frozen backbone ("float16", "bfloat16"; None keeps fp32).
-        vsd_steps: stage I's steps (0: stage II only, e.g. from a stage-I generator through ``init_from``).
-        teacher_guidance_scale: the teacher's classifier-free guidance in stage I.
-        vsd_weighting: w(t) of eq. 1, "dmd" or "sds" (module docstring).
-        t_range: stage I's t as a fraction of T (GECO §4.1: [0.02, 0.98]).
-        regression_weight: DMD's paired regression ‖G(z) − teacher(z)‖² in stage I (0: off).
-        generator_every: update G every this many steps; the student every step.
-        field_weight, ssim_weight, opacity_weight, view_weight: stage II's loss, field_weight·(MSE +
-            ssim_weight·(1 − SSIM)) of the field's renders + opacity_weight·MSE of its opacity + view_weight·MSE
-            of the one-step views, all against the teacher's cached pseudo ground truth.
-        min_alpha_bar, generator_timestep: t_G, the noisiest t with ᾱ ≥ ``min_alpha_bar``, or as given.
-        train_neus: also train G's NeuS in stage II (False: G's branch only, trained through the views).
-        vsd_train_neus: also in stage I, where G's NeuS only renders the branch's condition from noise at t_G;
-            off by default, since on 2 CPU cores its backward made a stage-I step 1.7x slower.
-        student_train_neus: the student's NeuS too (False: the teacher's field, shared and frozen).
-        learning_rate, neus_learning_rate, student_learning_rate, weight_decay, warmup_steps: AdamW per part,
-            with a warm-up then cosine decay in each stage.
-        ema_decay: an EMA of G's weights (None: off), exported in place of the live ones.
         init_from: start G from this generator or adapter folder instead of the teacher (stage II after a
             separate stage-I run).
+        vsd: stage I (``VSDConfig``); consistency: stage II (``ConsistencyConfig``).
+        generator: G's timestep t_G (``GeneratorConfig``); student: VSD's student score (``StudentConfig``).
+        optimization: AdamW for G, with a warm-up then cosine decay in each stage (``OptimizationConfig``).
+        ema: an EMA of G's weights (``EMAConfig``; None: off), exported in place of the live ones.
         gradient_checkpointing, view_chunk: memory options of the denoisers.
         seed: with the global step, seeds every step's noise and timesteps (exact resume).
     """
 
     def __init__(self, teacher: str, backbone: str | None = None, backbone_dtype: str | None = None,
-                 vsd_steps: int = 500, teacher_guidance_scale: float = 4.0, vsd_weighting: str = "dmd",
-                 t_range: tuple[float, float] = (0.02, 0.98), regression_weight: float = 0.25,
-                 generator_every: int = 1, field_weight: float = 1.0, ssim_weight: float = 0.2,
-                 opacity_weight: float = 0.5, view_weight: float = 0.5, min_alpha_bar: float = MIN_ALPHA_BAR,
-                 generator_timestep: int | None = None, train_neus: bool = True, vsd_train_neus: bool = False,
-                 student_train_neus: bool = False,
-                 learning_rate: float = 1e-4, neus_learning_rate: float = 1e-4, student_learning_rate: float = 1e-4,
-                 weight_decay: float = 0.0, warmup_steps: int = 20, ema_decay: float | None = None,
-                 init_from: str | None = None, gradient_checkpointing: bool = False, view_chunk: int | None = None,
-                 seed: int = 0):
+                 init_from: str | None = None, vsd: VSDConfig = VSDConfig(),
+                 consistency: ConsistencyConfig = ConsistencyConfig(), generator: GeneratorConfig = GeneratorConfig(),
+                 student: StudentConfig = StudentConfig(),
+                 optimization: OptimizationConfig = DISTILLATION_OPTIMIZATION, ema: EMAConfig | None = None,
+                 gradient_checkpointing: bool = False, view_chunk: int | None = None, seed: int = 0):
         super().__init__()
-        self.save_hyperparameters()
-        if vsd_weighting not in ("dmd", "sds"):
-            raise TunemvError(f"model.vsd_weighting must be 'dmd' or 'sds', got {vsd_weighting!r}")
-        if generator_every < 1 or vsd_steps < 0:
-            raise TunemvError(f"model.generator_every must be >= 1 and model.vsd_steps >= 0, got {generator_every} "
-                              f"and {vsd_steps}")
+        # Groups arrive as classes from LightningCLI and as dicts from a checkpoint's hyperparameters.
+        self.settings = settings = SimpleNamespace(
+            teacher=teacher, backbone=backbone, backbone_dtype=backbone_dtype, init_from=init_from,
+            vsd=as_group(VSDConfig, vsd, "vsd"), consistency=as_group(ConsistencyConfig, consistency, "consistency"),
+            generator=as_group(GeneratorConfig, generator, "generator"),
+            student=as_group(StudentConfig, student, "student"),
+            optimization=as_group(OptimizationConfig, optimization, "optimization"),
+            ema=as_group(EMAConfig, ema, "ema"), gradient_checkpointing=gradient_checkpointing,
+            view_chunk=view_chunk, seed=seed)
+        self.save_hyperparameters(as_plain(vars(settings)))
+        train_neus, student_train_neus = settings.consistency.train_neus, settings.student.train_neus
         teacher_neus, teacher_branch, info = read_adapter_folder(teacher)
         if info.get("sampling"):
             raise AdapterError(f"{teacher}: is a distilled generator; distil a multi-step adapter folder")
@@ -120,11 +118,12 @@ class OneStepDistillationSystem(pl.LightningModule):
             self.denoiser.enable_gradient_checkpointing()
             self.student.enable_gradient_checkpointing()
         alphas = self.backbone.noise_scheduler.alphas_cumprod
-        self.generator_timestep = (one_step_timestep(alphas, min_alpha_bar) if generator_timestep is None
-                                   else int(generator_timestep))
-        self.ema = None if ema_decay is None else AveragedModel(
+        chosen = settings.generator.timestep
+        self.generator_timestep = one_step_timestep(alphas, settings.generator.min_alpha_bar) if chosen is None \
+            else int(chosen)
+        self.ema = None if settings.ema is None else AveragedModel(
             torch.nn.ModuleList([self.denoiser.neus, self.denoiser.control_branch]),
-            multi_avg_fn=warmup_ema_multi_avg_fn(ema_decay), use_buffers=True).requires_grad_(False)
+            multi_avg_fn=warmup_ema_multi_avg_fn(settings.ema.decay), use_buffers=True).requires_grad_(False)
         self.strict_loading = False  # checkpoints carry no backbone or teacher weights
 
     # ----------------------------------------------------------------------------------------- G itself
@@ -159,11 +158,11 @@ class OneStepDistillationSystem(pl.LightningModule):
         return self.backbone.noise_scheduler.alphas_cumprod.to(self.device)
 
     def in_stage_one(self) -> bool:
-        return self.global_step < self.hparams.vsd_steps
+        return self.global_step < self.settings.vsd.steps
 
     # ------------------------------------------------------------------------------------------ stage I
     def vsd_losses(self, batch: PseudoGroundTruth, text, uncond) -> dict[str, torch.Tensor]:
-        h = self.hparams
+        h = self.settings.vsd
         cameras, reference, clean = batch.cameras, batch.reference, batch.views
         noise = torch.randn_like(batch.noise)  # fresh z: VSD matches G's distribution, not the cached pairs
         update_generator = self.global_step % h.generator_every == 0
@@ -188,7 +187,7 @@ class OneStepDistillationSystem(pl.LightningModule):
         if update_generator:
             epsilon_student = self.to_epsilon(student.detach(), x_t, timesteps)
             a = alpha_bar(self.alphas_cumprod, timesteps)[:, 0, 0, 0, 0].float()  # (B,)
-            if h.vsd_weighting == "dmd":
+            if h.weighting == "dmd":
                 x0_teacher = epsilon_to_sample(epsilon_teacher, x_t, timesteps, self.alphas_cumprod)
                 weight = dmd_weight(x, x0_teacher) * ((1 - a) / a).sqrt()
             else:
@@ -202,7 +201,7 @@ class OneStepDistillationSystem(pl.LightningModule):
 
     # ----------------------------------------------------------------------------------------- stage II
     def consistency_losses(self, batch: PseudoGroundTruth, text) -> dict[str, torch.Tensor]:
-        h = self.hparams
+        h = self.settings.consistency
         reference = batch.reference
         x = self.generate(batch.noise, batch.cameras, text, reference, batch.views)
         zeros = torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
@@ -225,13 +224,13 @@ class OneStepDistillationSystem(pl.LightningModule):
 
     def training_step(self, batch: PseudoGroundTruth, batch_index: int) -> torch.Tensor:
         # Seeded from (seed, step, rank): a resumed run replays the same noise and timesteps.
-        torch.manual_seed((self.hparams.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank)
+        torch.manual_seed((self.settings.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank)
         text = self.backbone.encode_prompt(batch.caption).float()
-        h = self.hparams
+        h = self.settings
         # G's NeuS takes gradients in the stages that train it (AdamW skips a parameter without a gradient).
-        self.denoiser.neus.requires_grad_(h.vsd_train_neus if self.in_stage_one() else h.train_neus)
+        self.denoiser.neus.requires_grad_(h.vsd.train_neus if self.in_stage_one() else h.consistency.train_neus)
         if self.in_stage_one():
-            guided = self.hparams.teacher_guidance_scale > 1.0
+            guided = self.settings.vsd.teacher_guidance_scale > 1.0
             uncond = self.backbone.encode_prompt([""] * len(batch)).float() if guided else None
             terms, stage = self.vsd_losses(batch, text, uncond), 1
         else:
@@ -271,18 +270,18 @@ class OneStepDistillationSystem(pl.LightningModule):
             self.ema.update_parameters(torch.nn.ModuleList([self.denoiser.neus, self.denoiser.control_branch]))
 
     def configure_optimizers(self):
-        h = self.hparams
+        h, steps = self.settings.optimization, self.settings.vsd.steps
         # G's NeuS is listed whatever the stage: train_step switches its requires_grad per stage.
         trainable = lambda module: [p for p in module.parameters() if p.requires_grad or module is self.denoiser.neus]  # noqa: E731
         groups = [{"params": trainable(self.denoiser.control_branch), "lr": h.learning_rate, "name": "generator"},
                   {"params": trainable(self.denoiser.neus), "lr": h.neus_learning_rate, "name": "generator_neus"},
-                  {"params": trainable(self.student), "lr": h.student_learning_rate, "name": "student"}]
+                  {"params": trainable(self.student), "lr": self.settings.student.learning_rate, "name": "student"}]
         # AdamW skips a parameter without a gradient: the student in stage II, G between its updates.
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=h.weight_decay)
         total = self.trainer.max_steps if self.trainer is not None and self.trainer.max_steps > 0 else None
-        first = warmup_cosine(h.warmup_steps, h.vsd_steps)
-        second = warmup_cosine(h.warmup_steps, None if total is None else total - h.vsd_steps)
-        factor = lambda step: first(step) if step < h.vsd_steps else second(step - h.vsd_steps)  # noqa: E731
+        first = warmup_cosine(h.warmup_steps, steps)
+        second = warmup_cosine(h.warmup_steps, None if total is None else total - steps)
+        factor = lambda step: first(step) if step < steps else second(step - steps)  # noqa: E731
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -292,12 +291,12 @@ class OneStepDistillationSystem(pl.LightningModule):
         weights = trainable_checkpoint_state(self, checkpoint, extra_prefixes=(STUDENT_PREFIX,))
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if not k.startswith(f"{STUDENT_PREFIX}unet.")}
-        h = self.hparams
+        vsd_steps = self.settings.vsd.steps
         checkpoint["tunemv"] = checkpoint_metadata(
             self.backbone.name_or_path, self.denoiser.neus, self.denoiser.control_branch, weights,
-            declared_prefixes(weights), sampling=self.sampling(), kind=GENERATOR_KIND, generator={"timestep": self.generator_timestep, "teacher": h.teacher,
-                                            "vsd_steps": h.vsd_steps,
-                                            "stage": 1 if self.global_step <= h.vsd_steps else 2})
+            declared_prefixes(weights), sampling=self.sampling(), kind=GENERATOR_KIND,
+            generator={"timestep": self.generator_timestep, "teacher": self.settings.teacher, "vsd_steps": vsd_steps,
+                       "stage": 1 if self.global_step <= vsd_steps else 2})
 
     def sampling(self) -> dict:
         """How the generator samples, which its checkpoint and exported folder declare: one evaluation at its
@@ -314,9 +313,9 @@ class OneStepDistillationSystem(pl.LightningModule):
         super().train(mode)
         self.backbone.eval()
         self.teacher.eval()  # frozen: inference behaviour always
-        if not self.hparams.student_train_neus:
+        if not self.settings.student.train_neus:
             self.student.neus.eval()
-        if not self.hparams.train_neus:
+        if not self.settings.consistency.train_neus:
             self.denoiser.neus.eval()
         return self
 

@@ -33,6 +33,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from tunemv.atomic import atomic_path
 from tunemv.data.datamodule import MultiviewDataModule
 from tunemv.errors import TunemvError
+from tunemv.training.config import moved_key
 from tunemv.training.progress import step_progress_bar
 from tunemv.training.system import MultiviewAdapterSystem
 
@@ -242,6 +243,28 @@ def names_model_class(args: Sequence[str]) -> bool:
     return False
 
 
+def check_moved_keys(args: Sequence[str], distillation: bool, subclass_mode: bool) -> None:
+    """A former flat ``model`` key (``learning_rate``, ``high_noise_weight``, ...) on the command line or in a
+    ``--config`` file is one line naming where it lives now, not LightningCLI's "unrecognized arguments"."""
+    if subclass_mode:  # another model class (NeuS pretraining): its own flat arguments
+        return
+    args = list(args)
+    for index, arg in enumerate(args):
+        key = arg[len("--model."):].split("=", 1)[0] if arg.startswith("--model.") else None
+        if key is not None and moved_key(key, distillation):
+            raise TunemvError(f"--model.{key}: is --model.{moved_key(key, distillation)} now (the model's options "
+                              "are grouped; see docs/configs.md)")
+        path = option_value(args, index, "--config")
+        if path and os.path.isfile(path):
+            with open(path) as file:
+                config = yaml.safe_load(file) or {}
+            model = config.get("model") if isinstance(config, dict) else None
+            for key in model if isinstance(model, dict) else ():
+                if moved_key(key, distillation):
+                    raise TunemvError(f"{path}: model.{key} is model.{moved_key(key, distillation)} now (the model's "
+                                      "options are grouped; see docs/configs.md)")
+
+
 def parser_kwargs() -> dict[str, Any]:
     """Raise instead of printing usage, so that the CLI prints one line and exits 2; and take keys only
     as spelled: argparse's prefix matching silently read ``--model.learning_rat`` as ``learning_rate``."""
@@ -282,6 +305,7 @@ def run_lightning(args: Sequence[str], run: bool = True, system: str = "adapter"
     """
     check_checkpoint_path(args)
     subclass_mode = names_model_class(args)
+    check_moved_keys(args, system == "distill", subclass_mode)
     if system == "distill":
         from tunemv.training.distillation import OneStepDistillationSystem
         from tunemv.training.pseudo_ground_truth import DistillationDataModule

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -20,7 +21,6 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 from tunemv.adapters.backbones import Backbone
-from tunemv.adapters.camera_conditioning import CAMERA_CONDITIONINGS
 from tunemv.adapters.control_branch import ControlBranch
 from tunemv.adapters.denoiser import MultiviewDenoiser
 from tunemv.adapters.formats import (
@@ -32,15 +32,25 @@ from tunemv.adapters.formats import (
 )
 from tunemv.data.batch import MultiviewItem
 from tunemv.errors import TunemvError
-from tunemv.neus.latent_sparseneus import LatentSparseNeuS, check_choice
+from tunemv.neus.latent_sparseneus import LatentSparseNeuS
 from tunemv.neus.losses import NeuSLoss
+from tunemv.training.config import (
+    CameraConfig,
+    CrossViewConfig,
+    DiffusionLossConfig,
+    DropoutConfig,
+    EMAConfig,
+    NeuSLossConfig,
+    OptimizationConfig,
+    ValidationConfig,
+    as_group,
+    as_plain,
+)
 from tunemv.training.ema import warmup_ema_multi_avg_fn
 from tunemv.training.latent_cache import LatentCache
 from tunemv.training.model_inputs import ModelInputs
 from tunemv.training.noising import (
     add_noise,
-    check_high_noise_weight,
-    check_timestep_shift,
     diffusion_target,
     high_noise_weights,
     shift_timesteps,
@@ -94,7 +104,7 @@ def continued_camera(path: str | None, initial: ControlBranch | None, conditioni
         conditioning = own
     elif own not in ("none", conditioning) and conditioning != "both":
         raise AdapterError(f"{path}: its control branch reads the camera as {own!r}, not {conditioning!r}; "
-                           f"leave model.camera_conditioning unset (or {own!r}) to continue it")
+                           f"leave model.camera.conditioning unset (or {own!r}) to continue it")
     if independent is None:
         independent = initial.independent_camera if initial is not None else True
     return conditioning, independent
@@ -137,98 +147,72 @@ class MultiviewAdapterSystem(pl.LightningModule):
         backbone_dtype: storage dtype of the frozen backbone ("float16", "bfloat16"; None keeps fp32).
         neus: ``LatentSparseNeuS`` arguments; ``in_channels``, ``out_channels`` and ``background`` default
             to the backbone's channels and its white.
-        cross_view_blocks, cross_view_heads, cross_view_points, cross_view_patch_size,
-        condition_embedding_channels: the control branch (``ControlBranch.from_unet``).
-        cross_view_weight_gradient: how the NeuS weights' log in the cross-view attention passes gradient
-            into NeuS: "detached" (default), "full" or "floored" (log max(w, 1e-3)); see ``cross_view_attention``.
-        learning_rate, neus_learning_rate, weight_decay, warmup_steps: AdamW over the trainable parameters
-            only, linear warmup then cosine decay to 0 at ``trainer.max_steps``.
-        p_reference: probability that an object gets 1..V-1 clean reference views (image→multiview).
-        p_drop_neus: probability of a step in mode "independent" (trains consistency guidance's x̄).
-        p_drop_text: per-object probability of the empty prompt (classifier-free guidance).
-        render_weight, eikonal_weight, opacity_weight, depth_weight: NeuS loss weights. Opacity (masks) is
-            what keeps the render loss from being met by colour alone; depth uses the dataset's depth/.
         init_from: start from a pretrained NeuS folder (stage 1, e.g. ``models/tiny-neus``) or an exported
             adapter folder (its NeuS and control branch), with a fresh optimizer (VFusion3D's stages). The
             folder's architecture wins; ``neus`` may still change how rays are sampled.
         train_neus: False freezes the NeuS (stage 2 after a stage-1 ``init_from``): it then renders the condition
             in inference behaviour and has no loss, which makes a CPU step about twice as cheap.
-        camera_noise: VFusion3D's camera-noise injection: uniform noise of this amplitude on the intrinsics
-            and extrinsics of the cameras the model reads (0: off). Renders are supervised at the true ones.
-        ema_decay: keep an exponential moving average of the trainable weights (None: off), with diffusers'
-            decay warm-up min(ema_decay, (1 + n) / (10 + n)), so a short run's EMA is not its initial weights.
+        cross_view: the branch's cross-view attention (``CrossViewConfig``).
+        condition_embedding_channels: the branch's embedding of the NeuS condition g_i.
+        camera: how each view reads its camera (``CameraConfig``).
+        optimization: AdamW and its schedule (``OptimizationConfig``).
+        dropouts: reference views, NeuS and text dropped at random (``DropoutConfig``).
+        neus_loss, diffusion_loss: the two losses (``NeuSLossConfig``, ``DiffusionLossConfig``).
+        validation: what each validation samples (``ValidationConfig``).
+        ema: an EMA of the trainable weights (``EMAConfig``; None: off).
         max_nonfinite_steps: consecutive NaN/inf losses that are skipped before training stops.
         gradient_checkpointing, view_chunk: memory options of the denoiser.
-        seed: seeds every step's randomness together with the global step.
-        validation_prompts: prompts sampled at each validation (None: the first validation batch's captions).
-        validation_sampler, validation_steps, validation_views, validation_guidance_scale: how they are
-            sampled (DDIM); the view grid and the NeuS renders are logged as images and written as PNGs
-            under ``<log dir>/samples/``. ``validation_steps=0`` turns sampling off.
-        camera_conditioning: how each view reads its own camera in the branch (beyond TuneMV3D): "none",
-            "plucker" (per-pixel Plücker ray maps beside g_i, MV-Adapter), "embedding" (added to the branch's
-            time embedding, MVDream) or "both"; see ``adapters/camera_conditioning.py``. None: the
-            ``init_from`` adapter's own (so continuing an adapter keeps how it reads the camera), else "none".
-        independent_camera: whether mode "independent" (NeuS dropped) also reads the camera. None: the
-            ``init_from`` adapter's own, else True.
-        camera_learning_rate: AdamW learning rate of the camera encoders (None: ``learning_rate``); Wonder3D
-            trains its camera embedding at 10x.
-        timestep_shift: shift training timesteps toward low SNR: log-SNR minus log(shift), as MV-Adapter does
-            with the number of views (Zero123++ changes its schedule for the same reason: the global layout
-            is decided at high noise). A number, "views" (the run's view count) or None (off).
-        high_noise_weight: weight the ε loss by clip(1 / SNR(t), 1, this), normalised to mean 1: the x0 error
-            at high noise, where the ε loss hardly sees the pose (``high_noise_weights``). None: plain ε loss.
         latent_cache_dir: cache the VAE latents of training views there (latent backbones; see
             ``LatentCache``), so each view is encoded once over the whole run.
         train_backbone_unet: a baseline, not the method: also fine-tune the backbone's UNet (at
-            ``learning_rate``), so that a run measures what full fine-tuning on a small 3D set costs the
-            2D model (TuneMV3D's comparison). Its checkpoints then carry the UNet too (``backbone.unet.*``).
+            ``optimization.learning_rate``), so that a run measures what full fine-tuning on a small 3D set
+            costs the 2D model (TuneMV3D's comparison). Its checkpoints then carry the UNet too.
+        seed: seeds every step's randomness together with the global step.
     """
 
     def __init__(self, backbone: str, backbone_dtype: str | None = None, neus: dict[str, Any] | None = None,
-                 cross_view_blocks: Sequence[int] = (0,), cross_view_heads: int = 4, cross_view_points: int = 8,
-                 cross_view_patch_size: int = 1, condition_embedding_channels: Sequence[int] = (16, 32),
-                 cross_view_weight_gradient: str = "detached",
-                 learning_rate: float = 1e-4, neus_learning_rate: float = 1e-3, weight_decay: float = 1e-2,
-                 warmup_steps: int = 100, p_reference: float = 0.1, p_drop_neus: float = 0.1,
-                 p_drop_text: float = 0.1, render_weight: float = 1.0, eikonal_weight: float = 0.1,
-                 opacity_weight: float = 0.5, depth_weight: float = 0.0, init_from: str | None = None,
-                 camera_noise: float = 0.0, train_neus: bool = True, ema_decay: float | None = None, max_nonfinite_steps: int = 10,
-                 gradient_checkpointing: bool = False, view_chunk: int | None = None, seed: int = 0,
-                 validation_prompts: Sequence[str] | None = None, validation_sampler: str = "mv",
-                 validation_steps: int = 10, validation_views: int = 4, validation_guidance_scale: float = 7.5,
-                 latent_cache_dir: str | None = None, train_backbone_unet: bool = False,
-                 camera_conditioning: str | None = None, independent_camera: bool | None = None,
-                 camera_learning_rate: float | None = None, timestep_shift: float | str | None = None,
-                 high_noise_weight: float | None = None):
+                 init_from: str | None = None, train_neus: bool = True,
+                 cross_view: CrossViewConfig = CrossViewConfig(),
+                 condition_embedding_channels: Sequence[int] = (16, 32), camera: CameraConfig = CameraConfig(),
+                 optimization: OptimizationConfig = OptimizationConfig(), dropouts: DropoutConfig = DropoutConfig(),
+                 neus_loss: NeuSLossConfig = NeuSLossConfig(),
+                 diffusion_loss: DiffusionLossConfig = DiffusionLossConfig(),
+                 validation: ValidationConfig = ValidationConfig(), ema: EMAConfig | None = None,
+                 max_nonfinite_steps: int = 10, gradient_checkpointing: bool = False, view_chunk: int | None = None,
+                 latent_cache_dir: str | None = None, train_backbone_unet: bool = False, seed: int = 0):
         super().__init__()
-        self.save_hyperparameters()
-        try:
-            if camera_conditioning is not None:
-                check_choice("camera_conditioning", camera_conditioning, CAMERA_CONDITIONINGS)
-            check_timestep_shift(timestep_shift)
-            check_high_noise_weight(high_noise_weight)
-        except ValueError as error:  # the user's config: one line, not a traceback
-            raise TunemvError(f"model.{error}") from error
-        for name in ("p_reference", "p_drop_neus", "p_drop_text"):
-            if not 0 <= getattr(self.hparams, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self.hparams, name)}")
+        # Groups arrive as classes from LightningCLI and as dicts from a checkpoint's hyperparameters.
+        self.settings = settings = SimpleNamespace(
+            backbone=backbone, backbone_dtype=backbone_dtype, neus=neus, init_from=init_from, train_neus=train_neus,
+            cross_view=as_group(CrossViewConfig, cross_view, "cross_view"),
+            condition_embedding_channels=tuple(condition_embedding_channels),
+            camera=as_group(CameraConfig, camera, "camera"),
+            optimization=as_group(OptimizationConfig, optimization, "optimization"),
+            dropouts=as_group(DropoutConfig, dropouts, "dropouts"), neus_loss=as_group(NeuSLossConfig, neus_loss, "neus_loss"),
+            diffusion_loss=as_group(DiffusionLossConfig, diffusion_loss, "diffusion_loss"),
+            validation=as_group(ValidationConfig, validation, "validation"), ema=as_group(EMAConfig, ema, "ema"),
+            max_nonfinite_steps=max_nonfinite_steps, gradient_checkpointing=gradient_checkpointing,
+            view_chunk=view_chunk, latent_cache_dir=latent_cache_dir, train_backbone_unet=train_backbone_unet,
+            seed=seed)
+        self.save_hyperparameters(as_plain(vars(settings)))
         self.backbone = Backbone.from_pretrained(backbone, torch_dtype=backbone_dtype)
-        if high_noise_weight is not None and self.backbone.prediction_type != "epsilon":
-            raise TunemvError(f"model.high_noise_weight reweights an ε loss, but {backbone} predicts "
+        if settings.diffusion_loss.high_noise_weight is not None and self.backbone.prediction_type != "epsilon":
+            raise TunemvError(f"model.diffusion_loss.high_noise_weight reweights an ε loss, but {backbone} predicts "
                               f"{self.backbone.prediction_type!r}; leave it null")
         neus_args = neus_arguments(backbone, self.backbone, neus)
         initial_neus, initial_branch = (None, None) if init_from is None else initial_modules(init_from, neus or {})
         if initial_neus is not None:
             check_neus_channels(init_from, dict(initial_neus.config), self.backbone.in_channels)
         camera_conditioning, independent_camera = continued_camera(
-            init_from, initial_branch, camera_conditioning, independent_camera)
+            init_from, initial_branch, settings.camera.conditioning, settings.camera.independent)
+        views = settings.cross_view
         with torch.random.fork_rng(devices=[]):  # initial weights depend on `seed` only
             torch.manual_seed(seed)
             branch = ControlBranch.from_unet(
-                self.backbone.unet, condition_channels=self.backbone.in_channels, cross_view_blocks=tuple(cross_view_blocks),
-                cross_view_heads=cross_view_heads, cross_view_points=cross_view_points,
-                cross_view_patch_size=cross_view_patch_size, cross_view_weight_gradient=cross_view_weight_gradient,
-                condition_embedding_channels=tuple(condition_embedding_channels),
+                self.backbone.unet, condition_channels=self.backbone.in_channels, cross_view_blocks=views.blocks,
+                cross_view_heads=views.heads, cross_view_points=views.points, cross_view_patch_size=views.patch_size,
+                cross_view_weight_gradient=views.weight_gradient,
+                condition_embedding_channels=settings.condition_embedding_channels,
                 camera_conditioning=camera_conditioning, independent_camera=independent_camera).float()
             if initial_branch is not None:
                 load_initial(branch, initial_branch, init_from, new_prefixes=ControlBranch.CAMERA_MODULES)
@@ -242,11 +226,14 @@ class MultiviewAdapterSystem(pl.LightningModule):
             self.denoiser.neus.requires_grad_(False).eval()
         if gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
-        self.neus_loss = NeuSLoss(render_weight, eikonal_weight, opacity_weight, depth_weight=depth_weight)
-        self.validation_neus_loss = NeuSLoss(render_weight, 0.0, opacity_weight, depth_weight=depth_weight)
-        self.ema = None if ema_decay is None else AveragedModel(
+        weights = settings.neus_loss
+        self.neus_loss = NeuSLoss(weights.render_weight, weights.eikonal_weight, weights.opacity_weight,
+                                  depth_weight=weights.depth_weight)
+        self.validation_neus_loss = NeuSLoss(weights.render_weight, 0.0, weights.opacity_weight,
+                                             depth_weight=weights.depth_weight)
+        self.ema = None if settings.ema is None else AveragedModel(
             torch.nn.ModuleList([self.denoiser.neus, self.denoiser.control_branch]),
-            multi_avg_fn=warmup_ema_multi_avg_fn(ema_decay), use_buffers=True).requires_grad_(False)
+            multi_avg_fn=warmup_ema_multi_avg_fn(settings.ema.decay), use_buffers=True).requires_grad_(False)
         self.latent_cache = None if latent_cache_dir is None else LatentCache(latent_cache_dir, self.backbone)
         self.strict_loading = False  # checkpoints carry no backbone weights
         self.nonfinite_steps = 0  # consecutive
@@ -255,7 +242,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
     # ------------------------------------------------------------------------------------------- the step
     def step_generator_seed(self) -> int:
         # Per rank too: under DDP each GPU must draw its own noise, timesteps and dropouts.
-        return (self.hparams.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank
+        return (self.settings.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank
 
     def make_inputs(self, batch: MultiviewItem, dropouts: bool = True) -> ModelInputs:
         """Clean model-space views, noised inputs, references, mode and prompts for one batch.
@@ -264,14 +251,15 @@ class MultiviewAdapterSystem(pl.LightningModule):
         losses measure the full model.
         """
         scheduler = self.backbone.noise_scheduler
-        h = self.hparams
-        p_reference, p_drop_neus, p_drop_text = (h.p_reference, h.p_drop_neus, h.p_drop_text) if dropouts else (0, 0, 0)
+        s = self.settings
+        p_reference, p_drop_neus, p_drop_text = (s.dropouts.reference, s.dropouts.neus, s.dropouts.text) if dropouts \
+            else (0, 0, 0)
         x0 = self.encode_views(batch.views.images, batch.object_id, batch.views.view_indices)
         x0_supervision = self.encode_views(batch.supervision.images, batch.object_id, batch.supervision.view_indices)
         objects, views = x0.shape[:2]
         height, width = x0.shape[-2:]
         t = torch.randint(0, scheduler.config.num_train_timesteps, (objects, 1), device=self.device)
-        shift = views if h.get("timestep_shift") == "views" else h.get("timestep_shift")
+        shift = views if s.diffusion_loss.timestep_shift == "views" else s.diffusion_loss.timestep_shift
         t = (t if shift is None else shift_timesteps(scheduler, t, float(shift))).expand(-1, views)
         reference = torch.zeros(objects, views, dtype=torch.bool, device=self.device)
         if views > 1:
@@ -287,7 +275,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
         cameras = batch.views.cameras.rescale(height, width)
         return ModelInputs(x0=x0, x0_supervision=x0_supervision, noise=noise, t=t, x_t=x_t, reference=reference,
                            mode=mode, captions=captions,
-                           cameras=cameras.with_noise(h.get("camera_noise", 0.0)) if dropouts else cameras,
+                           cameras=cameras.with_noise(s.camera.noise) if dropouts else cameras,
                            supervision_cameras=batch.supervision.cameras.rescale(height, width))
 
     @torch.no_grad()
@@ -306,23 +294,24 @@ class MultiviewAdapterSystem(pl.LightningModule):
         inputs = self.make_inputs(batch, dropouts=self.training)
         text = self.backbone.encode_prompt(inputs.captions)
         mv = inputs.mode == "mv"
-        supervise_neus = mv and self.hparams.get("train_neus", True)
+        supervise_neus = mv and self.settings.train_neus
         output = self.denoiser(inputs.x_t, inputs.t, inputs.cameras, text.hidden_states.float(),
                                mode=inputs.mode, added_cond_kwargs=text.added_cond_kwargs,
                                supervision_cameras=inputs.supervision_cameras if supervise_neus else None)
         target = self.diffusion_target(inputs.x0, inputs.noise, inputs.t)
         per_view = (output.prediction.float() - target).square().mean(dim=(2, 3, 4))  # (B, V)
-        if self.hparams.get("high_noise_weight") is not None:
+        cap = self.settings.diffusion_loss.high_noise_weight
+        if cap is not None:
             per_view = per_view * high_noise_weights(self.backbone.noise_scheduler, inputs.t,
-                                                     float(self.hparams.high_noise_weight))
+                                                     float(cap))
         denoised = ~inputs.reference
         terms = {"diffusion": (per_view * denoised).sum() / denoised.sum().clamp(min=1)}
         total = terms["diffusion"]
         if supervise_neus:
             clean = torch.cat([inputs.x0, inputs.x0_supervision], dim=1)
             size = clean.shape[-2:]
-            masks = views_and_supervision(batch, "masks", *size) if self.hparams.opacity_weight else None
-            depths = views_and_supervision(batch, "depths", *size) if self.hparams.get("depth_weight") else None
+            masks = views_and_supervision(batch, "masks", *size) if self.settings.neus_loss.opacity_weight else None
+            depths = views_and_supervision(batch, "depths", *size) if self.settings.neus_loss.depth_weight else None
             neus_loss = self.neus_loss if self.training else self.validation_neus_loss
             neus_terms = neus_loss(output.neus, clean, masks, depths)
             terms.update({f"neus_{name}": value for name, value in neus_terms.items() if name != "total"})
@@ -345,7 +334,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
             self.nonfinite_steps += 1
             self.skipped_steps += 1
             self.log("train/skipped_steps", float(self.skipped_steps))
-            if self.nonfinite_steps >= self.hparams.max_nonfinite_steps:
+            if self.nonfinite_steps >= self.settings.max_nonfinite_steps:
                 what, detail = ("the trainable weights were", "") if terms is None else (
                     "the loss was", f" (last terms: { {k: float(v) for k, v in terms.items()} })")
                 raise NonFiniteLossError(f"{what} not finite for {self.nonfinite_steps} steps in a row at step "
@@ -378,28 +367,28 @@ class MultiviewAdapterSystem(pl.LightningModule):
     @torch.no_grad()
     def validation_step(self, batch: MultiviewItem, batch_index: int) -> None:
         # Fixed randomness per batch, so validation losses are comparable across the run.
-        torch.manual_seed(self.hparams.seed * 7_919 + batch_index)
+        torch.manual_seed(self.settings.seed * 7_919 + batch_index)
         terms = self.losses(batch)
         self.log_dict({f"val/{name}": value for name, value in terms.items()}, batch_size=len(batch))
-        if batch_index == 0 and self.hparams.validation_steps > 0 and self.trainer is not None \
+        if batch_index == 0 and self.settings.validation.steps > 0 and self.trainer is not None \
                 and not self.trainer.sanity_checking:
-            log_validation_samples(self, list(self.hparams.validation_prompts or batch.caption))
+            log_validation_samples(self, list(self.settings.validation.prompts or batch.caption))
 
     # ------------------------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
-        h = self.hparams
+        h, s = self.settings.optimization, self.settings
         branch = self.denoiser.control_branch
         camera = {id(p) for p in branch.camera_parameters()}
         groups = [
             {"params": [p for p in branch.parameters() if p.requires_grad and id(p) not in camera],
              "lr": h.learning_rate, "name": "control_branch"},
             {"params": [p for p in branch.camera_parameters() if p.requires_grad],
-             "lr": h.get("camera_learning_rate") or h.learning_rate, "name": "camera"},
+             "lr": s.camera.learning_rate or h.learning_rate, "name": "camera"},
             {"params": [p for p in self.denoiser.neus.parameters() if p.requires_grad], "lr": h.neus_learning_rate,
              "name": "neus"},
         ]
         groups = [group for group in groups if group["params"]]  # a frozen NeuS has none
-        if h.get("train_backbone_unet"):
+        if s.train_backbone_unet:
             groups.append({"params": list(self.backbone.unet.parameters()), "lr": h.learning_rate,
                            "name": "backbone_unet"})
         optimizer = torch.optim.AdamW(groups, weight_decay=h.weight_decay)
@@ -417,9 +406,9 @@ class MultiviewAdapterSystem(pl.LightningModule):
         periodic snapshots in the configs) keeps one copy: the weights to sample from (EMA when it is on),
         stored under the live names, so that it is a quarter of the resumable size.
         """
-        extra = (UNET_PREFIX,) if self.hparams.get("train_backbone_unet") else ()
+        extra = (UNET_PREFIX,) if self.settings.train_backbone_unet else ()
         weights = trainable_checkpoint_state(self, checkpoint, extra)
-        checkpoint["tunemv"] = checkpoint_metadata(self.hparams.backbone, self.denoiser.neus,
+        checkpoint["tunemv"] = checkpoint_metadata(self.settings.backbone, self.denoiser.neus,
                                                    self.denoiser.control_branch, weights,
                                                    declared_prefixes(weights, unet=bool(extra)),
                                                    skipped_steps=self.skipped_steps)
@@ -431,7 +420,7 @@ class MultiviewAdapterSystem(pl.LightningModule):
     def train(self, mode: bool = True) -> MultiviewAdapterSystem:
         super().train(mode)
         self.backbone.eval()  # frozen: always in inference behaviour
-        if not self.hparams.get("train_neus", True):
+        if not self.settings.train_neus:
             self.denoiser.neus.eval()
         return self
 

@@ -18,12 +18,13 @@ def log_validation_samples(system, prompts: list[str]) -> Path:
     fused from them, so consistency shows as rows that agree. Randomness is forked: training's RNG stream
     (and so exact resume) is untouched.
     """
-    h = system.hparams
+    s = system.settings
     pipe = MultiviewPipeline(system.backbone, system.denoiser.neus, system.denoiser.control_branch,
-                             view_chunk=h.view_chunk)
+                             view_chunk=s.view_chunk)
+    v = s.validation
     with torch.random.fork_rng(devices=[]):
-        out = pipe(prompts, num_views=h.validation_views, sampler=h.validation_sampler, scheduler="auto",
-                   steps=h.validation_steps, guidance_scale=h.validation_guidance_scale, seed=h.seed, progress=False)
+        out = pipe(prompts, num_views=v.views, sampler=v.sampler, scheduler="auto", steps=v.steps,
+                   guidance_scale=v.guidance_scale, seed=s.seed, progress=False)
         renders = out.field.render(out.field.cameras)
     rows = torch.stack([out.pixels, renders], dim=1).flatten(0, 1)  # (2B, V, 3, H, W): views, then renders
     image = grid_image(rows)
