@@ -204,15 +204,13 @@ def check_names(args: argparse.Namespace) -> tuple[dict, Any]:
     return options, sampler
 
 
-def load_pipeline(args: argparse.Namespace):
-    from tunemv.sampling.pipeline import MultiviewPipeline
+def pipeline_source(args: argparse.Namespace):
+    """What the pipeline loads from; the backbone from ``--backbone``, else ``--config``'s, else the model's."""
+    from tunemv.sampling.pipeline_source import PipelineSource
 
-    if bool(args.adapter) == bool(args.ckpt):
-        raise TunemvError("tunemv sample needs exactly one of --adapter DIR or --ckpt CKPT")
     backbone = args.backbone or (_backbone_from_config(args.config) if args.config else None)
-    if args.adapter:
-        return MultiviewPipeline.from_pretrained(args.adapter, backbone=backbone, torch_dtype=args.dtype)
-    return MultiviewPipeline.from_checkpoint(args.ckpt, backbone=backbone, ema=args.ema, torch_dtype=args.dtype)
+    return PipelineSource(adapter=args.adapter, checkpoint=args.ckpt, backbone=backbone, ema=args.ema,
+                          torch_dtype=args.dtype)
 
 
 @dataclass
@@ -310,7 +308,7 @@ def sample_in_process(args: argparse.Namespace, plan: SamplePlan) -> bool:
             if not all(start + index in done for index in range(len(prompts[start: start + args.batch_size])))]
     remaining = sum(len(prompts[start: start + args.batch_size]) for start in todo)
     log(plan.line(remaining, args.batch_size))  # before minutes of model loading
-    pipe = load_pipeline(args)
+    pipe = pipeline_source(args).load()
     pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     settings = {**plan.settings, "backbone": pipe.backbone.name_or_path}
     began = time.monotonic()
@@ -322,7 +320,9 @@ def sample_in_process(args: argparse.Namespace, plan: SamplePlan) -> bool:
             output = pipe(batch, seed=args.seed + start, progress=not args.quiet, **plan.call)
         except ValueError as error:  # option values the pipeline refuses (a bad reference or camera)
             raise TunemvError(str(error)) from error
-        write_object_folders(output, args.out, start_index=start, settings=settings, options=plan.writing, log=wrote)
+        folders = write_object_folders(output, args.out, start_index=start, settings=settings, options=plan.writing)
+        for folder in folders:
+            wrote(f"wrote {folder}" + (" (+ mesh.ply, mesh.glb)" if plan.writing.mesh_resolution > 0 else ""))
         if count == 1 and len(todo) > 1:  # the estimate, from the first batch (model warm-up included)
             log(estimate_line(time.monotonic() - began, len(todo) - 1))
     return True
@@ -335,7 +335,7 @@ def sample_with_data_engine(args: argparse.Namespace, plan: SamplePlan) -> bool:
 
     if not args.quiet:  # the plan before the model loads; Lightning's progress bar gives the estimate
         print(plan.line(len(plan.prompts) - len(plan.done), 1), file=sys.stderr)
-    rank_zero = sample_dataset(lambda: load_pipeline(args), plan.prompts, args.out, args.seed,
+    rank_zero = sample_dataset(pipeline_source(args), plan.prompts, args.out, args.seed,
                                {**plan.call, "progress": False}, plan.settings, plan.writing,
                                devices=args.devices, accelerator=args.accelerator, strategy=args.strategy,
                                num_nodes=args.num_nodes, done=plan.done, progress=not args.quiet)

@@ -10,7 +10,7 @@ what comes after (the ``--filter`` pass) on rank 0.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tunemv.sampling.object_folders import ObjectFolderOptions, write_object_folders
+from tunemv.sampling.pipeline_source import PipelineSource
 
 
 class PromptList(Dataset):
@@ -48,17 +49,17 @@ class StridedSampler(Sampler[int]):
 class SamplingModule(pl.LightningModule):
     """``predict_step`` samples one prompt and writes its object folder."""
 
-    def __init__(self, load_pipeline: Callable[[], Any], prompts: Sequence[str], out: str, seed: int,
+    def __init__(self, source: PipelineSource, prompts: Sequence[str], out: str, seed: int,
                  call: dict[str, Any], settings: dict[str, Any], writing: ObjectFolderOptions,
                  done: set[int] = frozenset()):
         super().__init__()
-        self.load_pipeline, self.prompts, self.out, self.seed = load_pipeline, list(prompts), out, seed
+        self.source, self.prompts, self.out, self.seed = source, list(prompts), out, seed
         self.call, self.settings, self.writing, self.done = call, dict(settings), writing, set(done)
         self.pipe = None
 
     def setup(self, stage: str) -> None:
         if self.pipe is None:  # in each process, on its own device
-            self.pipe = self.load_pipeline().to(self.device)
+            self.pipe = self.source.load().to(self.device)
             self.settings["backbone"] = self.pipe.backbone.name_or_path  # as one process says it
 
     def predict_dataloader(self) -> DataLoader:
@@ -75,14 +76,14 @@ class SamplingModule(pl.LightningModule):
         return index
 
 
-def sample_dataset(load_pipeline: Callable[[], Any], prompts: Sequence[str], out: str | Path, seed: int,
+def sample_dataset(source: PipelineSource, prompts: Sequence[str], out: str | Path, seed: int,
                    call: dict[str, Any], settings: dict[str, Any], writing: ObjectFolderOptions,
                    devices: int | str = 1, accelerator: str = "auto", strategy: str = "ddp", num_nodes: int = 1,
                    done: set[int] = frozenset(), progress: bool = True) -> bool:
     """Sample every prompt not in ``done`` across ``devices`` processes into ``out`` (``call``: the pipeline's
     keyword arguments; ``settings``: what sampling.json records); returns whether this process is rank 0
     (after a barrier: every object is written)."""
-    module = SamplingModule(load_pipeline, prompts, str(out), seed, call, settings, writing, set(done))
+    module = SamplingModule(source, prompts, str(out), seed, call, settings, writing, set(done))
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=strategy if devices != 1 else "auto",
                          num_nodes=num_nodes, logger=False, enable_checkpointing=False, enable_model_summary=False,
                          enable_progress_bar=progress, use_distributed_sampler=False)

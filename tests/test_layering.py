@@ -121,3 +121,48 @@ def test_the_check_catches_an_upward_import():
     assert violations("tunemv.training.system", "import tunemv.tinyif.model\n", "s.py")  # peers too
     assert not violations("tunemv.sampling.pipeline", "from tunemv.adapters.formats import read_checkpoint\n", "p")
     assert not violations("tunemv.sampling.denoising_loop", "from .score import MultiviewScore\n", "j")
+
+
+def test_tunemv_sample_calls_only_down_the_layers(tmp_path):
+    """Following ``tunemv sample`` as it runs: every call from one tunemv module into another goes down the
+    layers or stays in its folder (none climbs back to a folder it has left), and the parsed arguments never
+    leave cli/. Both paths: one process, and the data engine (``--filter``, one device, in this process)."""
+    import argparse
+    import sys
+
+    from sampling_fixtures import adapter_pipeline, save_adapter, save_backbones
+
+    from tunemv.cli import main
+
+    adapter = save_adapter(adapter_pipeline(save_backbones(tmp_path / "backbones")["if"]), tmp_path / "adapter")
+    climbs, leaks, parts_seen = set(), set(), []
+
+    def part(frame) -> str | None:
+        name = frame.f_globals.get("__name__", "") if frame is not None else ""
+        return part_of(name) if name == "tunemv" or name.startswith("tunemv.") else None
+
+    def profile(frame, event, arg):
+        if event != "call":
+            return
+        callee = part(frame)
+        if callee is None:
+            return
+        if not parts_seen or parts_seen[-1] != callee:
+            parts_seen.append(callee)
+        caller = part(frame.f_back)
+        if caller is not None and LEVEL[callee] > LEVEL[caller]:
+            climbs.add(f"{caller} -> {callee} ({frame.f_globals['__name__']}.{frame.f_code.co_name})")
+        if callee != "cli" and any(isinstance(value, argparse.Namespace) for value in frame.f_locals.values()):
+            leaks.add(f"{frame.f_globals['__name__']}.{frame.f_code.co_name}")
+
+    common = ["sample", "--adapter", str(adapter), "--prompt", "a red chair", "--num-views", "2", "--steps", "2",
+              "--turntable-frames", "2", "--quiet"]
+    sys.setprofile(profile)
+    try:
+        assert main([*common, "--out", str(tmp_path / "one")]) == 0
+        assert main([*common, "--out", str(tmp_path / "engine"), "--filter", "0.0"]) == 0
+    finally:
+        sys.setprofile(None)
+    assert {"cli", "sampling", "adapters", "neus", "geometry", "data", "evaluation"} <= set(parts_seen)
+    assert not climbs, sorted(climbs)
+    assert not leaks, sorted(leaks)
