@@ -6,7 +6,6 @@ Cheap to import (the parser is built for every ``tunemv`` call); torch and diffu
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from dataclasses import dataclass
@@ -168,23 +167,13 @@ def folder_sampling_defaults(args: argparse.Namespace) -> dict:
     """Fill an unset ``--sampler`` and ``--guidance-scale`` with the model folder's own (a generator folder's
     adapter.json names "one-step", unguided; adapters and checkpoints sample "mv" at 7.5); returns the options
     the folder gives its sampler, which the user's own override."""
-    from tunemv.adapters.formats import (
-        AdapterError,
-        CheckpointError,
-        checkpoint_sampling,
-        read_adapter_info,
-        read_checkpoint,
-    )
-    from tunemv.sampling.pipeline import DEFAULTS
+    from tunemv.sampling.pipeline import sampling_defaults
 
-    defaults = dict(DEFAULTS)
-    if args.sampler is None or args.guidance_scale is None:
+    declared = None
+    if (args.sampler is None or args.guidance_scale is None) and bool(args.adapter) != bool(args.ckpt):
         # A broken folder or checkpoint is reported when it loads, after the cheaper checks of names and options.
-        with contextlib.suppress(AdapterError, CheckpointError):
-            if args.adapter:
-                defaults.update(read_adapter_info(args.adapter).get("sampling") or {})
-            elif args.ckpt:  # a distillation checkpoint samples as its exported folder would
-                defaults.update(checkpoint_sampling(read_checkpoint(args.ckpt)) or {})
+        declared = pipeline_source(args).declared_sampling()
+    defaults = sampling_defaults(declared)
     folder_options = defaults.get("sampler_options") or {} if args.sampler is None else {}
     args.sampler = args.sampler or defaults["sampler"]
     args.guidance_scale = defaults["guidance_scale"] if args.guidance_scale is None else args.guidance_scale

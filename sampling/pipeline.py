@@ -49,6 +49,12 @@ from tunemv.sampling.score import MultiviewScore
 DEFAULTS = {"sampler": "mv", "guidance_scale": 7.5}
 
 
+def sampling_defaults(declared: Mapping[str, Any] | None) -> dict[str, Any]:
+    """How a model samples when the caller names no sampler or scale: an adapter's "mv" at CFG 7.5, or what
+    its folder or checkpoint declares (a distilled generator: "one-step", unguided, at its t_G)."""
+    return {**DEFAULTS, **(declared or {})}
+
+
 class MultiviewPipeline:
     """A frozen ``Backbone`` with a trained latent SparseNeuS and control branch."""
 
@@ -80,7 +86,7 @@ class MultiviewPipeline:
         neus, branch, info = read_adapter_folder(folder)
         pipe = cls._assemble(backbone or info.get("backbone"), neus, branch, torch_dtype, device,
                              folder / ADAPTER_FILE, **backbone_options)
-        pipe.sampling_defaults.update(info.get("sampling") or {})
+        pipe.sampling_defaults = sampling_defaults(info.get("sampling"))
         pipe.info = {key: value for key, value in info.items() if key != "tunemv_version"}
         return pipe
 
@@ -121,7 +127,7 @@ class MultiviewPipeline:
                              checkpoint, **backbone_options)
         if unet:  # a train_backbone_unet baseline: its fine-tuned UNet replaces the hub one
             pipe.backbone.unet.load_state_dict(unet, strict=True)
-        pipe.sampling_defaults.update(checkpoint_sampling(data) or {})  # a distillation checkpoint
+        pipe.sampling_defaults = sampling_defaults(checkpoint_sampling(data))  # a distillation checkpoint
         return pipe
 
     @classmethod

@@ -24,6 +24,25 @@ class PipelineSource:
         if (self.adapter is None) == (self.checkpoint is None):
             raise TunemvError("tunemv sample needs exactly one of --adapter DIR or --ckpt CKPT")
 
+    def declared_sampling(self) -> dict | None:
+        """What the folder or checkpoint declares about how it samples (None: as an adapter), read without
+        loading any weights; None too when it cannot be read yet (loading reports that, with its reason)."""
+        from tunemv.adapters.formats import (
+            AdapterError,
+            CheckpointError,
+            checkpoint_sampling,
+            read_adapter_info,
+            read_checkpoint,
+        )
+        from tunemv.adapters.hub import resolve_folder
+
+        try:
+            if self.adapter is not None:
+                return read_adapter_info(resolve_folder(self.adapter)).get("sampling")
+            return checkpoint_sampling(read_checkpoint(self.checkpoint))
+        except (AdapterError, CheckpointError, OSError):
+            return None
+
     def load(self):
         from tunemv.sampling.pipeline import MultiviewPipeline
 
