@@ -431,6 +431,19 @@ def run_in_order(block: Block, workspace: Workspace, modes: tuple[str, ...]) -> 
     return skipped
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _sampler_registry_restored():
+    """Pages register samplers (the plugin example) in this process; later test modules see the registry as
+    it was."""
+    from tunemv.sampling import registry
+
+    saved, loaded = dict(registry._SAMPLERS), registry._plugins_loaded
+    yield
+    registry._SAMPLERS.clear()
+    registry._SAMPLERS.update(saved)
+    registry._plugins_loaded = loaded
+
+
 @pytest.fixture
 def in_workspace(workspaces, monkeypatch, library_logs_to_stderr):
     def enter(block: Block) -> Workspace:

@@ -1,6 +1,7 @@
 """Overfitting one procedural object: held-out renders and the extracted surface must both improve."""
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -27,6 +28,7 @@ def chamfer(mesh, reference, count=3000):
     return 0.5 * (distances.min(1).values.mean() + distances.min(0).values.mean()).item()
 
 
+@pytest.mark.slow  # 66 s on 2 CPU cores; tests/test_neus_pretrain.py checks the field learns shape in 15 s
 def test_overfitting_one_object_lowers_held_out_render_loss_and_chamfer():
     obj = make_object("mug", np.random.default_rng(0))
     inputs = orbit(8, 20.0, resolution=32)
