@@ -118,3 +118,16 @@ def test_model_cpu_offload_gives_the_same_views(tmp_path):
 
         with pytest.raises(TunemvError, match="no cuda"):
             plain.enable_model_cpu_offload()
+
+
+def test_the_pipeline_writes_nothing_unless_asked_and_save_writes_object_folders(pipe, tmp_path, monkeypatch):
+    from tunemv.data.check import check_dataset
+
+    monkeypatch.chdir(tmp_path)
+    out = call(pipe, output_type="pt")
+    assert list(tmp_path.iterdir()) == []  # a call writes nothing
+    (folder,) = out.save(tmp_path / "out", turntable_frames=2)
+    assert folder.name == "0000_a-red-chair" and (folder / "turntable.gif").is_file()
+    assert check_dataset(tmp_path / "out").ok
+    with pytest.raises(TypeError):
+        out.save(tmp_path / "other", no_such_option=1)
