@@ -182,3 +182,27 @@ def test_todays_checkpoints_declare_their_layout(runs, run):
     if run.startswith("distill"):
         assert meta["sampling"] == {"sampler": "one-step", "sampler_options": {"timestep": meta["generator"]["timestep"]},
                                     "guidance_scale": 1.0}
+
+
+@pytest.mark.parametrize("run", ["fit last", "fit snapshot", "distill last", "neus last"])
+def test_a_checkpoint_without_the_declaration_reads_as_format_1(runs, run, tmp_path):
+    """Format 1 is today's checkpoint less what format 2 added ("format", "prefixes", "sampling"): read
+    through adapters/checkpoint_format_1.py it declares the same layout today's writer declares (the EMA
+    copy of a resumable checkpoint included), and exports the same weights."""
+    from safetensors.torch import load_file
+
+    checkpoint = torch.load(runs[run], weights_only=True)
+    declared = dict(checkpoint["tunemv"])
+    for key in ("format", "prefixes", "sampling"):
+        checkpoint["tunemv"].pop(key, None)
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    upgraded = read_checkpoint(tmp_path / "old.ckpt")["tunemv"]
+    assert upgraded["prefixes"] == declared["prefixes"] and upgraded.get("sampling") == declared.get("sampling")
+    if run.startswith("neus"):
+        return
+    assert main(["export", str(tmp_path / "old.ckpt"), str(tmp_path / "old")]) == 0
+    assert main(["export", str(runs[run]), str(tmp_path / "new")]) == 0
+    for module in ("neus", "control_branch"):
+        (old,), (new,) = (tmp_path / "old" / module).glob("*.safetensors"), (tmp_path / "new" / module).glob("*.safetensors")
+        left, right = load_file(old), load_file(new)
+        assert left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
