@@ -352,8 +352,8 @@ def _declaration_problem(meta: dict[str, Any]) -> str | None:
     return None
 
 
-def declared_weight_prefixes(meta: dict[str, Any]) -> tuple[str, ...]:
-    prefixes = meta["prefixes"]
+def declared_weight_prefixes(prefixes: dict[str, Any]) -> tuple[str, ...]:
+    """Every state_dict prefix the declaration names: the live and EMA modules' and a fine-tuned UNet's."""
     return (*[p for group in ("live", "ema") for p in (prefixes.get(group) or {}).values()],
             *([prefixes["unet"]] if "unet" in prefixes else []))
 
@@ -362,7 +362,7 @@ def _checkpoint_weight_problem(state_dict: dict[str, Any], prefixes: dict[str, A
     """Every model weight (under the declared prefixes, which sampling and export load) must be a finite float
     tensor."""
     weights = {}
-    loaded = declared_weight_prefixes({"prefixes": prefixes})
+    loaded = declared_weight_prefixes(prefixes)
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
             return f"state_dict['{key}'] is a {type(value).__name__}, not a tensor"

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import imageio.v3 as iio
 import numpy as np
@@ -26,7 +26,9 @@ from einops import rearrange
 from PIL import Image
 
 from tunemv.data.format import write_object
-from tunemv.sampling.pipeline_output import MultiviewPipelineOutput
+
+if TYPE_CHECKING:  # a type only: pipeline_output.save() imports this module, not the other way round
+    from tunemv.sampling.pipeline_output import MultiviewPipelineOutput
 
 MESH_FILES = ("mesh.ply", "mesh.glb")
 PREVIEW_SIZE = 256  # a 32 px view is a thumbnail on a screen; previews are upscaled to at least this

@@ -15,7 +15,12 @@ from sampling_fixtures import adapter_pipeline, save_adapter
 from tiny_pipelines import tiny_if
 from torch.serialization import get_unsafe_globals_in_checkpoint
 
-from tunemv.adapters.formats import CheckpointError, code_in_checkpoint, read_checkpoint
+from tunemv.adapters.formats import (
+    CheckpointError,
+    code_in_checkpoint,
+    declared_weight_prefixes,
+    read_checkpoint,
+)
 from tunemv.cli import main
 from tunemv.data.generate import generate_procedural_dataset
 from tunemv.sampling.pipeline import MultiviewPipeline
@@ -175,7 +180,7 @@ def test_todays_checkpoints_declare_their_layout(runs, run):
         for prefix in prefixes[group].values():
             assert any(key.startswith(prefix) for key in state), (group, prefix)
     assert ("ema" in prefixes) == (meta["weights"] == "live+ema")
-    declared = tuple(p for g in ("live", "ema") for p in prefixes.get(g, {}).values())
+    declared = declared_weight_prefixes(prefixes)
     # what no declared prefix covers: the EMA's step count and the distillation student (resume only)
     assert {key.split(".")[0] for key in state if not key.startswith(declared)} <= {"ema", "student"}
     assert ("sampling" in meta) == run.startswith("distill")
